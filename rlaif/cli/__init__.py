@@ -1,0 +1,65 @@
+"""The ``rlaif`` command line: one module per command group, each thin (parse, call, print).
+
+Any ``RlaifError`` (bad input, config or environment) becomes a one-line message on stderr and
+exit code 2; Ctrl-C exits 130. A traceback therefore always points at a bug in rlaif itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from rlaif import __version__
+from rlaif.cli import constitution, demo, models
+from rlaif.errors import RlaifError
+
+GROUPS = (demo, constitution, models)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlaif",
+        description=(
+            "Constitutional AI / RLAIF data engine: critiques and revisions (SL-CAI), AI "
+            "preference labels (RL-CAI) and training, driven by constitutions you keep in files."
+        ),
+        epilog="Start with `rlaif demo`: no API key, no GPU, the embedded SmolLM2 model.",
+    )
+    parser.add_argument("--version", action="version", version=f"rlaif {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for group in GROUPS:
+        group.add_parser(sub)
+    return parser
+
+
+def _quiet_environment() -> None:
+    # rlaif never fetches weights at run time: make the Hugging Face libraries fail fast instead.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.WARNING, format="%(message)s", handlers=[RichHandler(show_path=False)]
+    )
+    logging.getLogger("rlaif").setLevel(logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_environment()
+    try:
+        return int(args.func(args) or 0)
+    except RlaifError as e:
+        print(f"rlaif: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("rlaif: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,401 @@
+"""Constitutions: the schema, a line-aware loader, principle sampling and importers.
+
+A constitution is a YAML file, not code, so that users swap principles with a flag. The schema is a
+set of pydantic models with ``extra="forbid"``: a misspelt key is an error rather than a silently
+ignored setting. We parse with ruamel.yaml's round-trip loader because it remembers the line of
+every key and list item; pydantic's error locations (``("feedback", 3, "instrction")``) are walked
+back through that tree so every error names ``file:line``. All problems of a file are reported at
+once, not just the first.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import random
+import re
+from collections.abc import Sequence
+from io import StringIO
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from rlaif.errors import ConstitutionError, ImportFormatError
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+PrincipleId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)]
+Text = Annotated[str, Field(min_length=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_blank_text(cls, v: Any) -> Any:
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("must not be blank")
+        return v.strip() if isinstance(v, str) else v
+
+
+class CritiqueRevisionPrinciple(_Strict):
+    """One SL-CAI principle: how to critique a response, and how to revise it after the critique."""
+
+    id: PrincipleId
+    critique_request: Text
+    revision_request: Text
+    tags: list[str] = []
+
+
+class FeedbackPrinciple(_Strict):
+    """One RL-CAI principle: the multiple-choice instruction put to the feedback model."""
+
+    id: PrincipleId
+    instruction: Text
+    tags: list[str] = []
+
+
+class FewShotExample(_Strict):
+    """A worked critique/revision exchange, shown to the model before the real one."""
+
+    prompt: Text
+    response: Text
+    critique: Text
+    revision: Text
+    principle: PrincipleId | None = None
+
+
+class Constitution(_Strict):
+    name: Text
+    description: Text
+    version: Text
+    critique_revision: list[CritiqueRevisionPrinciple] = []
+    feedback: list[FeedbackPrinciple] = []
+    examples: str | None = Field(
+        default=None, description="few-shot example file, relative to the constitution file"
+    )
+
+    _path: Path | None = PrivateAttr(default=None)
+    _sha256: str = PrivateAttr(default="")
+    _examples: tuple[FewShotExample, ...] = PrivateAttr(default=())
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_as_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def sha256(self) -> str:
+        """Content hash of the constitution file and its example file (for provenance)."""
+        return self._sha256
+
+    @property
+    def few_shot(self) -> tuple[FewShotExample, ...]:
+        return self._examples
+
+    def critique_principle(self, principle_id: str) -> CritiqueRevisionPrinciple:
+        for p in self.critique_revision:
+            if p.id == principle_id:
+                return p
+        raise KeyError(principle_id)
+
+    def feedback_principle(self, principle_id: str) -> FeedbackPrinciple:
+        for p in self.feedback:
+            if p.id == principle_id:
+                return p
+        raise KeyError(principle_id)
+
+
+def sample_principles(principles: Sequence[T], k: int, seed: int, key: str) -> list[T]:
+    """Draw ``k`` principles for one row, reproducibly and without repeats until all were used.
+
+    The draw depends only on ``(seed, key)`` (e.g. the row's prompt id), never on how many rows came
+    before, so a resumed or reordered run samples the same principles for the same row.
+    """
+    if not principles:
+        raise ValueError("no principles to sample from")
+    rng = random.Random(f"{seed}:{key}")
+    out: list[T] = []
+    while len(out) < k:
+        cycle = list(principles)
+        rng.shuffle(cycle)
+        if out and len(cycle) > 1 and cycle[0] == out[-1]:  # no back-to-back repeat across cycles
+            cycle[0], cycle[-1] = cycle[-1], cycle[0]
+        out.extend(cycle[: k - len(out)])
+    return out
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _yaml() -> YAML:
+    y = YAML(typ="rt")
+    y.allow_duplicate_keys = False
+    return y
+
+
+def _parse_yaml(path: Path) -> tuple[Any, bytes]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConstitutionError(path, [(None, "file not found")]) from None
+    except OSError as e:
+        raise ConstitutionError(path, [(None, f"cannot read file: {e.strerror}")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConstitutionError(path, [(None, f"not UTF-8 text ({e.reason})")]) from None
+    try:
+        return _yaml().load(text), raw
+    except MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = (e.problem or e.context or "invalid YAML").strip()
+        if "duplicate key" in problem or "found duplicate key" in str(e):
+            key = re.search(r'duplicate key "([^"]+)"', str(e))
+            problem = f"duplicate key '{key.group(1)}'" if key else "duplicate key"
+        raise ConstitutionError(path, [(line, f"invalid YAML: {problem}")]) from None
+    except YAMLError as e:
+        raise ConstitutionError(path, [(None, f"invalid YAML: {e}")]) from None
+
+
+def _plain(node: Any) -> Any:
+    """ruamel's round-trip types -> plain dict/list/str, so pydantic sees ordinary values."""
+    if isinstance(node, dict):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    if isinstance(node, str):
+        return str(node)
+    return node
+
+
+def _line_of(root: Any, loc: Sequence[str | int]) -> int | None:
+    """The 1-based line of the node at ``loc``, or of its deepest existing ancestor."""
+    node, line = root, (root.lc.line + 1 if hasattr(root, "lc") else 1)
+    for part in loc:
+        if isinstance(node, CommentedMap) and part in node:
+            line = node.lc.key(part)[0] + 1
+            node = node[part]
+        elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
+            line = node.lc.item(part)[0] + 1
+            node = node[part]
+        else:
+            break
+    return line
+
+
+def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
+    loc = err["loc"]
+    where = ".".join(str(p) for p in loc[:-1]) if len(loc) > 1 else ""
+    prefix = f"in {where}: " if where else ""
+    name = str(loc[-1]) if loc else ""
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, loc[:-1])
+        hint = difflib.get_close_matches(name, allowed, n=1)
+        suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+        return f"{prefix}unknown key '{name}'{suggestion}; allowed: {', '.join(allowed)}"
+    if err["type"] == "missing":
+        return f"{prefix}missing required key '{name}'"
+    field = ".".join(str(p) for p in loc)
+    return f"{field}: {err['msg']}" if field else err["msg"]
+
+
+def _allowed_keys(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        current = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), ann)
+    return list(current.model_fields) if isinstance(current, type) else []
+
+
+def _validate(model: type[M], root: Any, path: Path) -> M:
+    try:
+        return model.model_validate(_plain(root))
+    except ValidationError as e:
+        problems = [(_line_of(root, err["loc"]), _describe(err, model)) for err in e.errors()]
+        raise ConstitutionError(path, problems) from None
+
+
+def _duplicate_ids(root: Any, section: str) -> list[tuple[int | None, str]]:
+    seen: dict[str, int | None] = {}
+    problems = []
+    for i, item in enumerate(root.get(section) or []):
+        pid = item.get("id") if isinstance(item, dict) else None
+        if pid is None:
+            continue
+        line = _line_of(root, (section, i, "id"))
+        if pid in seen:
+            problems.append((line, f"duplicate {section} id '{pid}' (first at line {seen[pid]})"))
+        else:
+            seen[pid] = line
+    return problems
+
+
+def load_constitution(path: str | Path) -> Constitution:
+    """Parse and validate a constitution file; raise ``ConstitutionError`` naming file and line."""
+    path = Path(path)
+    root, raw = _parse_yaml(path)
+    if not isinstance(root, CommentedMap):
+        raise ConstitutionError(path, [(1, "a constitution must be a YAML mapping of keys")])
+    dupes = _duplicate_ids(root, "critique_revision") + _duplicate_ids(root, "feedback")
+    try:
+        const = _validate(Constitution, root, path)
+    except ConstitutionError as e:
+        raise ConstitutionError(path, sorted(e.problems + dupes, key=lambda p: p[0] or 0)) from None
+    if dupes:
+        raise ConstitutionError(path, dupes)
+    if not const.critique_revision and not const.feedback:
+        raise ConstitutionError(
+            path, [(1, "no principles: add 'critique_revision' and/or 'feedback' entries")]
+        )
+    digest = hashlib.sha256(raw)
+    examples: tuple[FewShotExample, ...] = ()
+    if const.examples:
+        ex_path = (path.parent / const.examples).resolve()
+        if not ex_path.is_file():
+            line = _line_of(root, ("examples",))
+            raise ConstitutionError(path, [(line, f"examples file not found: {ex_path}")])
+        examples, ex_raw = _load_examples(ex_path, const)
+        digest.update(ex_raw)
+    const._path = path
+    const._sha256 = digest.hexdigest()
+    const._examples = examples
+    return const
+
+
+class _ExampleFile(_Strict):
+    examples: list[FewShotExample]
+
+
+def _load_examples(path: Path, const: Constitution) -> tuple[tuple[FewShotExample, ...], bytes]:
+    root, raw = _parse_yaml(path)
+    if not isinstance(root, CommentedMap):
+        raise ConstitutionError(path, [(1, "an examples file must be a mapping with 'examples:'")])
+    parsed = _validate(_ExampleFile, root, path)
+    known = {p.id for p in const.critique_revision}
+    bad = [
+        (_line_of(root, ("examples", i, "principle")), f"unknown principle id '{ex.principle}'")
+        for i, ex in enumerate(parsed.examples)
+        if ex.principle is not None and ex.principle not in known
+    ]
+    if bad:
+        raise ConstitutionError(path, bad)
+    return tuple(parsed.examples), raw
+
+
+# --------------------------------------------------------------------------- writing / importing
+
+
+def dump_constitution(data: dict[str, Any]) -> str:
+    """Render a constitution mapping as YAML, long texts as folded-free plain block scalars."""
+    from ruamel.yaml.scalarstring import LiteralScalarString
+
+    def wrap(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: wrap(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [wrap(x) for x in v]
+        if isinstance(v, str) and "\n" in v:
+            return LiteralScalarString(v)
+        return v
+
+    y = _yaml()
+    y.width = 100
+    y.indent(mapping=2, sequence=4, offset=2)
+    buf = StringIO()
+    y.dump(wrap(data), buf)
+    return buf.getvalue()
+
+
+_CRITIQUE_CUE = re.compile(r"^\s*CritiqueRequest:\s*(?P<text>.*?)\s*(?:Critique:)?\s*$", re.S)
+_REVISION_CUE = re.compile(r"^\s*RevisionRequest:\s*(?P<text>.*?)\s*(?:Revision:)?\s*$", re.S)
+_FEEDBACK_CUE = re.compile(r"^\s*(?P<text>.*?)\s*(?:Options:)?\s*$", re.S)
+
+
+def _slug(text: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
+    return slug or "principle"
+
+
+def import_cai_paper(paths: Sequence[str | Path]) -> dict[str, Any]:
+    """Convert the Constitutional AI paper's JSON principle files into our schema.
+
+    Critique/revision files are a JSON object keyed by principle id, each value
+    ``{"prompt": ["\\n\\nCritiqueRequest: ...\\n\\nCritique:"], "edit_request": "...Revision:"}``;
+    feedback files are a JSON list of ``"\\nPlease choose the response that ... Options:"``
+    strings. The kind is told by the JSON type. Cue words are stripped.
+    """
+    critique: list[dict[str, str]] = []
+    feedback: list[dict[str, str]] = []
+    for p in map(Path, paths):
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ImportFormatError(p, "file not found") from None
+        except json.JSONDecodeError as e:
+            raise ImportFormatError(p, f"invalid JSON: {e.msg}", e.lineno) from None
+        if isinstance(data, dict):
+            critique.extend(_import_critiques(p, data))
+        elif isinstance(data, list):
+            feedback.extend(_import_feedback(p, data, start=len(feedback)))
+        else:
+            raise ImportFormatError(p, "expected a JSON object (critiques) or list (feedback)")
+    out: dict[str, Any] = {}
+    if critique:
+        out["critique_revision"] = critique
+    if feedback:
+        out["feedback"] = feedback
+    return out
+
+
+def _import_critiques(path: Path, data: dict[str, Any]) -> list[dict[str, str]]:
+    rows = []
+    for key, value in data.items():
+        if not isinstance(value, dict) or set(value) - {"prompt", "edit_request"}:
+            raise ImportFormatError(path, f"entry '{key}': expected keys 'prompt' and 'edit_request'")
+        prompts = value.get("prompt")
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not prompts or not all(isinstance(x, str) for x in prompts) or len(prompts) != 1:
+            raise ImportFormatError(path, f"entry '{key}': 'prompt' must be a list of one string")
+        edit = value.get("edit_request")
+        c = _CRITIQUE_CUE.match(prompts[0])
+        r = _REVISION_CUE.match(edit) if isinstance(edit, str) else None
+        if not c or not r or "CritiqueRequest:" not in prompts[0]:
+            raise ImportFormatError(path, f"entry '{key}': missing CritiqueRequest/RevisionRequest")
+        rows.append(
+            {
+                "id": _slug(str(key)),
+                "critique_request": c["text"],
+                "revision_request": r["text"],
+            }
+        )
+    return rows
+
+
+def _import_feedback(path: Path, data: list[Any], start: int) -> list[dict[str, str]]:
+    rows = []
+    for i, item in enumerate(data):
+        if not isinstance(item, str) or not item.strip():
+            raise ImportFormatError(path, f"item {i}: expected a non-empty string")
+        text = _FEEDBACK_CUE.match(item)["text"]  # type: ignore[index]
+        rows.append({"id": f"feedback-{start + i + 1:02d}", "instruction": text})
+    return rows

@@ -1,0 +1,1 @@
+"""The engine: pipeline steps over labelers (scheduler, cache and journal come next)."""

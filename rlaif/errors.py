@@ -1,0 +1,77 @@
+"""Typed errors, in one place.
+
+Every error a user can cause (a bad constitution, a broken template, an unknown labeler) is an
+``RlaifError``. The CLI catches exactly this class, prints its message and exits with code 2, so
+a traceback always means a bug in rlaif, never in the user's input. Errors about a file carry the
+file and, where the format allows, the 1-based line, and render as ``path:line: message``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class RlaifError(Exception):
+    """Base class for every error caused by input, configuration or environment."""
+
+    exit_code = 2
+
+
+class FileError(RlaifError):
+    """An error located in a file, optionally at a line."""
+
+    def __init__(self, path: str | Path, message: str, line: int | None = None):
+        self.path = str(path)
+        self.line = line
+        self.message = message
+        where = f"{self.path}:{line}" if line is not None else self.path
+        super().__init__(f"{where}: {message}")
+
+
+class ConstitutionError(FileError):
+    """A constitution (or its few-shot example file) failed to parse or validate.
+
+    ``problems`` holds every ``(line, message)`` found, so a user fixes a file in one pass.
+    """
+
+    def __init__(self, path: str | Path, problems: list[tuple[int | None, str]]):
+        self.problems = problems
+        first_line, first_msg = problems[0]
+        super().__init__(path, first_msg, first_line)
+        lines = [f"{self.path}:{ln}: {msg}" if ln else f"{self.path}: {msg}" for ln, msg in problems]
+        self.args = ("\n".join(lines),)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class ImportFormatError(FileError):
+    """An input file for ``rlaif constitution import`` is not in the expected format."""
+
+
+class TemplateError(FileError):
+    """A prompt template failed to load or render (syntax, missing variable, bad output)."""
+
+
+class TemplateSandboxError(TemplateError):
+    """A template tried to reach Python internals; the sandbox refused."""
+
+
+class PromptDataError(FileError):
+    """A prompt data file (``--prompts``) is missing, empty or malformed."""
+
+
+class ConfigError(RlaifError):
+    """A setting is unknown or has a bad value (pydantic ``extra="forbid"`` lands here)."""
+
+
+class LabelerNotFoundError(ConfigError):
+    """No labeler backend or alias is registered under the requested name."""
+
+
+class ModelNotFoundError(RlaifError):
+    """A model could not be found locally (rlaif never downloads weights at run time)."""
+
+
+class BackendUnavailableError(RlaifError):
+    """A backend's optional dependency is not installed."""

