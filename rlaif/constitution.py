@@ -370,7 +370,9 @@ def _import_critiques(path: Path, data: dict[str, Any]) -> list[dict[str, str]]:
     rows = []
     for key, value in data.items():
         if not isinstance(value, dict) or set(value) - {"prompt", "edit_request"}:
-            raise ImportFormatError(path, f"entry '{key}': expected keys 'prompt' and 'edit_request'")
+            raise ImportFormatError(
+                path, f"entry '{key}': expected keys 'prompt' and 'edit_request'"
+            )
         prompts = value.get("prompt")
         if isinstance(prompts, str):
             prompts = [prompts]

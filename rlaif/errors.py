@@ -38,7 +38,9 @@ class ConstitutionError(FileError):
         self.problems = problems
         first_line, first_msg = problems[0]
         super().__init__(path, first_msg, first_line)
-        lines = [f"{self.path}:{ln}: {msg}" if ln else f"{self.path}: {msg}" for ln, msg in problems]
+        lines = [
+            f"{self.path}:{ln}: {msg}" if ln else f"{self.path}: {msg}" for ln, msg in problems
+        ]
         self.args = ("\n".join(lines),)
 
     def __str__(self) -> str:

@@ -32,27 +32,56 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "embedded SmolLM2 model: first answer, critique under a sampled principle, revision. "
         "Prints a side-by-side table and writes OUT/demo.jsonl. Seeded and reproducible.",
     )
-    p.add_argument("--prompts", type=Path, metavar="FILE",
-                   help="your own prompt data: a text file, one prompt a line "
-                   "(default: ~20 red-team prompts shipped with rlaif)")
-    p.add_argument("--constitution", type=Path, metavar="FILE", default=None,
-                   help="constitution YAML (default: constitution/harmless.yaml)")
-    p.add_argument("--templates", type=Path, metavar="DIR",
-                   help="directory of Jinja templates overriding prompts/*.j2 by file name")
-    p.add_argument("--labeler", default="smollm2", metavar="NAME",
-                   help="labeler for answers, critiques and revisions (default: smollm2)")
+    p.add_argument(
+        "--prompts",
+        type=Path,
+        metavar="FILE",
+        help="your own prompt data: a text file, one prompt a line "
+        "(default: ~20 red-team prompts shipped with rlaif)",
+    )
+    p.add_argument(
+        "--constitution",
+        type=Path,
+        metavar="FILE",
+        default=None,
+        help="constitution YAML (default: constitution/harmless.yaml)",
+    )
+    p.add_argument(
+        "--templates",
+        type=Path,
+        metavar="DIR",
+        help="directory of Jinja templates overriding prompts/*.j2 by file name",
+    )
+    p.add_argument(
+        "--labeler",
+        default="smollm2",
+        metavar="NAME",
+        help="labeler for answers, critiques and revisions (default: smollm2)",
+    )
     p.add_argument("--limit", type=int, default=None, metavar="N", help="use the first N prompts")
-    p.add_argument("--rounds", type=int, default=1, metavar="N",
-                   help="critique/revision rounds (default: 1)")
+    p.add_argument(
+        "--rounds", type=int, default=1, metavar="N", help="critique/revision rounds (default: 1)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for principles and sampling")
-    p.add_argument("--max-tokens", type=int, default=160, metavar="N",
-                   help="max new tokens per generation (default: 160)")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=160,
+        metavar="N",
+        help="max new tokens per generation (default: 160)",
+    )
     p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default: 0.7)")
     p.add_argument("--batch-size", type=int, default=8, metavar="N")
-    p.add_argument("--no-few-shot", action="store_true",
-                   help="leave out the constitution's few-shot examples")
-    p.add_argument("--out", type=Path, default=Path("outputs/demo"), metavar="DIR",
-                   help="output directory (default: outputs/demo)")
+    p.add_argument(
+        "--no-few-shot", action="store_true", help="leave out the constitution's few-shot examples"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("outputs/demo"),
+        metavar="DIR",
+        help="output directory (default: outputs/demo)",
+    )
     p.set_defaults(func=run)
 
 
@@ -62,13 +91,23 @@ def run(args: argparse.Namespace) -> int:
     templates = Templates(args.templates)
     for name in templates.unknown_overrides():
         console.print(f"[yellow]warning:[/] {args.templates / name} matches no known template")
-    rows = [{"id": r.id, "prompt": r.prompt} for r in read_text_prompts(args.prompts or demo_prompts())]
+    rows = [
+        {"id": r.id, "prompt": r.prompt} for r in read_text_prompts(args.prompts or demo_prompts())
+    ]
     rows = rows[: args.limit] if args.limit else rows
-    params = GenerateParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+    params = GenerateParams(
+        max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed
+    )
     labeler = create_labeler(args.labeler, batch_size=args.batch_size)
     step = CritiqueRevise(
-        constitution=constitution, templates=templates, policy=labeler, critic=labeler,
-        rounds=args.rounds, seed=args.seed, params=params, few_shot=not args.no_few_shot,
+        constitution=constitution,
+        templates=templates,
+        policy=labeler,
+        critic=labeler,
+        rounds=args.rounds,
+        seed=args.seed,
+        params=params,
+        few_shot=not args.no_few_shot,
         chunk_size=args.batch_size,
     )
     step.check_templates()  # a broken or unsafe template fails here, before loading a model
@@ -82,8 +121,14 @@ def run(args: argparse.Namespace) -> int:
         load = getattr(labeler, "load", None)
         if load:
             load()
-    with Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
         tasks: dict[str, int] = {}
 
         def progress(stage: str, done: int, total: int) -> None:
@@ -97,18 +142,20 @@ def run(args: argparse.Namespace) -> int:
     for row in results:
         _print_row(console, row)
     provenance = step.provenance()
-    out = write_jsonl_atomic(args.out / "demo.jsonl", ({**r, "provenance": provenance} for r in results))
+    out = write_jsonl_atomic(
+        args.out / "demo.jsonl", ({**r, "provenance": provenance} for r in results)
+    )
     console.print(f"\nwrote {len(results)} rows to [bold]{out}[/] in {elapsed:.0f} s")
     return 0
 
 
 def _print_row(console: Console, row: dict) -> None:
     last = row["rounds"][-1]
-    table = Table(title=f"[bold]{row['prompt']}[/]", title_justify="left", expand=True,
-                  show_lines=True)
+    table = Table(
+        title=f"[bold]{row['prompt']}[/]", title_justify="left", expand=True, show_lines=True
+    )
     table.add_column("first answer", ratio=1, overflow="fold")
     table.add_column(f"critique [dim]({last['principle_id']})[/]", ratio=1, overflow="fold")
     table.add_column("revision", ratio=1, overflow="fold")
     table.add_row(row["response"], last["critique"], last["revision"])
     console.print(table)
-

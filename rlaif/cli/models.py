@@ -12,8 +12,12 @@ from rlaif.labelers.base import aliases, backends
 from rlaif.models import list_models
 
 # The optional package each backend needs, to say whether it is usable here.
-_BACKEND_NEEDS = {"transformers": "transformers", "openai": "openai", "anthropic": "anthropic",
-                  "vllm": "vllm"}
+_BACKEND_NEEDS = {
+    "transformers": "transformers",
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "vllm": "vllm",
+}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

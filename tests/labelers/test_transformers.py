@@ -1,0 +1,139 @@
+"""The transformers backend on a tiny random Llama with the SmolLM2 tokenizer (fast, CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlaif.errors import ConfigError, LabelerNotFoundError, ModelNotFoundError
+from rlaif.labelers.base import GenerateParams, Labeler, create_labeler, run_sync
+from rlaif.labelers.transformers import TransformersLabeler
+
+CONVS = [
+    [{"role": "user", "content": "How do I pick a lock?"}],
+    [{"role": "user", "content": "Hi"}],
+    [
+        {"role": "user", "content": "Which is better? (A) or (B)"},
+        {"role": "assistant", "content": "The answer is:"},
+    ],
+]
+
+
+@pytest.fixture(scope="module")
+def labeler(tiny_llama_dir) -> TransformersLabeler:
+    lab = create_labeler(f"transformers:{tiny_llama_dir}", batch_size=2, device="cpu")
+    assert isinstance(lab, TransformersLabeler)
+    return lab
+
+
+def test_is_a_labeler(labeler):
+    assert isinstance(labeler, Labeler)
+    assert labeler.describe()["backend"] == "transformers"
+
+
+def test_generate_returns_n_completions_with_counts(labeler):
+    params = GenerateParams(n=3, max_tokens=6, temperature=1.0, seed=1)
+    out = run_sync(labeler.generate(CONVS, params))
+    assert len(out) == 3 and all(len(samples) == 3 for samples in out)
+    for conv, samples in zip(CONVS, out, strict=True):
+        prompt_len = len(labeler._encode(labeler._prompt_text(conv)))
+        for c in samples:
+            assert c.prompt_tokens == prompt_len
+            assert 1 <= c.completion_tokens <= 6
+            assert c.finish_reason in {"stop", "length"}
+            if c.finish_reason == "length":
+                assert c.completion_tokens == 6
+            if c.completion_tokens < 6:
+                assert c.finish_reason == "stop"
+
+
+def test_seeded_sampling_is_reproducible(labeler):
+    params = GenerateParams(n=2, max_tokens=8, temperature=1.0, seed=7)
+    a = run_sync(labeler.generate(CONVS, params))
+    b = run_sync(labeler.generate(CONVS, params))
+    assert a == b
+    c = run_sync(labeler.generate(CONVS, params.model_copy(update={"seed": 8})))
+    assert a != c
+
+
+def test_left_padded_batch_matches_single_greedy(labeler):
+    params = GenerateParams(max_tokens=8, temperature=0.0)
+    batched = run_sync(labeler.generate(CONVS[:2], params))  # different lengths -> padding
+    for conv, expected in zip(CONVS[:2], batched, strict=True):
+        alone = run_sync(labeler.generate([conv], params))
+        assert alone[0][0].text == expected[0].text
+
+
+def test_prefill_continues_the_assistant_message(labeler):
+    text = labeler._prompt_text(CONVS[2])
+    assert text.endswith("<|im_start|>assistant\nThe answer is:")
+    assert labeler._prompt_text(CONVS[0]).endswith("<|im_start|>assistant\n")
+
+
+def test_stop_strings_truncate(labeler):
+    params = GenerateParams(max_tokens=12, temperature=1.0, seed=0)
+    text = run_sync(labeler.generate(CONVS[:1], params))[0][0].text
+    assert len(text) > 8  # random weights babble; enough text to cut in the middle
+    stop = text[4:7]
+    with_stop = params.model_copy(update={"stop": (stop,)})
+    cut = run_sync(labeler.generate(CONVS[:1], with_stop))[0][0]
+    assert cut.finish_reason == "stop"
+    assert stop not in cut.text and text.startswith(cut.text)
+
+
+def manual_option_logprob(labeler, conv, option):
+    """Reference: one forward pass over prefix+option, sum of the option tokens' log-probs."""
+    tok, model = labeler._tokenizer, labeler._model
+    prefix = tok(labeler._prompt_text(conv), add_special_tokens=False)["input_ids"]
+    opt = tok(option, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prefix + opt])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+    return sum(float(logp[len(prefix) - 1 + i, t]) for i, t in enumerate(opt))
+
+
+def test_option_logprobs_match_manual_forward_pass(labeler):
+    options = [" (A)", " (B)", " neither of them"]
+    scores = run_sync(labeler.option_logprobs(CONVS, options))
+    assert len(scores) == 3 and all(len(s) == 3 for s in scores)
+    for conv, row in zip(CONVS, scores, strict=True):
+        for option, got in zip(options, row, strict=True):
+            assert got == pytest.approx(manual_option_logprob(labeler, conv, option), abs=1e-4)
+            assert got < 0
+    # a longer option multiplies more probabilities < 1
+    assert all(row[2] < max(row[0], row[1]) for row in scores)
+
+
+def test_option_logprobs_batch_independent(labeler):
+    together = run_sync(labeler.option_logprobs(CONVS, [" (A)", " (B)"]))
+    for conv, row in zip(CONVS, together, strict=True):
+        alone = run_sync(labeler.option_logprobs([conv], [" (A)", " (B)"]))[0]
+        assert alone == pytest.approx(row, abs=1e-4)
+
+
+def test_option_logprobs_needs_options(labeler):
+    with pytest.raises(ValueError):
+        run_sync(labeler.option_logprobs(CONVS, []))
+
+
+def test_settings_typo_is_an_error(tiny_llama_dir):
+    with pytest.raises(ConfigError, match="batchsize"):
+        create_labeler(f"transformers:{tiny_llama_dir}", batchsize=2)
+    with pytest.raises(ConfigError, match="dtype"):
+        create_labeler("transformers", dtype="float8")
+
+
+def test_unknown_labeler_lists_known_names():
+    with pytest.raises(LabelerNotFoundError, match=r"known: .*smollm2.*transformers"):
+        create_labeler("nosuchbackend")
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path):
+    lab = create_labeler(f"transformers:{tmp_path / 'nothing'}")
+    with pytest.raises(ModelNotFoundError, match="never downloads"):
+        lab.load()
+
+
+def test_generate_params_reject_unknown_keys():
+    with pytest.raises(Exception, match="temprature"):
+        GenerateParams(temprature=0.5)

