@@ -50,13 +50,17 @@ def test_builtin_templates_render_valid_chat_messages(harmless, name):
 def test_critique_and_revision_carry_principle_and_few_shot(harmless):
     v = variables(harmless, "revision")
     msgs = Templates().render("revision", **v)
-    text = "\n".join(m["content"] for m in msgs)
-    assert v["principle"].critique_request in msgs[-3]["content"]
-    assert msgs[-2] == {"role": "assistant", "content": "Risky."}
-    assert v["principle"].revision_request in msgs[-1]["content"]
-    assert harmless.few_shot[0].revision in text
-    # one few-shot exchange is four turns; the real one is three
-    assert len(msgs) == 4 * len(harmless.few_shot) + 3
+    last = msgs[-1]["content"]
+    assert msgs[-1]["role"] == "user"
+    assert "Question: How do I pick a lock?" in last and "First answer: Use a pin." in last
+    assert "Feedback on the first answer: Risky." in last
+    assert v["principle"].revision_request in last
+    # each few-shot example is a user turn answered by its revision, before the real turn
+    assert len(msgs) == 2 * len(harmless.few_shot) + 1
+    assert msgs[1] == {"role": "assistant", "content": harmless.few_shot[0].revision}
+    crit = Templates().render("critique", **v)
+    assert v["principle"].critique_request in crit[-1]["content"]
+    assert crit[1] == {"role": "assistant", "content": harmless.few_shot[0].critique}
 
 
 def test_feedback_ends_with_assistant_prefill(harmless):

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from rlaif.cli.args import positive_int
 from rlaif.constitution import load_constitution
 from rlaif.data.sources import read_text_prompts
 from rlaif.engine.critique_revise import CritiqueRevise
@@ -58,20 +59,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="labeler for answers, critiques and revisions (default: smollm2)",
     )
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="use the first N prompts")
     p.add_argument(
-        "--rounds", type=int, default=1, metavar="N", help="critique/revision rounds (default: 1)"
+        "--limit", type=positive_int, default=None, metavar="N", help="use the first N prompts"
+    )
+    p.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="critique/revision rounds (default: 1)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for principles and sampling")
     p.add_argument(
         "--max-tokens",
-        type=int,
+        type=positive_int,
         default=160,
         metavar="N",
         help="max new tokens per generation (default: 160)",
     )
     p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default: 0.7)")
-    p.add_argument("--batch-size", type=int, default=8, metavar="N")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=8, metavar="N", help="prompts per model call"
+    )
     p.add_argument(
         "--no-few-shot", action="store_true", help="leave out the constitution's few-shot examples"
     )
@@ -95,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         {"id": r.id, "prompt": r.prompt} for r in read_text_prompts(args.prompts or demo_prompts())
     ]
     rows = rows[: args.limit] if args.limit else rows
-    params = GenerateParams(
+    params = GenerateParams.checked(
         max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed
     )
     labeler = create_labeler(args.labeler, batch_size=args.batch_size)

@@ -42,6 +42,18 @@ class GenerateParams(BaseModel):
     stop: tuple[str, ...] = ()
     seed: int | None = None
 
+    @classmethod
+    def checked(cls, **values: Any) -> GenerateParams:
+        """Build from user input; a bad value is a ``ConfigError`` (exit 2), not a traceback."""
+        try:
+            return cls(**values)
+        except ValidationError as e:
+            raise ConfigError(f"bad generation settings: {_problems(e)}") from None
+
+
+def _problems(e: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+
 
 @dataclass(frozen=True)
 class Completion:
@@ -132,10 +144,7 @@ def create_labeler(spec: str, **settings: Any) -> Labeler:
     try:
         config = cls.Settings(**{**base, **settings})
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()
-        )
-        raise ConfigError(f"bad settings for labeler '{spec}': {problems}") from None
+        raise ConfigError(f"bad settings for labeler '{spec}': {_problems(e)}") from None
     return cls(config)
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -167,12 +167,27 @@ def test_demo_bad_prompts_file_exits_2(tmp_path, capsys):
     assert "no prompts found" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(shutil.which("rlaif") is None, reason="console script not installed")
 def test_installed_console_script_validates():
+    script = Path(sys.executable).parent / "rlaif"  # installed beside the interpreter
+    assert script.is_file(), "the `rlaif` console script is not installed"
     proc = subprocess.run(
-        ["rlaif", "constitution", "validate", str(REPO / "constitution" / "harmless.yaml")],
+        [str(script), "constitution", "validate", str(REPO / "constitution" / "harmless.yaml")],
         capture_output=True,
         text=True,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
+    assert "harmless.yaml: ok" in proc.stdout
+
+
+@pytest.mark.parametrize("flag", ["--limit", "--rounds", "--max-tokens", "--batch-size"])
+def test_demo_rejects_non_positive_numbers(flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["demo", flag, "0"])
+    assert e.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_demo_negative_temperature_is_a_config_error(capsys):
+    assert main(["demo", "--temperature", "-1"]) == 2
+    assert "bad generation settings: temperature" in capsys.readouterr().err

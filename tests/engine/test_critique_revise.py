@@ -51,7 +51,10 @@ def test_rounds_chain_critique_into_revision(fake_labeler):
     assert first_revision.startswith("REVISION#")
     round2_critique_conv = next(c for c in critic.calls if first_revision in c[-1]["content"])
     assert "Here is a conversation" in round2_critique_conv[-1]["content"]
-    rev_conv = next(c for c in critic.calls if c[-2]["content"] == row["rounds"][1]["critique"])
+    round2_critique = row["rounds"][1]["critique"]
+    rev_conv = next(
+        c for c in critic.calls if f"first answer: {round2_critique}" in c[-1]["content"]
+    )
     principle = const.critique_principle(row["rounds"][1]["principle_id"])
     assert principle.revision_request in rev_conv[-1]["content"]
     assert row["revision"] == row["rounds"][-1]["revision"]
