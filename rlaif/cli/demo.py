@@ -73,9 +73,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-tokens",
         type=positive_int,
-        default=160,
+        default=128,
         metavar="N",
-        help="max new tokens per generation (default: 160)",
+        help="max new tokens per generation (default: 128)",
     )
     p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default: 0.7)")
     p.add_argument(
