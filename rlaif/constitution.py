@@ -10,7 +10,6 @@ once, not just the first.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import random
@@ -20,12 +19,11 @@ from io import StringIO
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from ruamel.yaml.comments import CommentedMap
 
 from rlaif.errors import ConstitutionError, ImportFormatError
+from rlaif.yamlio import line_of, parse_yaml, validate_yaml, yaml_parser
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -139,101 +137,6 @@ def sample_principles(principles: Sequence[T], k: int, seed: int, key: str) -> l
 # --------------------------------------------------------------------------- loading
 
 
-def _yaml() -> YAML:
-    y = YAML(typ="rt")
-    y.allow_duplicate_keys = False
-    return y
-
-
-def _parse_yaml(path: Path) -> tuple[Any, bytes]:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConstitutionError(path, [(None, "file not found")]) from None
-    except OSError as e:
-        raise ConstitutionError(path, [(None, f"cannot read file: {e.strerror}")]) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConstitutionError(path, [(None, f"not UTF-8 text ({e.reason})")]) from None
-    try:
-        return _yaml().load(text), raw
-    except MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line = mark.line + 1 if mark is not None else None
-        problem = (e.problem or e.context or "invalid YAML").strip()
-        if "duplicate key" in problem or "found duplicate key" in str(e):
-            key = re.search(r'duplicate key "([^"]+)"', str(e))
-            problem = f"duplicate key '{key.group(1)}'" if key else "duplicate key"
-        raise ConstitutionError(path, [(line, f"invalid YAML: {problem}")]) from None
-    except YAMLError as e:
-        raise ConstitutionError(path, [(None, f"invalid YAML: {e}")]) from None
-
-
-def _plain(node: Any) -> Any:
-    """ruamel's round-trip types -> plain dict/list/str, so pydantic sees ordinary values."""
-    if isinstance(node, dict):
-        return {str(k): _plain(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_plain(v) for v in node]
-    if isinstance(node, str):
-        return str(node)
-    return node
-
-
-def _line_of(root: Any, loc: Sequence[str | int]) -> int | None:
-    """The 1-based line of the node at ``loc``, or of its deepest existing ancestor."""
-    node, line = root, (root.lc.line + 1 if hasattr(root, "lc") else 1)
-    for part in loc:
-        if isinstance(node, CommentedMap) and part in node:
-            line = node.lc.key(part)[0] + 1
-            node = node[part]
-        elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
-            line = node.lc.item(part)[0] + 1
-            node = node[part]
-        else:
-            break
-    return line
-
-
-def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
-    loc = err["loc"]
-    where = ".".join(str(p) for p in loc[:-1]) if len(loc) > 1 else ""
-    prefix = f"in {where}: " if where else ""
-    name = str(loc[-1]) if loc else ""
-    if err["type"] == "extra_forbidden":
-        allowed = _allowed_keys(model, loc[:-1])
-        hint = difflib.get_close_matches(name, allowed, n=1)
-        suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-        return f"{prefix}unknown key '{name}'{suggestion}; allowed: {', '.join(allowed)}"
-    if err["type"] == "missing":
-        return f"{prefix}missing required key '{name}'"
-    field = ".".join(str(p) for p in loc)
-    return f"{field}: {err['msg']}" if field else err["msg"]
-
-
-def _allowed_keys(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
-    current: Any = model
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = current.model_fields.get(part)
-        if field is None:
-            return []
-        ann = field.annotation
-        args = getattr(ann, "__args__", ())
-        current = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), ann)
-    return list(current.model_fields) if isinstance(current, type) else []
-
-
-def _validate(model: type[M], root: Any, path: Path) -> M:
-    try:
-        return model.model_validate(_plain(root))
-    except ValidationError as e:
-        problems = [(_line_of(root, err["loc"]), _describe(err, model)) for err in e.errors()]
-        raise ConstitutionError(path, problems) from None
-
-
 def _duplicate_ids(root: Any, section: str) -> list[tuple[int | None, str]]:
     seen: dict[str, int | None] = {}
     problems = []
@@ -241,7 +144,7 @@ def _duplicate_ids(root: Any, section: str) -> list[tuple[int | None, str]]:
         pid = item.get("id") if isinstance(item, dict) else None
         if pid is None:
             continue
-        line = _line_of(root, (section, i, "id"))
+        line = line_of(root, (section, i, "id"))
         if pid in seen:
             problems.append((line, f"duplicate {section} id '{pid}' (first at line {seen[pid]})"))
         else:
@@ -252,12 +155,12 @@ def _duplicate_ids(root: Any, section: str) -> list[tuple[int | None, str]]:
 def load_constitution(path: str | Path) -> Constitution:
     """Parse and validate a constitution file; raise ``ConstitutionError`` naming file and line."""
     path = Path(path)
-    root, raw = _parse_yaml(path)
+    root, raw = parse_yaml(path, ConstitutionError)
     if not isinstance(root, CommentedMap):
         raise ConstitutionError(path, [(1, "a constitution must be a YAML mapping of keys")])
     dupes = _duplicate_ids(root, "critique_revision") + _duplicate_ids(root, "feedback")
     try:
-        const = _validate(Constitution, root, path)
+        const = validate_yaml(Constitution, root, path, ConstitutionError)
     except ConstitutionError as e:
         raise ConstitutionError(path, sorted(e.problems + dupes, key=lambda p: p[0] or 0)) from None
     if dupes:
@@ -271,7 +174,7 @@ def load_constitution(path: str | Path) -> Constitution:
     if const.examples:
         ex_path = (path.parent / const.examples).resolve()
         if not ex_path.is_file():
-            line = _line_of(root, ("examples",))
+            line = line_of(root, ("examples",))
             raise ConstitutionError(path, [(line, f"examples file not found: {ex_path}")])
         examples, ex_raw = _load_examples(ex_path, const)
         digest.update(ex_raw)
@@ -286,13 +189,13 @@ class _ExampleFile(_Strict):
 
 
 def _load_examples(path: Path, const: Constitution) -> tuple[tuple[FewShotExample, ...], bytes]:
-    root, raw = _parse_yaml(path)
+    root, raw = parse_yaml(path, ConstitutionError)
     if not isinstance(root, CommentedMap):
         raise ConstitutionError(path, [(1, "an examples file must be a mapping with 'examples:'")])
-    parsed = _validate(_ExampleFile, root, path)
+    parsed = validate_yaml(_ExampleFile, root, path, ConstitutionError)
     known = {p.id for p in const.critique_revision}
     bad = [
-        (_line_of(root, ("examples", i, "principle")), f"unknown principle id '{ex.principle}'")
+        (line_of(root, ("examples", i, "principle")), f"unknown principle id '{ex.principle}'")
         for i, ex in enumerate(parsed.examples)
         if ex.principle is not None and ex.principle not in known
     ]
@@ -317,7 +220,7 @@ def dump_constitution(data: dict[str, Any]) -> str:
             return LiteralScalarString(v)
         return v
 
-    y = _yaml()
+    y = yaml_parser()
     y.width = 100
     y.indent(mapping=2, sequence=4, offset=2)
     buf = StringIO()

@@ -28,11 +28,9 @@ class FileError(RlaifError):
         super().__init__(f"{where}: {message}")
 
 
-class ConstitutionError(FileError):
-    """A constitution (or its few-shot example file) failed to parse or validate.
-
-    ``problems`` holds every ``(line, message)`` found, so a user fixes a file in one pass.
-    """
+class ProblemsError(FileError):
+    """A file failed to parse or validate; ``problems`` holds every ``(line, message)`` found,
+    so a user fixes a file in one pass."""
 
     def __init__(self, path: str | Path, problems: list[tuple[int | None, str]]):
         self.problems = problems
@@ -45,6 +43,14 @@ class ConstitutionError(FileError):
 
     def __str__(self) -> str:
         return self.args[0]
+
+
+class ConstitutionError(ProblemsError):
+    """A constitution (or its few-shot example file) failed to parse or validate."""
+
+
+class ConfigFileError(ProblemsError):
+    """A YAML config file (``--config``) failed to parse or validate."""
 
 
 class ImportFormatError(FileError):
