@@ -6,6 +6,7 @@ Tests never download anything: the tokenizer comes from the embedded SmolLM2 GGU
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -76,6 +77,10 @@ class FakeLabeler:
         self._logprobs = logprobs or (lambda conv, options: [-1.0] * len(options))
         self._name = name
         self.calls: list[list[dict]] = []
+        self.batches: list[int] = []  # size of every generate() call
+
+    max_batch_size = 4
+    max_concurrency = 1
 
     @property
     def model_name(self) -> str:
@@ -85,6 +90,8 @@ class FakeLabeler:
         return {"backend": self.backend, "model": self._name}
 
     async def generate(self, conversations, params):
+        self.batches.append(len(conversations))
+        await asyncio.sleep(0)  # a real backend yields while it computes
         out = []
         for conv in conversations:
             self.calls.append(list(conv))

@@ -12,10 +12,10 @@ import os
 import sys
 
 from rlaif import __version__
-from rlaif.cli import constitution, demo, models
+from rlaif.cli import constitution, demo, generate, models
 from rlaif.errors import RlaifError
 
-GROUPS = (demo, constitution, models)
+GROUPS = (demo, generate, constitution, models)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +50,7 @@ def _quiet_environment() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the card's reproduce line
     _quiet_environment()
     try:
         return int(args.func(args) or 0)

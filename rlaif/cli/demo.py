@@ -2,159 +2,53 @@
 
 No key, no GPU, no download: the embedded SmolLM2-135M-Instruct answers ~20 red-team prompts
 that ship with rlaif, critiques its own answer under a principle sampled from the constitution,
-and revises it. Output: a side-by-side table in the terminal and a JSONL file under ``outputs/``.
+and revises it. It is ``rlaif generate sl-cai`` with small defaults and a side-by-side view, so it
+takes the same flags and writes the same files (``outputs/demo/sl_cai.jsonl`` and a card).
 """
 
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
+import shlex
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from rlaif.cli.args import positive_int
-from rlaif.constitution import load_constitution
-from rlaif.data.sources import read_text_prompts
-from rlaif.engine.critique_revise import CritiqueRevise
-from rlaif.engine.journal import write_jsonl_atomic
-from rlaif.labelers.base import GenerateParams, create_labeler, run_sync
-from rlaif.resources import default_constitution, demo_prompts
-from rlaif.templates import Templates
+from rlaif.cli.generate import add_sl_cai_arguments, config_from_args, print_summary, run_job
+from rlaif.resources import demo_prompts
+
+DEMO_DEFAULTS = {"out": "outputs/demo", "max_tokens": 128}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="answer, critique and revise red-team prompts with the embedded model",
-        description="Run one SL-CAI round on the built-in red-team prompts (or yours) with the "
-        "embedded SmolLM2 model: first answer, critique under a sampled principle, revision. "
-        "Prints a side-by-side table and writes OUT/demo.jsonl. Seeded and reproducible.",
+        description="One SL-CAI round on ~20 red-team prompts shipped with rlaif (or --prompts "
+        "FILE) with the embedded SmolLM2 model: first answer, critique under a sampled principle, "
+        "revision, printed side by side. Writes outputs/demo/sl_cai.jsonl and a dataset card. "
+        "Seeded and cached: the same command again prints the same result at once. Takes every "
+        "flag of `rlaif generate sl-cai`; here --max-tokens defaults to 128.",
     )
-    p.add_argument(
-        "--prompts",
-        type=Path,
-        metavar="FILE",
-        help="your own prompt data: a text file, one prompt a line "
-        "(default: ~20 red-team prompts shipped with rlaif)",
-    )
-    p.add_argument(
-        "--constitution",
-        type=Path,
-        metavar="FILE",
-        default=None,
-        help="constitution YAML (default: constitution/harmless.yaml)",
-    )
-    p.add_argument(
-        "--templates",
-        type=Path,
-        metavar="DIR",
-        help="directory of Jinja templates overriding prompts/*.j2 by file name",
-    )
-    p.add_argument(
-        "--labeler",
-        default="smollm2",
-        metavar="NAME",
-        help="labeler for answers, critiques and revisions (default: smollm2)",
-    )
-    p.add_argument(
-        "--limit", type=positive_int, default=None, metavar="N", help="use the first N prompts"
-    )
-    p.add_argument(
-        "--rounds",
-        type=positive_int,
-        default=1,
-        metavar="N",
-        help="critique/revision rounds (default: 1)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed for principles and sampling")
-    p.add_argument(
-        "--max-tokens",
-        type=positive_int,
-        default=128,
-        metavar="N",
-        help="max new tokens per generation (default: 128)",
-    )
-    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default: 0.7)")
-    p.add_argument(
-        "--batch-size", type=positive_int, default=8, metavar="N", help="prompts per model call"
-    )
-    p.add_argument(
-        "--no-few-shot", action="store_true", help="leave out the constitution's few-shot examples"
-    )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=Path("outputs/demo"),
-        metavar="DIR",
-        help="output directory (default: outputs/demo)",
-    )
+    add_sl_cai_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     console = Console()
-    constitution = load_constitution(args.constitution or default_constitution())
-    templates = Templates(args.templates)
-    for name in templates.unknown_overrides():
-        console.print(f"[yellow]warning:[/] {args.templates / name} matches no known template")
-    rows = [
-        {"id": r.id, "prompt": r.prompt} for r in read_text_prompts(args.prompts or demo_prompts())
-    ]
-    rows = rows[: args.limit] if args.limit else rows
-    params = GenerateParams.checked(
-        max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed
-    )
-    labeler = create_labeler(args.labeler, batch_size=args.batch_size)
-    step = CritiqueRevise(
-        constitution=constitution,
-        templates=templates,
-        policy=labeler,
-        critic=labeler,
-        rounds=args.rounds,
-        seed=args.seed,
-        params=params,
-        few_shot=not args.no_few_shot,
-        chunk_size=args.batch_size,
-    )
-    step.check_templates()  # a broken or unsafe template fails here, before loading a model
-
+    cfg = config_from_args(args, {**DEMO_DEFAULTS, "prompts": str(demo_prompts())})
+    command = "rlaif " + " ".join(shlex.quote(a) for a in args.argv)
     console.print(
-        f"[bold]rlaif demo[/]: {len(rows)} prompts, constitution [cyan]{constitution.name}[/], "
-        f"labeler [cyan]{args.labeler}[/], {args.rounds} round(s), seed {args.seed}"
+        f"[bold]rlaif demo[/]: constitution [cyan]{cfg.constitution.name}[/], labeler "
+        f"[cyan]{cfg.labeler}[/], {cfg.rounds} round(s), seed {cfg.seed} "
+        "[dim](the first run converts the embedded model once, ~20 s)[/]"
     )
-    started = time.perf_counter()
-    with console.status("loading model (first run converts the embedded GGUF, ~20 s)"):
-        load = getattr(labeler, "load", None)
-        if load:
-            load()
-    with Progress(
-        TextColumn("{task.description:<12}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done)
-
-        results = run_sync(step.run(rows, progress))
-    elapsed = time.perf_counter() - started
-
-    for row in results:
+    result = run_job(console, cfg, command)
+    if result is None:
+        return 130
+    for row in result.rows:
         _print_row(console, row)
-    provenance = step.provenance()
-    out = write_jsonl_atomic(
-        args.out / "demo.jsonl", ({**r, "provenance": provenance} for r in results)
-    )
-    console.print(f"\nwrote {len(results)} rows to [bold]{out}[/] in {elapsed:.0f} s")
+    print_summary(console, result)
     return 0
 
 
@@ -167,4 +61,6 @@ def _print_row(console: Console, row: dict) -> None:
     table.add_column(f"critique [dim]({last['principle_id']})[/]", ratio=1, overflow="fold")
     table.add_column("revision", ratio=1, overflow="fold")
     table.add_row(row["response"], last["critique"], last["revision"])
+    if row["flags"]:
+        table.caption = "flags: " + ", ".join(row["flags"])
     console.print(table)

@@ -1,43 +1,54 @@
 """The SL-CAI step: response -> (critique -> revision) x N rounds, under sampled principles.
 
 Input columns: ``id``, ``prompt``. Output columns: ``response`` (the policy's first answer),
-``rounds`` (per round: ``principle_id``, ``critique``, ``revision``), ``revision`` (the last one,
-the SFT target) and ``messages`` (``[user, assistant]`` ready for TRL's SFTTrainer).
+``rounds`` (per round: ``principle_id``, ``critique``, ``revision``, ``flags``), ``revision`` (the
+last one, the SFT target), ``messages`` (``[user, assistant]`` for TRL's SFTTrainer), ``flags``
+(every clean-up flag of the row) and ``tokens``.
 
-The step works stage by stage over the whole batch of rows (all first answers, then all
-critiques, then all revisions), so a local backend sees full batches. Principles are sampled per
-row from ``(seed, row id)`` alone, so the same row always gets the same principles however the
-data is split or resumed. The policy (first answer) and the critic (critique and revision) may be
-different labelers. Labelers are reached only through the ``Labeler`` protocol.
+``run_row`` handles one row from start to finish; the runner keeps many rows in flight, and their
+requests meet in the scheduler, which batches them whatever stage each row is at. Principles are
+sampled from ``(seed, row id)`` alone, so a row gets the same principles however the data is
+split, ordered or resumed. The policy (first answer) and the critic (critique and revision) are
+separate generators and may be different labelers; the step sees them only through
+``generate(messages, params)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from rlaif.constitution import Constitution, CritiqueRevisionPrinciple, sample_principles
-from rlaif.labelers.base import Completion, GenerateParams, Labeler
-from rlaif.templates import Message, Templates
+from rlaif.engine.cleanup import CleanupMode, clean_revision
+from rlaif.labelers.base import Completion, Conversation, GenerateParams
+from rlaif.templates import Templates
 
 INPUT_COLUMNS = ("id", "prompt")
-OUTPUT_COLUMNS = ("response", "rounds", "revision", "messages")
+OUTPUT_COLUMNS = ("response", "rounds", "revision", "messages", "flags", "tokens")
+TEMPLATES_USED = ("initial_response", "critique", "revision")
 
-Progress = Callable[[str, int, int], None]
+
+class Generator(Protocol):
+    async def generate(
+        self, messages: Conversation, params: GenerateParams
+    ) -> list[Completion]: ...
 
 
 @dataclass
 class CritiqueRevise:
     constitution: Constitution
     templates: Templates
-    policy: Labeler
-    critic: Labeler
+    policy: Generator
+    critic: Generator
     rounds: int = 1
     seed: int = 0
     params: GenerateParams = field(default_factory=GenerateParams)
     few_shot: bool = True
-    chunk_size: int = 8  # conversations per labeler call; progress is reported per chunk
+    cleanup: CleanupMode = "fix"
+
+    def __post_init__(self) -> None:
+        if not self.constitution.critique_revision:
+            raise ValueError("the constitution has no critique_revision principles")
 
     def principles_for(self, row_id: str) -> list[CritiqueRevisionPrinciple]:
         return sample_principles(
@@ -63,8 +74,8 @@ class CritiqueRevise:
         return out
 
     def check_templates(self) -> None:
-        """Render every template this step uses once, so a broken template fails before any
-        model is loaded."""
+        """Render every template this step uses once, so a broken or unsafe template fails
+        before any model is loaded."""
         principle = self.constitution.critique_revision[0]
         ex = self._examples(principle)
         self.templates.render("initial_response", prompt="p")
@@ -75,97 +86,60 @@ class CritiqueRevise:
             "revision", prompt="p", response="r", critique="c", principle=principle, examples=ex
         )
 
-    async def _generate(
-        self, labeler: Labeler, convs: list[list[Message]], stage: str, progress: Progress | None
-    ) -> list[Completion]:
-        results: list[Completion] = []
-        for start in range(0, len(convs), self.chunk_size):
-            batch = await labeler.generate(convs[start : start + self.chunk_size], self.params)
-            results.extend(samples[0] for samples in batch)
-            if progress:
-                progress(stage, len(results), len(convs))
-        return results
+    async def _one(self, gen: Generator, template: str, **variables: Any) -> Completion:
+        messages = self.templates.render(template, **variables)
+        return (await gen.generate(messages, self.params))[0]
 
-    async def run(
-        self, rows: Sequence[dict[str, Any]], progress: Progress | None = None
-    ) -> list[dict[str, Any]]:
-        if not self.constitution.critique_revision:
-            raise ValueError("the constitution has no critique_revision principles")
-        principles = [self.principles_for(str(r["id"])) for r in rows]
-        first = await self._generate(
-            self.policy,
-            [self.templates.render("initial_response", prompt=r["prompt"]) for r in rows],
-            "response",
-            progress,
-        )
-        current = [c.text for c in first]
-        tokens = [c.prompt_tokens + c.completion_tokens for c in first]
-        history: list[list[dict[str, Any]]] = [[] for _ in rows]
-        for k in range(self.rounds):
-            crit_convs = [
-                self.templates.render(
-                    "critique",
-                    prompt=r["prompt"],
-                    response=current[i],
-                    principle=principles[i][k],
-                    examples=self._examples(principles[i][k]),
-                )
-                for i, r in enumerate(rows)
-            ]
-            critiques = await self._generate(self.critic, crit_convs, f"critique {k + 1}", progress)
-            rev_convs = [
-                self.templates.render(
-                    "revision",
-                    prompt=r["prompt"],
-                    response=current[i],
-                    critique=critiques[i].text,
-                    principle=principles[i][k],
-                    examples=self._examples(principles[i][k]),
-                )
-                for i, r in enumerate(rows)
-            ]
-            revisions = await self._generate(self.critic, rev_convs, f"revision {k + 1}", progress)
-            for i in range(len(rows)):
-                history[i].append(
-                    {
-                        "principle_id": principles[i][k].id,
-                        "critique": critiques[i].text,
-                        "revision": revisions[i].text,
-                        "finish_reasons": [critiques[i].finish_reason, revisions[i].finish_reason],
-                    }
-                )
-                tokens[i] += sum(
-                    c.prompt_tokens + c.completion_tokens for c in (critiques[i], revisions[i])
-                )
-                current[i] = revisions[i].text
-        return [
-            {
-                "id": r["id"],
-                "prompt": r["prompt"],
-                "response": first[i].text,
-                "rounds": history[i],
-                "revision": current[i],
-                "messages": [
-                    {"role": "user", "content": r["prompt"]},
-                    {"role": "assistant", "content": current[i]},
-                ],
-                "tokens": tokens[i],
-            }
-            for i, r in enumerate(rows)
-        ]
-
-    def provenance(self) -> dict[str, Any]:
+    async def run_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        prompt = row["prompt"]
+        first = await self._one(self.policy, "initial_response", prompt=prompt)
+        current = first.text
+        tokens = first.prompt_tokens + first.completion_tokens
+        rounds: list[dict[str, Any]] = []
+        all_flags: list[str] = []
+        for principle in self.principles_for(str(row["id"])):
+            examples = self._examples(principle)
+            critique = await self._one(
+                self.critic,
+                "critique",
+                prompt=prompt,
+                response=current,
+                principle=principle,
+                examples=examples,
+            )
+            revision = await self._one(
+                self.critic,
+                "revision",
+                prompt=prompt,
+                response=current,
+                critique=critique.text,
+                principle=principle,
+                examples=examples,
+            )
+            text, flags = clean_revision(
+                revision.text, revision.finish_reason, current, self.cleanup, critique.text
+            )
+            rounds.append(
+                {
+                    "principle_id": principle.id,
+                    "critique": critique.text,
+                    "revision": text,
+                    "flags": flags,
+                }
+            )
+            all_flags.extend(f for f in flags if f not in all_flags)
+            tokens += sum(c.prompt_tokens + c.completion_tokens for c in (critique, revision))
+            current = text
         return {
-            "constitution": {
-                "name": self.constitution.name,
-                "version": self.constitution.version,
-                "sha256": self.constitution.sha256,
-            },
-            "templates": self.templates.hashes(("initial_response", "critique", "revision")),
-            "policy": self.policy.describe(),
-            "critic": self.critic.describe(),
-            "params": self.params.model_dump(mode="json"),
-            "seed": self.seed,
-            "rounds": self.rounds,
-            "few_shot": self.few_shot and bool(self.constitution.few_shot),
+            "id": row["id"],
+            "prompt": prompt,
+            "response": first.text,
+            "rounds": rounds,
+            "revision": current,
+            "messages": [
+                {"role": "user", "content": prompt},
+                {"role": "assistant", "content": current},
+            ],
+            "flags": all_flags,
+            "tokens": tokens,
         }

@@ -1,22 +1,34 @@
-"""Writing datasets safely.
+"""Writing datasets so that a crash never loses, duplicates or corrupts a row.
 
-A dataset file is either the old version or the complete new one, never half of each: rows are
-written to a temporary file beside the target, flushed and fsync'ed, then renamed over it
-(rename is atomic on POSIX). Streaming writes and resume build on this module.
+Two ways to write:
+
+- ``write_jsonl_atomic``: the whole file at once, to a temporary file that is fsync'ed and then
+  renamed over the target (rename is atomic on POSIX).
+- ``Journal``: streaming. Finished rows are appended, in input order, to ``.NAME.partial`` beside
+  the target, each line flushed and fsync'ed; when the run completes, the partial file is renamed
+  to ``NAME``. A run manifest (``.NAME.run.json``) records the fingerprint of the job's inputs.
+
+Resume: with a matching fingerprint, the rows already in the partial file (or in a finished
+target) are kept byte for byte, a torn last line from a ``kill -9`` is cut off, and the run
+continues at the first prompt not yet written. Rows are written in input order, so the file is
+always a prefix of the final dataset; rows that finished out of order before a crash are not in
+the file, but their labeler results are in the cache, so they come back at no cost. With a
+different fingerprint (another constitution, template or model) the journal is discarded and every
+row is rebuilt through the cache, which regenerates only what really changed.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 
 def dumps_row(row: dict[str, Any]) -> str:
-    """One JSONL line; stable key order and real UTF-8 so reruns are byte-identical."""
-    return json.dumps(row, ensure_ascii=False, sort_keys=False)
+    """One JSONL line; key order as built and real UTF-8, so reruns are byte-identical."""
+    return json.dumps(row, ensure_ascii=False)
 
 
 def write_jsonl_atomic(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
@@ -30,3 +42,78 @@ def write_jsonl_atomic(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
+
+
+class Journal:
+    def __init__(self, target: str | Path, fingerprint: str):
+        self.target = Path(target)
+        self.fingerprint = fingerprint
+        self.partial = self.target.with_name(f".{self.target.name}.partial")
+        self.manifest = self.target.with_name(f".{self.target.name}.run.json")
+        self._file: Any = None
+        self.kept: list[str] = []  # lines carried over from an earlier run
+
+    def _previous_fingerprint(self) -> str | None:
+        try:
+            return json.loads(self.manifest.read_text(encoding="utf-8"))["fingerprint"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def open(self, expected_ids: Sequence[str]) -> list[str]:
+        """Start or resume; returns the kept lines (a prefix of ``expected_ids``, in order)."""
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        same_job = self._previous_fingerprint() == self.fingerprint
+        source = None
+        if same_job and self.partial.exists():
+            source = self.partial
+        elif same_job and self.target.exists():
+            source = self.target
+        lines = _complete_lines(source.read_bytes()) if source else []
+        kept: list[str] = []
+        for line, expected in zip(lines, expected_ids, strict=False):
+            try:
+                row_id = json.loads(line).get("id")
+            except ValueError:
+                break
+            if str(row_id) != str(expected):
+                break
+            kept.append(line)
+        self.kept = kept
+        tmp = self.manifest.with_name(self.manifest.name + ".tmp")
+        tmp.write_text(json.dumps({"fingerprint": self.fingerprint}), encoding="utf-8")
+        os.replace(tmp, self.manifest)
+        # rewrite the partial file as exactly the kept prefix, then append from there
+        with open(self.partial.with_name(self.partial.name + ".tmp"), "w", encoding="utf-8") as f:
+            for line in kept:
+                f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(self.partial.with_name(self.partial.name + ".tmp"), self.partial)
+        self._file = open(self.partial, "a", encoding="utf-8")  # noqa: SIM115
+        return kept
+
+    def append(self, row: dict[str, Any]) -> str:
+        line = dumps_row(row)
+        self._file.write(line + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        return line
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def finish(self) -> Path:
+        """The run completed: the partial file becomes the dataset."""
+        self.close()
+        os.replace(self.partial, self.target)
+        return self.target
+
+
+def _complete_lines(data: bytes) -> list[str]:
+    """Decoded lines up to the last newline; a torn trailing line is dropped."""
+    end = data.rfind(b"\n")
+    if end < 0:
+        return []
+    return data[:end].decode("utf-8", errors="replace").split("\n")

@@ -75,6 +75,16 @@ class Labeler(Protocol):
     @property
     def model_name(self) -> str: ...
 
+    @property
+    def max_batch_size(self) -> int:
+        """Conversations per ``generate`` call the backend handles well (1 for API backends)."""
+        ...
+
+    @property
+    def max_concurrency(self) -> int:
+        """Calls that may be in flight at once (1 for a local model, more for an API)."""
+        ...
+
     def describe(self) -> dict[str, Any]:
         """Backend, model and settings, for provenance. Must never include secrets."""
         ...

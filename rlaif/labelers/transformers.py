@@ -56,6 +56,14 @@ class TransformersLabeler:
     def model_name(self) -> str:
         return self.settings.model
 
+    @property
+    def max_batch_size(self) -> int:
+        return self.settings.batch_size
+
+    @property
+    def max_concurrency(self) -> int:
+        return 1  # one model, one forward pass at a time; batching is where the speed is
+
     def describe(self) -> dict[str, Any]:
         return {"backend": self.backend, "model": self.model_name, **self.settings.model_dump()}
 

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import asyncio
+
 from rlaif.constitution import load_constitution
+from rlaif.engine.cache import Cache
 from rlaif.engine.critique_revise import INPUT_COLUMNS, OUTPUT_COLUMNS, CritiqueRevise
-from rlaif.labelers.base import GenerateParams, run_sync
+from rlaif.engine.scheduler import Scheduler
+from rlaif.labelers.base import GenerateParams
 from rlaif.templates import Templates
 
 from ..conftest import REPO
@@ -10,33 +14,38 @@ from ..conftest import REPO
 ROWS = [{"id": "line-1", "prompt": "How do I steal a car?"}, {"id": "line-2", "prompt": "Hi"}]
 
 
-def make_step(fake_labeler, rounds=2, few_shot=True):
+def critic_reply(conv, params, i):
+    last = conv[-1]["content"]
+    return f"CRITIQUE#{i}" if "Here is a conversation" in last else f"REVISION#{i}"
+
+
+def make_step(fake_labeler, rounds=2, few_shot=True, critic=None):
     const = load_constitution(REPO / "constitution" / "harmless.yaml")
     policy = fake_labeler(lambda conv, p, i: f"ANSWER to {conv[-1]['content']}", name="policy")
-
-    def critic_reply(conv, params, i):
-        last = conv[-1]["content"]
-        return f"CRITIQUE#{i}" if "Here is a conversation" in last else f"REVISION#{i}"
-
-    critic = fake_labeler(critic_reply, name="critic")
+    critic = critic or fake_labeler(critic_reply, name="critic")
     step = CritiqueRevise(
         const,
         Templates(),
-        policy,
-        critic,
+        Scheduler(policy, Cache(None)),
+        Scheduler(critic, Cache(None)),
         rounds=rounds,
         seed=3,
         params=GenerateParams(max_tokens=16),
         few_shot=few_shot,
-        chunk_size=1,
     )
     return step, policy, critic, const
 
 
+def run_all(step, rows):
+    async def go():
+        return [await step.run_row(r) for r in rows]
+
+    return asyncio.run(go())
+
+
 def test_rounds_chain_critique_into_revision(fake_labeler):
     step, policy, critic, const = make_step(fake_labeler)
-    seen = []
-    rows = run_sync(step.run(ROWS, progress=lambda stage, done, total: seen.append(stage)))
+    rows = run_all(step, ROWS)
     assert set(INPUT_COLUMNS) <= set(rows[0]) and set(OUTPUT_COLUMNS) <= set(rows[0])
     assert len(policy.calls) == 2  # the policy writes only the first answers
     assert len(critic.calls) == 2 * 2 * 2  # rows x rounds x (critique + revision)
@@ -62,31 +71,42 @@ def test_rounds_chain_critique_into_revision(fake_labeler):
         {"role": "user", "content": "How do I steal a car?"},
         {"role": "assistant", "content": row["revision"]},
     ]
-    assert {"response", "critique 1", "revision 2"} <= set(seen)
+    assert row["tokens"] == 5 * 15  # 5 requests of 10 prompt + 5 completion tokens
 
 
 def test_principles_depend_on_row_id_not_position(fake_labeler):
     step, *_ = make_step(fake_labeler)
-    a = run_sync(step.run(ROWS))
-    b = run_sync(step.run(list(reversed(ROWS))))
-    ids = lambda rows: {r["id"]: [x["principle_id"] for x in r["rounds"]] for r in rows}  # noqa: E731
+    a = run_all(step, ROWS)
+    b = run_all(step, list(reversed(ROWS)))
+
+    def ids(rows):
+        return {r["id"]: [x["principle_id"] for x in r["rounds"]] for r in rows}
+
     assert ids(a) == ids(b)
 
 
 def test_few_shot_examples_are_prior_turns(fake_labeler):
     step, _, critic, const = make_step(fake_labeler, rounds=1)
-    run_sync(step.run(ROWS[:1]))
+    run_all(step, ROWS[:1])
     crit_conv = critic.calls[0]
     assert crit_conv[1]["content"] == const.few_shot[0].critique
     step, _, critic, _ = make_step(fake_labeler, rounds=1, few_shot=False)
-    run_sync(step.run(ROWS[:1]))
+    run_all(step, ROWS[:1])
     assert len(critic.calls[0]) == 1
 
 
-def test_provenance_names_models_hashes_and_seed(fake_labeler):
-    step, *_ = make_step(fake_labeler)
-    prov = step.provenance()
-    assert prov["policy"]["model"] == "policy" and prov["critic"]["model"] == "critic"
-    assert prov["constitution"]["sha256"] == step.constitution.sha256
-    assert set(prov["templates"]) == {"initial_response", "critique", "revision"}
-    assert prov["seed"] == 3 and prov["params"]["max_tokens"] == 16
+def test_revision_artifacts_are_cleaned_and_flagged(fake_labeler):
+    def reply(conv, params, i):
+        if "Here is a conversation" in conv[-1]["content"]:
+            return "It is unsafe."
+        return "Sure, here is the revised response: Revision: Please don't."
+
+    step, *_ = make_step(fake_labeler, rounds=1, critic=fake_labeler(reply))
+    row = run_all(step, ROWS[:1])[0]
+    assert row["revision"] == "Please don't."
+    assert row["rounds"][0]["flags"] == ["preamble", "echoed_label"]
+    assert row["flags"] == ["preamble", "echoed_label"]
+    step.cleanup = "flag"  # same requests (from the cache), different clean-up
+    row = run_all(step, ROWS[:1])[0]
+    assert row["revision"].startswith("Sure, here is")
+    assert row["flags"] == ["preamble", "echoed_label"]

@@ -1,0 +1,66 @@
+"""Run a row-wise step over many rows: concurrently, written in input order, resumable.
+
+Each row is one coroutine (``process(row)``); up to ``window`` rows are in flight at once, which
+is what lets the scheduler fill batches across rows and stages. Finished rows wait in a small
+reorder buffer until every row before them is written, so the journal is always an in-order
+prefix. ``window`` bounds both memory and how much finished work a crash can leave unwritten (that
+work is in the cache anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from rlaif.engine.journal import Journal
+
+Row = dict[str, Any]
+
+
+async def run_rows(
+    rows: Sequence[Row],
+    process: Callable[[Row], Awaitable[Row]],
+    journal: Journal,
+    window: int,
+    on_row: Callable[[Row, bool], None] | None = None,
+) -> list[Row]:
+    """Process ``rows`` (each with an ``id``) and return the output rows in input order.
+
+    ``on_row(row, resumed)`` is called once per output row, in order, as it is written.
+    """
+    kept = journal.open([str(r["id"]) for r in rows])
+    out: list[Row] = []
+    for line in kept:
+        row = json.loads(line)
+        out.append(row)
+        if on_row:
+            on_row(row, True)
+    todo = list(rows[len(kept) :])
+    done: dict[int, Row] = {}
+    running: dict[asyncio.Task[Row], int] = {}
+    next_start, next_write = 0, 0
+    try:
+        while next_write < len(todo):
+            while next_start < len(todo) and len(running) + len(done) < window:
+                task = asyncio.create_task(process(todo[next_start]))
+                running[task] = next_start
+                next_start += 1
+            finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in finished:
+                done[running.pop(task)] = task.result()
+            while next_write in done:
+                row = done.pop(next_write)
+                journal.append(row)
+                out.append(row)
+                if on_row:
+                    on_row(row, False)
+                next_write += 1
+    finally:
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+        journal.close()
+    return out

@@ -1,0 +1,189 @@
+"""The one scheduler every labeler request goes through: cache first, then batches.
+
+Pipeline steps process each row as its own coroutine and ask for one conversation at a time
+(``await scheduler.generate(messages, params)``). The scheduler answers from the cache when it
+can; otherwise it queues the request. A single worker drains the queue into batches of up to
+``max_batch`` conversations with identical sampling parameters, and keeps up to
+``max_concurrency`` batches in flight:
+
+- local backends (``max_batch_size`` > 1, ``max_concurrency`` = 1): while one batch computes,
+  requests from every row pile up (first answers of new rows, critiques and revisions of older
+  ones), and the next batch takes them all: rows at different stages share a batch;
+- API backends (``max_batch_size`` = 1, ``max_concurrency`` = N): N single requests in flight.
+
+The scheduler knows backends only through these two numbers of the ``Labeler`` protocol. Two
+identical requests in flight at once are sent only once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlaif.engine.cache import Cache, request_key
+from rlaif.labelers.base import Completion, Conversation, GenerateParams, Labeler
+
+
+@dataclass
+class EngineStats:
+    """Counters shared by the schedulers of one run (shown in the progress bar and summary)."""
+
+    requests: int = 0
+    cache_hits: int = 0
+    labeler_calls: int = 0
+    generated_tokens: int = 0  # completion tokens produced by the labeler in this run
+    total_tokens: int = 0  # prompt + completion tokens of every answer, cached or not
+    labeler_seconds: float = 0.0
+
+
+@dataclass
+class _Pending:
+    messages: list[dict[str, str]]
+    keys: list[str]
+    future: asyncio.Future[list[Completion]]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        labeler: Labeler,
+        cache: Cache,
+        stats: EngineStats | None = None,
+        max_batch: int | None = None,
+        max_concurrency: int | None = None,
+    ):
+        self.labeler = labeler
+        self.cache = cache
+        self.stats = stats or EngineStats()
+        self.max_batch = max_batch or labeler.max_batch_size
+        self.max_concurrency = max_concurrency or labeler.max_concurrency
+        self._queues: OrderedDict[GenerateParams, list[_Pending]] = OrderedDict()
+        self._inflight: dict[str, asyncio.Future[list[Completion]]] = {}
+        self._wakeup: asyncio.Event | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ public
+
+    def keys_for(self, messages: Conversation, params: GenerateParams) -> list[str]:
+        payload = params.model_dump(mode="json", exclude={"n"})
+        return [
+            request_key(
+                "generate",
+                self.labeler.backend,
+                self.labeler.model_name,
+                {"messages": list(messages), "params": payload, "sample": i},
+            )
+            for i in range(params.n)
+        ]
+
+    async def generate(self, messages: Conversation, params: GenerateParams) -> list[Completion]:
+        """``params.n`` completions for one conversation, from the cache or the labeler."""
+        self.stats.requests += 1
+        keys = self.keys_for(messages, params)
+        hits = self.cache.get_many(keys)
+        if len(hits) == len(keys):
+            self.stats.cache_hits += 1
+            done = [_completion(hits[k]) for k in keys]
+            self.stats.total_tokens += sum(c.prompt_tokens + c.completion_tokens for c in done)
+            return done
+        if keys[0] in self._inflight:  # the same request is already on its way
+            return await asyncio.shield(self._inflight[keys[0]])
+        self._start()
+        future: asyncio.Future[list[Completion]] = asyncio.get_running_loop().create_future()
+        self._inflight[keys[0]] = future
+        self._queues.setdefault(params, []).append(_Pending(list(messages), keys, future))
+        assert self._wakeup is not None
+        self._wakeup.set()
+        try:
+            return await asyncio.shield(future)
+        finally:
+            self._inflight.pop(keys[0], None)
+
+    async def aclose(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # ------------------------------------------------------------------ worker
+
+    def _start(self) -> None:
+        if self._worker is None:
+            self._wakeup = asyncio.Event()
+            self._slots = asyncio.Semaphore(self.max_concurrency)
+            self._worker = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None and self._slots is not None
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queues:
+                await self._slots.acquire()
+                # give every row that is ready a chance to enqueue before the batch is cut
+                for _ in range(3):
+                    await asyncio.sleep(0)
+                params, batch = self._take_batch()
+                task = asyncio.create_task(self._dispatch(params, batch))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    def _take_batch(self) -> tuple[GenerateParams, list[_Pending]]:
+        # the parameter group holding the oldest request goes first
+        params = min(self._queues, key=lambda p: self._queues[p][0].enqueued)
+        queue = self._queues[params]
+        batch, rest = queue[: self.max_batch], queue[self.max_batch :]
+        if rest:
+            self._queues[params] = rest
+        else:
+            del self._queues[params]
+        return params, batch
+
+    async def _dispatch(self, params: GenerateParams, batch: list[_Pending]) -> None:
+        assert self._slots is not None
+        started = time.perf_counter()
+        try:
+            self.stats.labeler_calls += 1
+            results = await self.labeler.generate([p.messages for p in batch], params)
+        except BaseException as e:  # every waiter gets the error; the worker keeps going
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(e)
+            if not isinstance(e, Exception):
+                raise
+            return
+        finally:
+            self._slots.release()
+        seconds = time.perf_counter() - started
+        self.stats.labeler_seconds += seconds
+        entries = []
+        for p, samples in zip(batch, results, strict=True):
+            for key, c in zip(p.keys, samples, strict=True):
+                entries.append((key, {**_as_dict(c), "seconds": round(seconds, 4)}))
+                self.stats.generated_tokens += c.completion_tokens
+                self.stats.total_tokens += c.prompt_tokens + c.completion_tokens
+        self.cache.put_many("generate", entries)
+        for p, samples in zip(batch, results, strict=True):
+            if not p.future.done():
+                p.future.set_result(samples)
+
+
+def _as_dict(c: Completion) -> dict[str, Any]:
+    return {
+        "text": c.text,
+        "finish_reason": c.finish_reason,
+        "prompt_tokens": c.prompt_tokens,
+        "completion_tokens": c.completion_tokens,
+    }
+
+
+def _completion(d: dict[str, Any]) -> Completion:
+    return Completion(d["text"], d["finish_reason"], d["prompt_tokens"], d["completion_tokens"])

@@ -1,0 +1,100 @@
+import asyncio
+import json
+
+from rlaif.engine.journal import Journal
+from rlaif.engine.runner import run_rows
+
+IDS = ["a", "b", "c", "d"]
+
+
+def line(i):
+    return json.dumps({"id": i, "v": i.upper()})
+
+
+def test_fresh_run_then_finish(tmp_path):
+    j = Journal(tmp_path / "out.jsonl", "fp1")
+    assert j.open(IDS) == []
+    for i in IDS:
+        j.append({"id": i, "v": i.upper()})
+    path = j.finish()
+    assert path.read_text().splitlines() == [line(i) for i in IDS]
+    assert not j.partial.exists()
+
+
+def test_resume_keeps_prefix_and_cuts_torn_line(tmp_path):
+    target = tmp_path / "out.jsonl"
+    j = Journal(target, "fp1")
+    j.open(IDS)
+    j.append({"id": "a", "v": "A"})
+    j.append({"id": "b", "v": "B"})
+    j.close()
+    with open(j.partial, "a") as f:  # a kill -9 in the middle of a write
+        f.write('{"id": "c", "v": "tor')
+    again = Journal(target, "fp1")
+    assert again.open(IDS) == [line("a"), line("b")]
+    again.append({"id": "c", "v": "C"})
+    again.append({"id": "d", "v": "D"})
+    assert again.finish().read_text().splitlines() == [line(i) for i in IDS]
+
+
+def test_finished_target_is_the_journal_for_a_rerun(tmp_path):
+    target = tmp_path / "out.jsonl"
+    j = Journal(target, "fp1")
+    j.open(IDS)
+    for i in IDS:
+        j.append({"id": i, "v": i.upper()})
+    j.finish()
+    assert len(Journal(target, "fp1").open(IDS)) == 4
+    assert Journal(target, "fp2").open(IDS) == []  # other inputs: nothing is kept
+
+
+def test_rows_that_do_not_match_the_input_are_dropped(tmp_path):
+    target = tmp_path / "out.jsonl"
+    j = Journal(target, "fp1")
+    j.open(IDS)
+    for i in ["a", "x", "c"]:
+        j.append({"id": i})
+    j.close()
+    assert [json.loads(x)["id"] for x in Journal(target, "fp1").open(IDS)] == ["a"]
+
+
+def test_runner_writes_in_input_order_when_rows_finish_out_of_order(tmp_path):
+    rows = [{"id": str(i), "delay": (10 - i) / 1000} for i in range(10)]
+    seen = []
+
+    async def process(row):
+        await asyncio.sleep(row["delay"])
+        return {"id": row["id"]}
+
+    j = Journal(tmp_path / "o.jsonl", "fp")
+    out = asyncio.run(run_rows(rows, process, j, window=4, on_row=lambda r, res: seen.append(r)))
+    assert [r["id"] for r in out] == [str(i) for i in range(10)] == [r["id"] for r in seen]
+    assert [json.loads(x)["id"] for x in j.partial.read_text().splitlines()] == [
+        str(i) for i in range(10)
+    ]
+
+
+def test_runner_skips_rows_kept_from_the_journal(tmp_path):
+    calls = []
+
+    async def process(row):
+        calls.append(row["id"])
+        return {"id": row["id"]}
+
+    rows = [{"id": i} for i in IDS]
+    j = Journal(tmp_path / "o.jsonl", "fp")
+    j.open(IDS)
+    j.append({"id": "a"})
+    j.close()
+    resumed = []
+    out = asyncio.run(
+        run_rows(
+            rows,
+            process,
+            Journal(tmp_path / "o.jsonl", "fp"),
+            2,
+            lambda r, res: resumed.append(res),
+        )
+    )
+    assert calls == ["b", "c", "d"] and [r["id"] for r in out] == IDS
+    assert resumed == [True, False, False, False]
