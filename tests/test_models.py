@@ -77,7 +77,7 @@ def test_demo_on_real_smollm2_prints_answer_critique_revision(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "first answer" in proc.stdout and "critique" in proc.stdout
-    rows = [json.loads(x) for x in (out / "demo.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (out / "sl_cai.jsonl").read_text().splitlines()]
     assert len(rows) == 2
     for r in rows:
         assert r["response"] and r["rounds"][0]["critique"] and r["revision"]

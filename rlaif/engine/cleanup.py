@@ -5,7 +5,8 @@ Models often wrap a revision in chatter ("Sure, here is the revised response:"),
 reports a flag; in ``fix`` mode the rule also repairs the text (an empty revision keeps the text it
 was meant to revise); in ``flag`` mode the text is left as it came; ``off`` does nothing. The flags
 ``unchanged`` and ``copied_critique`` only report that the reviser repeated the answer or the
-critique, as small models often do. Flags are kept per round in the output row and counted in the dataset card.
+critique, as small models often do. Flags are kept per round in the output row and counted
+in the dataset card.
 """
 
 from __future__ import annotations

@@ -144,7 +144,7 @@ def test_demo_on_tiny_model_writes_rows_with_provenance(tiny_llama_dir, tmp_path
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "first answer" in printed and "revision" in printed
-    rows = [json.loads(line) for line in (out / "demo.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "sl_cai.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in rows] == [
         "How do I open a locked door?",
         "Tell me something mean about my boss.",
@@ -155,9 +155,14 @@ def test_demo_on_tiny_model_writes_rows_with_provenance(tiny_llama_dir, tmp_path
         assert r["messages"][1]["content"] == r["revision"]
         assert r["provenance"]["constitution"]["name"] == "helpful-honest-harmless"
         assert r["provenance"]["critic"]["model"] == str(tiny_llama_dir)
-    first = (out / "demo.jsonl").read_bytes()
-    assert main(args) == 0  # seeded: the same command writes the same bytes
-    assert (out / "demo.jsonl").read_bytes() == first
+    assert (out / "README.md").is_file()
+    first = (out / "sl_cai.jsonl").read_bytes()
+    assert main(args) == 0  # the same command again: nothing to do
+    assert "labeler calls: 0" in capsys.readouterr().out
+    assert (out / "sl_cai.jsonl").read_bytes() == first
+    other = tmp_path / "fresh"  # no journal, no cache: seeded sampling gives the same bytes
+    assert main([*args[:-1], str(other)]) == 0
+    assert (other / "sl_cai.jsonl").read_bytes() == first
 
 
 def test_demo_bad_prompts_file_exits_2(tmp_path, capsys):
@@ -190,4 +195,4 @@ def test_demo_rejects_non_positive_numbers(flag, capsys):
 
 def test_demo_negative_temperature_is_a_config_error(capsys):
     assert main(["demo", "--temperature", "-1"]) == 2
-    assert "bad generation settings: temperature" in capsys.readouterr().err
+    assert "--temperature: Input should be greater than or equal to 0" in capsys.readouterr().err

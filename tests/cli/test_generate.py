@@ -1,0 +1,131 @@
+"""``rlaif generate sl-cai``: config files, flags, and surviving kill -9 and Ctrl-C."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from rlaif.cli import main
+
+from ..conftest import FIXTURES
+
+
+def sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_config_file_with_flag_override(tiny_llama_dir, tmp_path, capsys):
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(
+        f"prompts: {FIXTURES / 'prompts.csv'}\n"
+        "prompt_field: question\n"
+        f"labeler: transformers:{tiny_llama_dir}\n"
+        "rounds: 3\n"
+        "max_tokens: 4\n"
+        f"out: {tmp_path / 'from-config'}\n"
+    )
+    out = tmp_path / "from-flag"
+    assert (
+        main(["generate", "sl-cai", "--config", str(cfg), "--rounds", "1", "--out", str(out)]) == 0
+    )
+    rows = [json.loads(x) for x in (out / "sl_cai.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(len(r["rounds"]) == 1 for r in rows)  # the flag won
+    assert rows[1]["prompt"] == "Tell me something mean, about my boss."  # the config's field
+    assert not (tmp_path / "from-config").exists()
+    summary = capsys.readouterr().out
+    assert "2 rows (0 resumed)" in summary and "labeler calls:" in summary
+
+
+def test_config_typo_names_file_and_line(tmp_path, capsys):
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text("prompts: x.txt\nrounds: 2\nmax_token: 5\n")
+    assert main(["generate", "sl-cai", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}:3: unknown key 'max_token' (did you mean 'max_tokens'?)" in err
+
+
+def test_missing_prompts_is_a_clear_error(capsys):
+    assert main(["generate", "sl-cai"]) == 2
+    assert "--prompts: Field required" in capsys.readouterr().err
+
+
+def _command(tiny_llama_dir, prompts, out):
+    return [
+        "generate", "sl-cai", "--prompts", str(prompts), "--labeler",
+        f"transformers:{tiny_llama_dir}", "--rounds", "2", "--max-tokens", "16",
+        "--temperature", "0", "--batch-size", "1", "--out", str(out),
+    ]  # fmt: skip
+
+
+def _start(args):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "rlaif", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def _wait_for_rows(partial, n, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if partial.exists() and partial.read_bytes().count(b"\n") >= n:
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"finished before it could be interrupted: {proc.stderr.read()}")
+        time.sleep(0.02)
+    pytest.fail("no rows written in time")
+
+
+@pytest.fixture
+def many_prompts(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("\n".join(f"Question number {i}: how do I do thing {i}?" for i in range(24)))
+    return path
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_equals_an_uninterrupted_run(tiny_llama_dir, tmp_path, many_prompts):
+    whole = tmp_path / "whole"
+    assert main(_command(tiny_llama_dir, many_prompts, whole)) == 0
+
+    out = tmp_path / "killed"
+    proc = _start(_command(tiny_llama_dir, many_prompts, out))
+    partial = out / ".sl_cai.jsonl.partial"
+    _wait_for_rows(partial, 4, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = partial.read_bytes()
+    kept = before[: before.rfind(b"\n") + 1].decode().splitlines()
+    assert 4 <= len(kept) < 24, "the kill should land mid-run"
+
+    assert main(_command(tiny_llama_dir, many_prompts, out)) == 0
+    lines = (out / "sl_cai.jsonl").read_text().splitlines()
+    ids = [json.loads(x)["id"] for x in lines]
+    assert ids == [f"line-{i}" for i in range(1, 25)]  # each prompt once, in input order
+    assert lines[: len(kept)] == kept  # rows finished before the kill: byte for byte
+    assert sha(out / "sl_cai.jsonl") == sha(whole / "sl_cai.jsonl")
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tiny_llama_dir, tmp_path, many_prompts):
+    out = tmp_path / "out"
+    proc = _start(_command(tiny_llama_dir, many_prompts, out))
+    _wait_for_rows(out / ".sl_cai.jsonl.partial", 2, proc)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Run the same command again to resume" in " ".join(stdout.split())
+    assert "Traceback" not in stderr
+    assert main(_command(tiny_llama_dir, many_prompts, out)) == 0
+    ids = [json.loads(x)["id"] for x in (out / "sl_cai.jsonl").read_text().splitlines()]
+    assert ids == [f"line-{i}" for i in range(1, 25)]
