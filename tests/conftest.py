@@ -78,6 +78,7 @@ class FakeLabeler:
         self._name = name
         self.calls: list[list[dict]] = []
         self.batches: list[int] = []  # size of every generate() call
+        self.batch_contents: list[list[str]] = []  # last message of each conversation, per call
 
     max_batch_size = 4
     max_concurrency = 1
@@ -91,6 +92,7 @@ class FakeLabeler:
 
     async def generate(self, conversations, params):
         self.batches.append(len(conversations))
+        self.batch_contents.append([c[-1]["content"] for c in conversations])
         await asyncio.sleep(0)  # a real backend yields while it computes
         out = []
         for conv in conversations:

@@ -153,12 +153,14 @@ class Scheduler:
         try:
             self.stats.labeler_calls += 1
             results = await self.labeler.generate([p.messages for p in batch], params)
-        except BaseException as e:  # every waiter gets the error; the worker keeps going
+        except asyncio.CancelledError:
+            for p in batch:
+                p.future.cancel()
+            raise
+        except Exception as e:  # every waiting row gets the error; the worker keeps going
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(e)
-            if not isinstance(e, Exception):
-                raise
             return
         finally:
             self._slots.release()

@@ -95,8 +95,22 @@ def _fingerprint(provenance: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def build(cfg: SLCAIConfig) -> tuple[CritiqueRevise, list[dict[str, Any]], dict[str, Any], Any]:
-    """Everything short of running: read and check inputs, build labelers, step, provenance."""
+@dataclass
+class Prepared:
+    """A job ready to run: inputs read and checked, labelers and schedulers built (models load
+    lazily, on the first request)."""
+
+    step: CritiqueRevise
+    rows: list[dict[str, Any]]
+    provenance: dict[str, Any]
+    schedulers: list[Scheduler]
+    cache: Cache
+    stats: EngineStats
+
+
+def build(cfg: SLCAIConfig) -> Prepared:
+    """Read and check every input (templates render once, so a broken or unsafe template fails
+    here, before a model loads), then wire labelers, schedulers and the step."""
     prompts = read_prompts(
         cfg.prompts, cfg.prompt_format, cfg.prompt_field, cfg.id_field, cfg.hh_context
     )
@@ -115,18 +129,26 @@ def build(cfg: SLCAIConfig) -> tuple[CritiqueRevise, list[dict[str, Any]], dict[
         if same
         else _make_labeler(cfg.policy or cfg.labeler, cfg.policy_settings, cfg.batch_size)
     )
+    cache = Cache(cfg.cache or Path(cfg.out) / "cache.sqlite")
+    stats = EngineStats()
+    critic_sched = Scheduler(critic, cache, stats, cfg.batch_size, cfg.concurrency)
+    policy_sched = (
+        critic_sched  # one labeler, one scheduler: first answers share batches with critiques
+        if policy is critic
+        else Scheduler(policy, cache, stats, cfg.batch_size, cfg.concurrency)
+    )
     step = CritiqueRevise(
         constitution=constitution,
         templates=templates,
-        policy=policy,  # replaced by schedulers in run(); kept here for provenance
-        critic=critic,
+        policy=policy_sched,
+        critic=critic_sched,
         rounds=cfg.rounds,
         seed=cfg.seed,
         params=params,
         few_shot=cfg.few_shot,
         cleanup=cfg.cleanup,
     )
-    step.check_templates()  # a broken or unsafe template fails here, before a model loads
+    step.check_templates()
     provenance = {
         "rlaif": __version__,
         "source": {
@@ -150,7 +172,8 @@ def build(cfg: SLCAIConfig) -> tuple[CritiqueRevise, list[dict[str, Any]], dict[
         "few_shot": cfg.few_shot and bool(constitution.few_shot),
         "cleanup": cfg.cleanup,
     }
-    return step, rows, provenance, (policy, critic)
+    schedulers = [critic_sched] if policy_sched is critic_sched else [critic_sched, policy_sched]
+    return Prepared(step, rows, provenance, schedulers, cache, stats)
 
 
 async def run_sl_cai(
@@ -160,43 +183,37 @@ async def run_sl_cai(
     on_start: Callable[[int, EngineStats], None] | None = None,
 ) -> SLCAIResult:
     started = time.perf_counter()
-    step, rows, provenance, (policy, critic) = build(cfg)
+    job = build(cfg)
     out = Path(cfg.out)
-    cache = Cache(cfg.cache or out / "cache.sqlite")
-    stats = EngineStats()
-    critic_sched = Scheduler(critic, cache, stats, cfg.batch_size, cfg.concurrency)
-    policy_sched = (
-        critic_sched
-        if policy is critic
-        else Scheduler(policy, cache, stats, cfg.batch_size, cfg.concurrency)
-    )
-    step.policy, step.critic = policy_sched, critic_sched
-    journal = Journal(out / DATASET_FILE, _fingerprint(provenance))
-    window = 4 * max(critic_sched.max_batch * critic_sched.max_concurrency, 1)
+    journal = Journal(out / DATASET_FILE, _fingerprint(job.provenance))
+    # enough rows in flight to fill every batch slot twice over; rows finish (and are written)
+    # steadily instead of all at the end
+    window = 2 * max(s.max_batch * s.max_concurrency for s in job.schedulers)
     timings: dict[str, dict[str, Any]] = {}
 
     async def process(row: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
-        result = await step.run_row(row)
+        result = await job.step.run_row(row)
         timings[str(row["id"])] = {"seconds": round(time.perf_counter() - t0, 3)}
-        return {**result, "provenance": provenance}
+        return {**result, "provenance": job.provenance}
 
     if on_start:
-        on_start(len(rows), stats)
+        on_start(len(job.rows), job.stats)
     try:
-        done = await run_rows(rows, process, journal, window, on_row)
+        done = await run_rows(job.rows, process, journal, window, on_row)
+        dataset = journal.finish()
+        seconds = time.perf_counter() - started
+        extra = [_write_timings(out, done, timings)]
+        if cfg.parquet:
+            extra.append(_write_parquet(dataset))
+        card = write_sl_cai_card(
+            out, done, job.provenance, job.stats, seconds, command, len(journal.kept)
+        )
     finally:
-        await critic_sched.aclose()
-        if policy_sched is not critic_sched:
-            await policy_sched.aclose()
-    dataset = journal.finish()
-    seconds = time.perf_counter() - started
-    extra = [_write_timings(out, done, timings)]
-    if cfg.parquet:
-        extra.append(_write_parquet(dataset))
-    card = write_sl_cai_card(out, done, provenance, stats, seconds, command, len(journal.kept))
-    cache.close()
-    return SLCAIResult(done, len(journal.kept), stats, seconds, dataset, card, extra)
+        for sched in job.schedulers:
+            await sched.aclose()
+        job.cache.close()
+    return SLCAIResult(done, len(journal.kept), job.stats, seconds, dataset, card, extra)
 
 
 def _write_timings(

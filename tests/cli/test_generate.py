@@ -129,3 +129,18 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tiny_llama_dir, tmp_path, m
     assert main(_command(tiny_llama_dir, many_prompts, out)) == 0
     ids = [json.loads(x)["id"] for x in (out / "sl_cai.jsonl").read_text().splitlines()]
     assert ids == [f"line-{i}" for i in range(1, 25)]
+
+
+def test_shipped_recipe_is_a_valid_config():
+    from rlaif.cli import build_parser
+    from rlaif.cli.generate import config_from_args
+
+    from ..conftest import REPO
+
+    args = build_parser().parse_args(
+        ["generate", "sl-cai", "--config", str(REPO / "recipes" / "sl-cai.yaml")]
+    )
+    args.argv = []
+    cfg = config_from_args(args)
+    assert cfg.rounds == 2 and cfg.labeler == "smollm2"
+    assert (REPO / cfg.prompts).is_file() and (REPO / cfg.constitution).is_file()

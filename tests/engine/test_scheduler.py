@@ -32,6 +32,9 @@ def test_requests_from_many_rows_share_batches(fake_labeler):
     assert sum(lab.batches) == 20 and max(lab.batches) == 4
     assert len(lab.batches) <= 6  # 20 requests in batches of 4, not 20 single calls
     assert sched.stats.labeler_calls == len(lab.batches)
+    # rows at different stages share a batch: first requests of late rows ride with second
+    # requests of early ones
+    assert any({c.split()[0] for c in batch} == {"first", "second"} for batch in lab.batch_contents)
 
 
 def test_cache_answers_a_rerun_without_calls(fake_labeler):
