@@ -14,14 +14,14 @@ from ..conftest import FIXTURES, REPO
 
 
 def config(tiny_llama_dir, out, **kw):
-    return SLCAIConfig(
-        prompts=FIXTURES / "hh_small.jsonl.gz",
-        labeler=f"transformers:{tiny_llama_dir}",
-        rounds=2,
-        max_tokens=6,
-        out=out,
-        **kw,
-    )
+    settings = {
+        "prompts": FIXTURES / "hh_small.jsonl.gz",
+        "labeler": f"transformers:{tiny_llama_dir}",
+        "rounds": 2,
+        "max_tokens": 6,
+        "out": out,
+    }
+    return SLCAIConfig(**{**settings, **kw})
 
 
 def run(cfg):
@@ -118,3 +118,18 @@ def test_dataset_loads_with_datasets_and_feeds_trl_sft(tiny_llama_dir, tmp_path)
     )
     out = trainer.train()
     assert out.global_step == 1 and out.training_loss > 0
+
+
+def test_policy_and_critic_can_be_different_labelers(tiny_llama_dir, tmp_path):
+    import shutil
+
+    other = tmp_path / "policy-model"
+    shutil.copytree(tiny_llama_dir, other)
+    cfg = config(tiny_llama_dir, tmp_path / "out", policy=f"transformers:{other}", rounds=1)
+    result = run(cfg)
+    prov = result.rows[0]["provenance"]
+    assert prov["policy"]["model"] == str(other)
+    assert prov["critic"]["model"] == str(tiny_llama_dir)
+    # two labelers, two schedulers: the policy's first answers and the critic's work are
+    # separate requests (3 + 3 * 2)
+    assert result.stats.requests == 9
