@@ -1,4 +1,7 @@
-"""The progress display for row-wise jobs: rows done/total, rate, ETA, tokens, cache hits."""
+"""The progress display for row-wise jobs: rows done/total, rate, ETA, tokens, cache hits.
+
+Rich draws it live on a terminal and prints the final state once elsewhere (logs, CI).
+"""
 
 from __future__ import annotations
 
@@ -21,9 +24,13 @@ from rlaif.engine.scheduler import EngineStats
 
 
 class _Rate(ProgressColumn):
+    """Rows made in this run per second of this run (resumed rows do not count)."""
+
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:.2f} rows/s" if speed else "-- rows/s", style="cyan")
+        made, elapsed = task.fields.get("made", 0), task.elapsed or 0.0
+        if not made or elapsed <= 0:
+            return Text("-- rows/s", style="cyan")
+        return Text(f"{made / elapsed:.2f} rows/s", style="cyan")
 
 
 class _Stats(ProgressColumn):
@@ -72,8 +79,10 @@ class RowProgress:
 
     def on_start(self, total: int, stats: EngineStats) -> None:
         self._stats_col.stats = stats
-        self._task = self._progress.add_task("rows", total=total)
+        self._task = self._progress.add_task("rows", total=total, made=0)
+        self._made = 0
 
     def on_row(self, row: dict[str, Any], resumed: bool) -> None:
         self.written += 1
-        self._progress.advance(self._task)
+        self._made += 0 if resumed else 1
+        self._progress.update(self._task, advance=1, made=self._made)
