@@ -83,3 +83,20 @@ class ModelNotFoundError(RlaifError):
 
 class BackendUnavailableError(RlaifError):
     """A backend's optional dependency is not installed."""
+
+
+class LabelerCallError(RlaifError):
+    """A labeler request failed for good: not retryable, or still failing after the last retry.
+
+    The engine marks the row failed with ``reason`` and goes on; a rerun retries such rows.
+    """
+
+    def __init__(self, reason: str, attempts: int, retryable: bool):
+        self.reason = reason
+        self.attempts = attempts
+        self.retryable = retryable
+        super().__init__(f"{reason} (after {attempts} attempt{'s' if attempts != 1 else ''})")
+
+
+class LabelerResponseError(RlaifError):
+    """A server answered with something that is not a valid response (garbage, truncated JSON)."""

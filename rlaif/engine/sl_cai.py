@@ -212,6 +212,7 @@ async def run_sl_cai(
     finally:
         for sched in job.schedulers:
             await sched.aclose()
+            await sched.labeler.aclose()
         job.cache.close()
     return SLCAIResult(done, len(journal.kept), job.stats, seconds, dataset, card, extra)
 

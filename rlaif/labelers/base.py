@@ -104,6 +104,7 @@ class Labeler(Protocol):
 
 _BACKENDS: dict[str, str] = {
     "transformers": "rlaif.labelers.transformers:TransformersLabeler",
+    "openai": "rlaif.labelers.openai:OpenAILabeler",
 }
 
 # Short names users type; each expands to (backend, settings).

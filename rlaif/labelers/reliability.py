@@ -1,0 +1,136 @@
+"""Retries, timeouts and client-side rate limits for API backends.
+
+API calls fail in ordinary ways: 429 with a Retry-After, 5xx, dropped connections, timeouts,
+garbage bodies. ``with_retries`` retries what is transient, with exponential backoff and full
+jitter (a random delay up to the cap, so many clients do not retry in lockstep), and honours the
+server's Retry-After when it gives one. What is not transient (400, 401, 404) fails at once. A call
+that still fails after the last retry raises ``LabelerCallError``; the engine marks the row failed
+and the run goes on.
+
+``RateLimiter`` keeps a client under requests/min and tokens/min budgets with two token buckets,
+so a run does not provoke the 429s it would then have to retry.
+
+Backends supply ``classify(exc) -> Verdict`` for their SDK's exceptions; nothing here knows an SDK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rlaif.errors import LabelerCallError
+
+T = TypeVar("T")
+
+
+class RetrySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_retries: int = Field(default=6, ge=0)
+    base_delay: float = Field(default=0.5, ge=0.0, description="seconds before the first retry")
+    max_delay: float = Field(default=30.0, ge=0.0)
+    timeout: float = Field(default=120.0, gt=0.0, description="seconds per attempt")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    retryable: bool
+    reason: str
+    retry_after: float | None = None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After is either seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def backoff_delay(attempt: int, settings: RetrySettings, retry_after: float | None) -> float:
+    if retry_after is not None:  # the server knows best
+        return retry_after
+    cap = min(settings.max_delay, settings.base_delay * (2**attempt))
+    return random.uniform(0.0, cap)
+
+
+async def with_retries(
+    call: Callable[[], Awaitable[T]],
+    settings: RetrySettings,
+    classify: Callable[[BaseException], Verdict],
+    on_retry: Callable[[Verdict], None] | None = None,
+    enforce_timeout: bool = True,
+) -> T:
+    """Call until success or a final failure. ``enforce_timeout=False`` when the client enforces
+    ``settings.timeout`` itself (cancelling an HTTP client mid-request can leave its connection
+    pool in a bad state, so an SDK's own timeout is preferred where there is one)."""
+    attempt = 0
+    while True:
+        try:
+            if not enforce_timeout:
+                return await call()
+            return await asyncio.wait_for(call(), timeout=settings.timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # every failure is classified: transient or not
+            verdict = (
+                Verdict(True, f"timed out after {settings.timeout:g} s")
+                if isinstance(exc, TimeoutError)
+                else classify(exc)
+            )
+            attempt += 1
+            if not verdict.retryable or attempt > settings.max_retries:
+                raise LabelerCallError(verdict.reason, attempt, verdict.retryable) from exc
+            if on_retry:
+                on_retry(verdict)
+            await asyncio.sleep(backoff_delay(attempt - 1, settings, verdict.retry_after))
+
+
+class RateLimiter:
+    """Token buckets for requests/min and tokens/min; ``None`` means no limit."""
+
+    def __init__(self, requests_per_minute: float | None, tokens_per_minute: float | None):
+        self._buckets = [
+            _Bucket(rate / 60.0, rate) for rate in (requests_per_minute, tokens_per_minute) if rate
+        ]
+        self._use_tokens = tokens_per_minute is not None
+        self._lock = asyncio.Lock()
+
+    async def acquire(self, tokens: int = 0) -> None:
+        if not self._buckets:
+            return
+        needs = [1.0] + ([float(tokens)] if self._use_tokens else [])
+        async with self._lock:
+            for bucket, need in zip(self._buckets, needs, strict=False):
+                await bucket.take(min(need, bucket.capacity))
+
+
+class _Bucket:
+    def __init__(self, per_second: float, capacity: float):
+        self.per_second = per_second
+        self.capacity = capacity
+        self.level = capacity
+        self.stamp = time.monotonic()
+
+    async def take(self, amount: float) -> None:
+        while True:
+            now = time.monotonic()
+            self.level = min(self.capacity, self.level + (now - self.stamp) * self.per_second)
+            self.stamp = now
+            if self.level >= amount:
+                self.level -= amount
+                return
+            await asyncio.sleep((amount - self.level) / self.per_second)

@@ -1,0 +1,183 @@
+"""An in-process OpenAI-compatible HTTP server with fault injection, for tests.
+
+It answers ``POST /v1/chat/completions`` on 127.0.0.1 with a deterministic reply (an echo of the
+last message), and, at a set rate or on a script, fails the way real servers do: 429 with
+Retry-After, 500, a hang past the client's timeout, malformed JSON, or a body cut short. Real
+HTTP over loopback, so the openai SDK's whole stack is exercised; only the model is fake.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+FAULTS = ("429", "500", "hang", "garbage", "truncated")
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # the default backlog of 5 drops bursts of connections
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients that time out close their end; a broken pipe here is expected
+
+
+class FakeOpenAIServer:
+    def __init__(
+        self,
+        fault_rate: float = 0.0,
+        faults: tuple[str, ...] = FAULTS,
+        script: list[str] | None = None,
+        seed: int = 0,
+        retry_after: str = "0",
+        hang_seconds: float = 2.0,
+        latency: float = 0.0,
+    ):
+        self.fault_rate = fault_rate
+        self.faults = faults
+        self.script = list(script or [])  # faults to serve first, in order ("ok" = no fault)
+        self.rng = random.Random(seed)
+        self.retry_after = retry_after
+        self.hang_seconds = hang_seconds
+        self.latency = latency
+        self.served: Counter[str] = Counter()
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.permanent: str | None = None  # set to "500" to fail every request
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self._lock = threading.Lock()
+        self._httpd = _Server(("127.0.0.1", 0), self._handler())
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def __enter__(self) -> FakeOpenAIServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def _pick_fault(self) -> str:
+        with self._lock:
+            if self.permanent:
+                return self.permanent
+            if self.script:
+                return self.script.pop(0)
+            if self.rng.random() < self.fault_rate:
+                return self.rng.choice(self.faults)
+            return "ok"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # keep test output clean
+                pass
+
+            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None,
+                      length: int | None = None) -> None:  # fmt: skip
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body) if length is None else length))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+                self.wfile.flush()
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                request = json.loads(self.rfile.read(length) or b"{}")
+                with server._lock:
+                    server.requests.append(request)
+                    server.headers.append({k.lower(): v for k, v in self.headers.items()})
+                    server.in_flight += 1
+                    server.peak_in_flight = max(server.peak_in_flight, server.in_flight)
+                try:
+                    self._answer(request)
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
+
+            def _answer(self, request: dict[str, Any]) -> None:
+                fault = server._pick_fault()
+                server.served[fault] += 1
+                if server.latency:
+                    time.sleep(server.latency)
+                if fault == "429":
+                    err = b'{"error": {"message": "slow down", "type": "rate_limit"}}'
+                    return self._send(429, err, {"Retry-After": server.retry_after})
+                if fault == "500":
+                    return self._send(500, b'{"error": {"message": "boom"}}')
+                if fault == "400":
+                    return self._send(400, b'{"error": {"message": "bad request"}}')
+                if fault == "hang":
+                    time.sleep(server.hang_seconds)
+                    return self._send(500, b'{"error": {"message": "late"}}')
+                if fault == "garbage":
+                    return self._send(200, b"<html>not json at all")
+                body = json.dumps(completion(request)).encode()
+                if fault == "truncated":
+                    self._send(200, body[: len(body) // 2], length=len(body))
+                    self.close_connection = True
+                    return None
+                return self._send(200, body)
+
+        return Handler
+
+
+def completion(request: dict[str, Any]) -> dict[str, Any]:
+    """A deterministic chat completion: 'echo: <last message>' cut to max_tokens words."""
+    last = request["messages"][-1]["content"]
+    words = f"echo: {last}".split()
+    limit = request.get("max_tokens") or 64
+    n = request.get("n") or 1
+    text = " ".join(words[:limit])
+    finish = "length" if len(words) > limit else "stop"
+    choices = []
+    for i in range(n):
+        choice: dict[str, Any] = {
+            "index": i,
+            "message": {"role": "assistant", "content": text if n == 1 else f"{text} #{i}"},
+            "finish_reason": finish,
+        }
+        if request.get("logprobs"):
+            # first token "(" then the label: A is preferred with p ~ 0.73 vs B ~ 0.27
+            choice["logprobs"] = {
+                "content": [
+                    {"token": " (", "logprob": -0.01, "bytes": None,
+                     "top_logprobs": [{"token": " (", "logprob": -0.01, "bytes": None}]},
+                    {"token": "A", "logprob": -0.3133, "bytes": None,
+                     "top_logprobs": [
+                         {"token": "A", "logprob": -0.3133, "bytes": None},
+                         {"token": "B", "logprob": -1.3133, "bytes": None},
+                         {"token": "C", "logprob": -6.0, "bytes": None},
+                     ]},
+                ]
+            }  # fmt: skip
+        choices.append(choice)
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": 0,
+        "model": request.get("model", "fake"),
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": len(last.split()),
+            "completion_tokens": min(len(words), limit) * n,
+            "total_tokens": len(last.split()) + min(len(words), limit) * n,
+        },
+    }

@@ -1,0 +1,134 @@
+"""The openai backend over real HTTP against an in-process server with injected faults."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+
+import pytest
+
+from rlaif.errors import ConfigError, LabelerCallError
+from rlaif.labelers.base import GenerateParams, create_labeler, run_sync
+
+from .fake_openai_server import FakeOpenAIServer
+
+pytest.importorskip("openai")
+
+CONV = [{"role": "user", "content": "hello there"}]
+FAST_RETRY = {"max_retries": 6, "base_delay": 0.01, "max_delay": 0.05, "timeout": 0.5}
+
+
+def labeler(url, **kw):
+    return create_labeler("openai:fake-model", **{"base_url": url, "retry": FAST_RETRY, **kw})
+
+
+def test_generate_n_choices_usage_and_finish_reason():
+    with FakeOpenAIServer() as server:
+        lab = labeler(server.url)
+        out = run_sync(lab.generate([CONV], GenerateParams(n=2, max_tokens=2, seed=5)))
+    assert [c.text for c in out[0]] == ["echo: hello #0", "echo: hello #1"]
+    assert all(c.finish_reason == "length" and c.prompt_tokens == 2 for c in out[0])
+    sent = server.requests[0]
+    assert sent["n"] == 2 and sent["seed"] == 5 and sent["max_tokens"] == 2
+    assert sent["messages"] == CONV and sent["model"] == "fake-model"
+
+
+def test_transient_faults_are_retried_until_success():
+    with FakeOpenAIServer(fault_rate=0.4, seed=1, hang_seconds=1.0) as server:
+        lab = labeler(server.url, concurrency=8)
+        convs = [[{"role": "user", "content": f"q{i}"}] for i in range(30)]
+        out = run_sync(lab.generate(convs, GenerateParams(max_tokens=8)))
+    assert [o[0].text for o in out] == [f"echo: q{i}" for i in range(30)]
+    faults = sum(n for kind, n in server.served.items() if kind != "ok")
+    assert faults > 0 and lab.retries == faults
+    assert {"429", "500", "garbage"} <= set(server.served)
+
+
+def test_retry_after_is_honoured():
+    with FakeOpenAIServer(script=["429", "ok"], retry_after="0.3") as server:
+        lab = labeler(server.url)
+        start = time.perf_counter()
+        run_sync(lab.generate([CONV], GenerateParams()))
+        waited = time.perf_counter() - start
+    assert waited >= 0.3 and lab.retries == 1
+
+
+def test_permanent_500_fails_after_the_last_retry():
+    with FakeOpenAIServer() as server:
+        server.permanent = "500"
+        lab = labeler(server.url, retry={**FAST_RETRY, "max_retries": 2})
+        with pytest.raises(LabelerCallError) as err:
+            run_sync(lab.generate([CONV], GenerateParams()))
+    assert err.value.attempts == 3 and "HTTP 500" in err.value.reason
+    assert len(server.requests) == 3
+
+
+def test_client_errors_are_not_retried():
+    with FakeOpenAIServer() as server:
+        server.permanent = "400"
+        lab = labeler(server.url)
+        with pytest.raises(LabelerCallError) as err:
+            run_sync(lab.generate([CONV], GenerateParams()))
+    assert len(server.requests) == 1 and lab.retries == 0
+    assert err.value.retryable is False and "HTTP 400" in err.value.reason
+
+
+def test_requests_are_spread_over_servers_by_load():
+    with FakeOpenAIServer(latency=0.05) as a, FakeOpenAIServer(latency=0.05) as b:
+        lab = labeler([a.url, b.url], concurrency=8)
+        convs = [[{"role": "user", "content": f"q{i}"}] for i in range(16)]
+        run_sync(lab.generate(convs, GenerateParams()))
+    assert len(a.requests) + len(b.requests) == 16
+    assert abs(len(a.requests) - len(b.requests)) <= 2
+
+
+def test_option_logprobs_from_top_logprobs():
+    with FakeOpenAIServer() as server:
+        lab = labeler(server.url)
+        scores = run_sync(lab.option_logprobs([CONV, CONV], [" (A)", " (B)"]))
+    assert scores[0] == pytest.approx([-0.3133, -1.3133])
+    p_a = math.exp(scores[0][0]) / sum(math.exp(s) for s in scores[0])
+    assert p_a == pytest.approx(0.731, abs=1e-3)
+    assert server.requests[0]["logprobs"] is True and server.requests[0]["top_logprobs"] == 20
+
+
+def test_api_key_from_env_or_file_never_in_describe(tmp_path, monkeypatch):
+    secret = "sk-test-PLANTED-SECRET-1234"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    with FakeOpenAIServer() as server:
+        lab = labeler(server.url)
+        run_sync(lab.generate([CONV], GenerateParams()))
+    assert server.headers[0]["authorization"] == f"Bearer {secret}"
+    assert secret not in json.dumps(lab.describe())
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-from-file\n")
+    with FakeOpenAIServer() as server:
+        run_sync(labeler(server.url, api_key_file=key_file).generate([CONV], GenerateParams()))
+    assert server.headers[0]["authorization"] == "Bearer sk-from-file"
+
+
+def test_the_real_openai_endpoint_needs_a_key(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
+        create_labeler("openai:gpt-4o-mini")
+
+
+def test_concurrency_is_bounded_by_the_scheduler():
+    from rlaif.engine.cache import Cache
+    from rlaif.engine.scheduler import Scheduler
+
+    with FakeOpenAIServer(latency=0.05) as server:
+        lab = labeler(server.url, concurrency=4)
+        sched = Scheduler(lab, Cache(None))
+
+        async def main():
+            await asyncio.gather(
+                *(sched.generate([{"role": "user", "content": f"q{i}"}], GenerateParams())
+                  for i in range(12))
+            )  # fmt: skip
+            await sched.aclose()
+
+        asyncio.run(main())
+    assert len(server.requests) == 12 and server.peak_in_flight == 4
