@@ -82,6 +82,7 @@ class FakeLabeler:
 
     max_batch_size = 4
     max_concurrency = 1
+    retries = 0
 
     @property
     def model_name(self) -> str:

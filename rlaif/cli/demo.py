@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     for row in result.rows:
         _print_row(console, row)
     print_summary(console, result)
-    return 0
+    return 3 if result.failed else 0
 
 
 def _print_row(console: Console, row: dict) -> None:

@@ -121,8 +121,13 @@ def print_summary(console: Console, result: SLCAIResult) -> None:
     console.print(
         f"[bold]{len(result.rows)} rows[/] ({result.resumed} resumed) in {result.seconds:.1f} s · "
         f"labeler calls: [bold]{s.labeler_calls}[/] · cache hits {s.cache_hits}/{s.requests} · "
-        f"{s.generated_tokens:,} tokens generated"
+        f"{s.generated_tokens:,} tokens generated · {s.retries} calls retried"
     )
+    if result.failed:
+        console.print(
+            f"[red]{len(result.failed)} rows failed[/] (kept with their reason in "
+            f"sl_cai.failed.jsonl; run the same command again to retry exactly those rows)"
+        )
     for path in (result.dataset, result.card, *result.extra_files):
         console.print(f"  wrote {path}")
 
@@ -150,4 +155,4 @@ def sl_cai(args: argparse.Namespace) -> int:
     if result is None:
         return 130
     print_summary(console, result)
-    return 0
+    return 3 if result.failed else 0

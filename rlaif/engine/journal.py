@@ -72,11 +72,11 @@ class Journal:
         kept: list[str] = []
         for line, expected in zip(lines, expected_ids, strict=False):
             try:
-                row_id = json.loads(line).get("id")
+                record = json.loads(line)
             except ValueError:
                 break
-            if str(row_id) != str(expected):
-                break
+            if str(record.get("id")) != str(expected) or isinstance(record.get("failed"), dict):
+                break  # a failed row is retried, and everything after it is rebuilt from cache
             kept.append(line)
         self.kept = kept
         tmp = self.manifest.with_name(self.manifest.name + ".tmp")
@@ -104,11 +104,44 @@ class Journal:
             self._file.close()
             self._file = None
 
-    def finish(self) -> Path:
-        """The run completed: the partial file becomes the dataset."""
+    def finish(self) -> tuple[Path, Path | None]:
+        """The run completed: the partial file becomes the dataset.
+
+        Rows marked ``failed`` (a labeler call that failed for good) are moved to
+        ``NAME.failed.jsonl`` instead, so the dataset holds only complete rows. They are not part
+        of the journal a rerun resumes from, so the rerun retries exactly those rows (the rows
+        after them come back from the cache).
+        """
         self.close()
-        os.replace(self.partial, self.target)
-        return self.target
+        failed_path = self.target.with_name(self.target.stem + ".failed.jsonl")
+        lines = _complete_lines(self.partial.read_bytes())
+        failed = [ln for ln in lines if ln and _is_failed(ln)]
+        if not failed:
+            os.replace(self.partial, self.target)
+            failed_path.unlink(missing_ok=True)
+            return self.target, None
+        bad = set(failed)
+        _write_lines_atomic(self.target, [ln for ln in lines if ln and ln not in bad])
+        _write_lines_atomic(failed_path, failed)
+        self.partial.unlink()
+        return self.target, failed_path
+
+
+def _is_failed(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line).get("failed"), dict)
+    except ValueError:
+        return False
+
+
+def _write_lines_atomic(path: Path, lines: list[str]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _complete_lines(data: bytes) -> list[str]:

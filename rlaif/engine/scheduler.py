@@ -37,6 +37,8 @@ class EngineStats:
     generated_tokens: int = 0  # completion tokens produced by the labeler in this run
     total_tokens: int = 0  # prompt + completion tokens of every answer, cached or not
     labeler_seconds: float = 0.0
+    retries: int = 0  # calls the labelers retried (429, 5xx, timeouts, garbage)
+    failed_rows: int = 0  # rows given up after the last retry
 
 
 @dataclass

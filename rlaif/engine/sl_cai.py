@@ -32,6 +32,7 @@ from rlaif.engine.critique_revise import TEMPLATES_USED, CritiqueRevise
 from rlaif.engine.journal import Journal, write_jsonl_atomic
 from rlaif.engine.runner import run_rows
 from rlaif.engine.scheduler import EngineStats, Scheduler
+from rlaif.errors import LabelerCallError
 from rlaif.labelers.base import GenerateParams, backend_class, create_labeler, parse_spec
 from rlaif.resources import default_constitution
 from rlaif.templates import Templates
@@ -80,6 +81,7 @@ class SLCAIResult:
     dataset: Path
     card: Path
     extra_files: list[Path] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)  # rows whose labeler call failed
 
 
 def _make_labeler(spec: str, settings: dict[str, Any], batch_size: int | None) -> Any:
@@ -193,28 +195,39 @@ async def run_sl_cai(
 
     async def process(row: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
-        result = await job.step.run_row(row)
-        timings[str(row["id"])] = {"seconds": round(time.perf_counter() - t0, 3)}
+        try:
+            result = await job.step.run_row(row)
+        except LabelerCallError as e:  # failed for good: keep the reason, go on with the run
+            job.stats.failed_rows += 1
+            failure = {"reason": e.reason, "attempts": e.attempts}
+            return {"id": row["id"], "prompt": row["prompt"], "failed": failure}
+        finally:
+            timings[str(row["id"])] = {"seconds": round(time.perf_counter() - t0, 3)}
         return {**result, "provenance": job.provenance}
 
     if on_start:
         on_start(len(job.rows), job.stats)
     try:
         done = await run_rows(job.rows, process, journal, window, on_row)
-        dataset = journal.finish()
+        dataset, failed_file = journal.finish()
+        ok = [r for r in done if "failed" not in r]
+        failed = [r for r in done if "failed" in r]
+        job.stats.retries = sum(s.labeler.retries for s in job.schedulers)
         seconds = time.perf_counter() - started
         extra = [_write_timings(out, done, timings)]
+        if failed_file:
+            extra.append(failed_file)
         if cfg.parquet:
             extra.append(_write_parquet(dataset))
         card = write_sl_cai_card(
-            out, done, job.provenance, job.stats, seconds, command, len(journal.kept)
+            out, ok, job.provenance, job.stats, seconds, command, len(journal.kept), failed
         )
     finally:
         for sched in job.schedulers:
             await sched.aclose()
             await sched.labeler.aclose()
         job.cache.close()
-    return SLCAIResult(done, len(journal.kept), job.stats, seconds, dataset, card, extra)
+    return SLCAIResult(ok, len(journal.kept), job.stats, seconds, dataset, card, extra, failed)
 
 
 def _write_timings(

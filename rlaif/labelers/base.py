@@ -71,6 +71,7 @@ class Labeler(Protocol):
 
     backend: ClassVar[str]
     supports_logprobs: ClassVar[bool]
+    retries: int  # calls retried so far (0 for backends that never retry)
 
     @property
     def model_name(self) -> str: ...

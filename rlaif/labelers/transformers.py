@@ -42,6 +42,7 @@ class TransformersLabeler:
     backend: ClassVar[str] = "transformers"
     supports_logprobs: ClassVar[bool] = True
     Settings = TransformersSettings
+    retries = 0  # a local model has nothing to retry
 
     def __init__(self, settings: TransformersSettings | None = None):
         self.settings = settings or TransformersSettings()

@@ -16,7 +16,8 @@ def test_fresh_run_then_finish(tmp_path):
     assert j.open(IDS) == []
     for i in IDS:
         j.append({"id": i, "v": i.upper()})
-    path = j.finish()
+    path, failed = j.finish()
+    assert failed is None
     assert path.read_text().splitlines() == [line(i) for i in IDS]
     assert not j.partial.exists()
 
@@ -34,7 +35,7 @@ def test_resume_keeps_prefix_and_cuts_torn_line(tmp_path):
     assert again.open(IDS) == [line("a"), line("b")]
     again.append({"id": "c", "v": "C"})
     again.append({"id": "d", "v": "D"})
-    assert again.finish().read_text().splitlines() == [line(i) for i in IDS]
+    assert again.finish()[0].read_text().splitlines() == [line(i) for i in IDS]
 
 
 def test_finished_target_is_the_journal_for_a_rerun(tmp_path):
@@ -98,3 +99,24 @@ def test_runner_skips_rows_kept_from_the_journal(tmp_path):
     )
     assert calls == ["b", "c", "d"] and [r["id"] for r in out] == IDS
     assert resumed == [True, False, False, False]
+
+
+def test_failed_rows_go_to_their_own_file_and_are_retried(tmp_path):
+    target = tmp_path / "out.jsonl"
+    j = Journal(target, "fp1")
+    j.open(IDS)
+    j.append({"id": "a", "v": "A"})
+    j.append({"id": "b", "failed": {"reason": "HTTP 500 from server", "attempts": 7}})
+    j.append({"id": "c", "v": "C"})
+    j.append({"id": "d", "v": "D"})
+    dataset, failed = j.finish()
+    assert [json.loads(x)["id"] for x in dataset.read_text().splitlines()] == ["a", "c", "d"]
+    assert json.loads(failed.read_text())["failed"]["attempts"] == 7
+    # a rerun keeps what comes before the failed row and redoes the rest (from the cache)
+    again = Journal(target, "fp1")
+    assert again.open(IDS) == [line("a")]
+    for i in ["b", "c", "d"]:
+        again.append({"id": i, "v": i.upper()})
+    dataset, failed = again.finish()
+    assert dataset.read_text().splitlines() == [line(i) for i in IDS]
+    assert failed is None and not (tmp_path / "out.failed.jsonl").exists()

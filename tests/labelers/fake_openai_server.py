@@ -49,6 +49,7 @@ class FakeOpenAIServer:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.permanent: str | None = None  # set to "500" to fail every request
+        self.fail_if: Any = None  # request -> bool: these requests always get a 500
         self.in_flight = 0
         self.peak_in_flight = 0
         self._lock = threading.Lock()
@@ -68,8 +69,10 @@ class FakeOpenAIServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def _pick_fault(self) -> str:
+    def _pick_fault(self, request: dict[str, Any]) -> str:
         with self._lock:
+            if self.fail_if is not None and self.fail_if(request):
+                return "500"
             if self.permanent:
                 return self.permanent
             if self.script:
@@ -113,7 +116,7 @@ class FakeOpenAIServer:
                         server.in_flight -= 1
 
             def _answer(self, request: dict[str, Any]) -> None:
-                fault = server._pick_fault()
+                fault = server._pick_fault(request)
                 server.served[fault] += 1
                 if server.latency:
                     time.sleep(server.latency)
