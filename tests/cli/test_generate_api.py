@@ -72,3 +72,18 @@ def test_permanent_failures_mark_rows_failed_and_a_rerun_fills_exactly_them(tmp_
     assert [r["id"] for r in final] == [f"line-{i}" for i in range(1, 11)]
     assert {r["id"]: r for r in final}["line-1"] == {r["id"]: r for r in good}["line-1"]
     assert not (tmp_path / "out" / "sl_cai.failed.jsonl").exists()
+
+
+def test_a_planted_api_key_never_reaches_outputs_or_logs(tmp_path, monkeypatch, capsys):
+    secret = "sk-PLANTED-do-not-leak-9f8e7d"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    with FakeOpenAIServer(fault_rate=0.3, faults=("429", "500"), seed=2) as server:
+        cfg = write_job(tmp_path, server.url, 6, retries=8)
+        assert main(["generate", "sl-cai", "--config", str(cfg)]) == 0
+        assert server.headers[0]["authorization"] == f"Bearer {secret}"  # it was used
+    captured = capsys.readouterr()
+    assert secret not in captured.out and secret not in captured.err
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"sl_cai.jsonl", "README.md", "cache.sqlite"}
+    for path in files:
+        assert secret.encode() not in path.read_bytes(), path
