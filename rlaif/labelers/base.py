@@ -106,6 +106,7 @@ class Labeler(Protocol):
 _BACKENDS: dict[str, str] = {
     "transformers": "rlaif.labelers.transformers:TransformersLabeler",
     "openai": "rlaif.labelers.openai:OpenAILabeler",
+    "anthropic": "rlaif.labelers.anthropic:AnthropicLabeler",
 }
 
 # Short names users type; each expands to (backend, settings).

@@ -50,11 +50,18 @@ class FakeOpenAIServer:
         self.headers: list[dict[str, str]] = []
         self.permanent: str | None = None  # set to "500" to fail every request
         self.fail_if: Any = None  # request -> bool: these requests always get a 500
+        self.echo_prefill = False  # anthropic: start the answer with the assistant prefill
+        self.votes_served = 0
         self.in_flight = 0
         self.peak_in_flight = 0
         self._lock = threading.Lock()
         self._httpd = _Server(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def root_url(self) -> str:
+        """For SDKs that add ``/v1/...`` themselves (anthropic)."""
+        return self.url[: -len("/v1")]
 
     @property
     def url(self) -> str:
@@ -132,7 +139,10 @@ class FakeOpenAIServer:
                     return self._send(500, b'{"error": {"message": "late"}}')
                 if fault == "garbage":
                     return self._send(200, b"<html>not json at all")
-                body = json.dumps(completion(request)).encode()
+                if self.path.endswith("/messages"):
+                    body = json.dumps(server.anthropic_message(request)).encode()
+                else:
+                    body = json.dumps(completion(request)).encode()
                 if fault == "truncated":
                     self._send(200, body[: len(body) // 2], length=len(body))
                     self.close_connection = True
@@ -140,6 +150,37 @@ class FakeOpenAIServer:
                 return self._send(200, body)
 
         return Handler
+
+
+def _anthropic_message(server: FakeOpenAIServer, request: dict[str, Any]) -> dict[str, Any]:
+    """Anthropic Messages format. After an assistant prefill, it votes: "(A)" three times in four,
+    "(B)" otherwise (a cyclic counter, so any 8 votes split 6:2)."""
+    messages = request["messages"]
+    last = messages[-1]
+    if last["role"] == "assistant":
+        with server._lock:
+            k = server.votes_served
+            server.votes_served += 1
+        text = " (A)" if k % 4 != 3 else " (B)"
+        if server.echo_prefill:
+            text = last["content"] + text
+    else:
+        text = f"echo: {last['content']}"
+    words = text.split(" ")
+    limit = request.get("max_tokens") or 64
+    return {
+        "id": "msg_test",
+        "type": "message",
+        "role": "assistant",
+        "model": request.get("model", "fake"),
+        "content": [{"type": "text", "text": " ".join(words[:limit])}],
+        "stop_reason": "max_tokens" if len(words) > limit else "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": len(last["content"].split()), "output_tokens": len(words)},
+    }
+
+
+FakeOpenAIServer.anthropic_message = _anthropic_message  # type: ignore[attr-defined]
 
 
 def completion(request: dict[str, Any]) -> dict[str, Any]:

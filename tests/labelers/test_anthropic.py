@@ -1,0 +1,68 @@
+"""The anthropic backend over real HTTP against the in-process fake server."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from rlaif.errors import LabelerCallError
+from rlaif.labelers.base import GenerateParams, create_labeler, run_sync
+
+from .fake_openai_server import FakeOpenAIServer
+
+pytest.importorskip("anthropic")
+
+FAST_RETRY = {"max_retries": 6, "base_delay": 0.01, "max_delay": 0.05, "timeout": 0.5}
+SYSTEM = {"role": "system", "content": "Be brief."}
+USER = {"role": "user", "content": "hello there"}
+PREFILL = {"role": "assistant", "content": "The answer is:"}
+
+
+def labeler(server, **kw):
+    settings = {"base_url": server.root_url, "retry": FAST_RETRY, **kw}
+    return create_labeler("anthropic:fake-claude", **settings)
+
+
+def test_generate_system_param_temperature_in_body_and_n_requests():
+    with FakeOpenAIServer() as server:
+        lab = labeler(server)
+        out = run_sync(
+            lab.generate([[SYSTEM, USER]], GenerateParams(n=3, temperature=0.3, max_tokens=5))
+        )
+    assert [c.text for c in out[0]] == ["echo: hello there"] * 3
+    assert len(server.requests) == 3
+    sent = server.requests[0]
+    assert sent["system"] == "Be brief." and sent["messages"] == [USER]
+    assert sent["temperature"] == 0.3 and sent["max_tokens"] == 5
+    assert out[0][0].prompt_tokens == 2 and out[0][0].finish_reason == "stop"
+
+
+def test_echoed_prefill_is_stripped():
+    with FakeOpenAIServer() as server:
+        server.echo_prefill = True
+        out = run_sync(labeler(server).generate([[USER, PREFILL]], GenerateParams(max_tokens=8)))
+    assert out[0][0].text == "(A)"
+
+
+def test_votes_give_option_probabilities():
+    with FakeOpenAIServer() as server:
+        lab = labeler(server, votes=8)
+        scores = run_sync(lab.option_logprobs([[USER, PREFILL]], [" (A)", " (B)"]))[0]
+    assert [math.exp(s) for s in scores] == pytest.approx([0.75, 0.25])
+    assert lab.describe()["votes"] == 8 and len(server.requests) == 8
+    assert all(r["temperature"] == 1.0 for r in server.requests)
+
+
+def test_faults_are_retried_and_permanent_ones_fail():
+    with FakeOpenAIServer(fault_rate=0.4, seed=5, faults=("429", "500", "garbage")) as server:
+        lab = labeler(server, concurrency=8)
+        convs = [[{"role": "user", "content": f"q{i}"}] for i in range(20)]
+        out = run_sync(lab.generate(convs, GenerateParams(max_tokens=8)))
+    assert [o[0].text for o in out] == [f"echo: q{i}" for i in range(20)]
+    assert lab.retries == sum(n for k, n in server.served.items() if k != "ok") > 0
+    with FakeOpenAIServer() as server:
+        server.permanent = "500"
+        lab = labeler(server, retry={**FAST_RETRY, "max_retries": 1})
+        with pytest.raises(LabelerCallError, match="HTTP 500"):
+            run_sync(lab.generate([[USER]], GenerateParams()))
