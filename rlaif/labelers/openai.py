@@ -180,9 +180,10 @@ class OpenAILabeler:
         if len(choices) != params.n:
             raise LabelerResponseError(f"asked for {params.n} choices, got {len(choices)}")
         per_choice = total_completion // max(1, len(choices))
+        prefill = conversation[-1]["content"] if conversation[-1]["role"] == "assistant" else ""
         return [
             Completion(
-                text=(c.message.content or "").strip(),
+                text=_strip_prefill(c.message.content or "", prefill),
                 finish_reason="length" if c.finish_reason == "length" else "stop",
                 prompt_tokens=prompt_tokens,
                 completion_tokens=per_choice,
@@ -206,7 +207,10 @@ class OpenAILabeler:
             top_logprobs=self.settings.top_logprobs,
         )
         content = getattr(response.choices[0].logprobs, "content", None) or []
-        for position in content:
+        # read the position where the model actually wrote an option's label (after " (",
+        # say); if it never did, the first position where a label is among the top tokens
+        decisive = [p for p in content if _label(p.token) in labels]
+        for position in decisive[:1] or content:
             found: dict[str, float] = {}
             floor = math.inf
             for top in position.top_logprobs or []:
@@ -226,6 +230,13 @@ class OpenAILabeler:
         for client in self._clients or []:
             await client.close()
         self._clients = None
+
+
+def _strip_prefill(text: str, prefill: str) -> str:
+    """Servers that continue an assistant prefill (llama-server) may echo it first."""
+    if prefill and text.startswith(prefill):
+        text = text[len(prefill) :]
+    return text.strip()
 
 
 def _logaddexp(a: float, b: float) -> float:
