@@ -61,7 +61,12 @@ def add_sl_cai_arguments(s: argparse.ArgumentParser) -> None:
     a("--constitution", type=Path, metavar="FILE", help="constitution YAML (harmless.yaml)")
     a("--templates", type=Path, metavar="DIR", help="Jinja templates overriding prompts/*.j2")
     a("--labeler", metavar="NAME", help="critic and reviser: smollm2 (default), transformers:PATH")
+    a("--labeler-set", dest="labeler_set", action="append", metavar="KEY=VALUE",
+      help="a labeler setting, repeatable: base_url=http://127.0.0.1:8000/v1, concurrency=64, "
+      "batch_size=16 (values are YAML)")  # fmt: skip
     a("--policy", metavar="NAME", help="writes the first answers (default: the --labeler)")
+    a("--policy-set", dest="policy_set", action="append", metavar="KEY=VALUE",
+      help="a policy labeler setting, repeatable")  # fmt: skip
     a("--rounds", type=positive_int, metavar="N", help="critique/revision rounds (1)")
     a("--seed", type=int, help="seed for principle sampling and generation (0)")
     a("--temperature", type=float, help="sampling temperature; 0 = greedy (0.7)")
@@ -94,10 +99,26 @@ def add_sl_cai_arguments(s: argparse.ArgumentParser) -> None:
 _NOT_SETTINGS = {"config", "func", "command", "kind", "argv"}
 
 
+def parse_settings(pairs: list[str], flag: str) -> dict[str, Any]:
+    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}``; values are read as YAML scalars/lists."""
+    from ruamel.yaml import YAML
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {pair!r}")
+        out[key.strip()] = YAML(typ="safe").load(value) if value.strip() else ""
+    return out
+
+
 def config_from_args(
     args: argparse.Namespace, defaults: dict[str, Any] | None = None
 ) -> SLCAIConfig:
     flags = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS and v is not None}
+    for flag, key in (("labeler_set", "labeler_settings"), ("policy_set", "policy_settings")):
+        if flag in flags:
+            flags[key] = parse_settings(flags.pop(flag), "--" + flag.replace("_", "-"))
     if args.config is None:
         try:
             return SLCAIConfig(**{**(defaults or {}), **flags})

@@ -87,3 +87,22 @@ def test_a_planted_api_key_never_reaches_outputs_or_logs(tmp_path, monkeypatch, 
     assert {p.name for p in files} >= {"sl_cai.jsonl", "README.md", "cache.sqlite"}
     for path in files:
         assert secret.encode() not in path.read_bytes(), path
+
+
+def test_labeler_settings_from_flags(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("one\ntwo\n")
+    with FakeOpenAIServer() as server:
+        args = ["generate", "sl-cai", "--prompts", str(prompts), "--labeler", "openai:fake",
+                "--labeler-set", f"base_url={server.url}", "--labeler-set", "concurrency=2",
+                "--out", str(tmp_path / "out")]  # fmt: skip
+        assert main(args) == 0
+        assert len(server.requests) == 2 * 3
+    row = rows(tmp_path)[0]
+    assert row["provenance"]["critic"]["base_url"] == server.url
+    assert row["provenance"]["critic"]["concurrency"] == 2
+
+
+def test_bad_labeler_setting_is_a_clear_error(capsys):
+    assert main(["generate", "sl-cai", "--prompts", "x.txt", "--labeler-set", "oops"]) == 2
+    assert "--labeler-set expects KEY=VALUE" in capsys.readouterr().err
