@@ -22,39 +22,33 @@ import asyncio
 import math
 import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import Field
 
 from rlaif.errors import BackendUnavailableError, LabelerResponseError
-from rlaif.labelers.base import BackendSettings, Completion, Conversation, GenerateParams
-from rlaif.labelers.openai import read_api_key
+from rlaif.labelers.base import (
+    Completion,
+    Conversation,
+    GenerateParams,
+    option_label,
+    strip_prefill,
+)
 from rlaif.labelers.reliability import (
-    RateLimiter,
-    RetrySettings,
+    ApiCaller,
+    ApiSettings,
     Verdict,
-    parse_retry_after,
-    with_retries,
+    classify_sdk_error,
+    read_api_key,
 )
 
 
-class AnthropicSettings(BackendSettings):
-    model: str
+class AnthropicSettings(ApiSettings):
     base_url: str | None = Field(default=None, description="default: Anthropic's API")
     api_key_env: str = "ANTHROPIC_API_KEY"
-    api_key_file: Path | None = None
     concurrency: int = Field(default=16, ge=1)
-    requests_per_minute: float | None = Field(default=None, gt=0)
-    tokens_per_minute: float | None = Field(default=None, gt=0)
-    retry: RetrySettings = RetrySettings()
     votes: int = Field(default=8, ge=1, description="samples per comparison for option scoring")
     vote_max_tokens: int = Field(default=8, ge=1)
-
-
-def _label(option: str) -> str:
-    core = re.sub(r"[^0-9A-Za-z]+", " ", option).strip()
-    return core.split()[0] if core else option.strip()
 
 
 def split_system(conversation: Conversation) -> tuple[str | None, list[dict[str, str]]]:
@@ -76,9 +70,12 @@ class AnthropicLabeler:
         )
         self._client: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
-        self.retries = 0
+        self._caller = ApiCaller(settings, classify_anthropic)
         self.unparsed_votes = 0
+
+    @property
+    def retries(self) -> int:
+        return self._caller.retries
 
     @property
     def model_name(self) -> str:
@@ -131,13 +128,7 @@ class AnthropicLabeler:
                 raise LabelerResponseError("response without content")
             return response
 
-        def counted(v: Verdict) -> None:
-            self.retries += 1
-
-        await self._limiter.acquire(kwargs.get("max_tokens", 0))
-        return await with_retries(
-            attempt, self.settings.retry, classify_anthropic, counted, enforce_timeout=False
-        )
+        return await self._caller.call(attempt, kwargs.get("max_tokens", 0))
 
     async def generate(
         self, conversations: Sequence[Conversation], params: GenerateParams
@@ -160,12 +151,9 @@ class AnthropicLabeler:
             kwargs["stop_sequences"] = list(params.stop)
         response = await self._create(conversation, **kwargs)
         text = "".join(getattr(b, "text", "") for b in response.content)
-        prefill = conversation[-1]["content"] if conversation[-1]["role"] == "assistant" else ""
-        if prefill and text.startswith(prefill):  # some servers echo the prefill
-            text = text[len(prefill) :]
         usage = getattr(response, "usage", None)
         return Completion(
-            text=text.strip(),
+            text=strip_prefill(text, conversation),
             finish_reason="length" if response.stop_reason == "max_tokens" else "stop",
             prompt_tokens=getattr(usage, "input_tokens", 0) or 0,
             completion_tokens=getattr(usage, "output_tokens", 0) or 0,
@@ -177,7 +165,7 @@ class AnthropicLabeler:
         return list(await asyncio.gather(*(self._vote(c, options) for c in conversations)))
 
     async def _vote(self, conversation: Conversation, options: Sequence[str]) -> list[float]:
-        labels = [_label(o) for o in options]
+        labels = [option_label(o) for o in options]
         params = GenerateParams(
             n=self.settings.votes, temperature=1.0, max_tokens=self.settings.vote_max_tokens
         )
@@ -204,16 +192,4 @@ class AnthropicLabeler:
 def classify_anthropic(exc: BaseException) -> Verdict:
     import anthropic
 
-    if isinstance(exc, LabelerResponseError):
-        return Verdict(True, f"bad response: {exc}")
-    if isinstance(exc, anthropic.APIStatusError):
-        status = exc.status_code
-        headers = getattr(exc.response, "headers", None)
-        retry_after = parse_retry_after(headers.get("retry-after")) if headers else None
-        transient = status in (408, 409, 429, 529) or status >= 500
-        return Verdict(transient, f"HTTP {status} from server", retry_after)
-    if isinstance(exc, anthropic.APITimeoutError | anthropic.APIConnectionError):
-        return Verdict(True, f"connection problem: {type(exc).__name__}")
-    if isinstance(exc, anthropic.APIResponseValidationError | ValueError):
-        return Verdict(True, f"unparsable response: {type(exc).__name__}")
-    return Verdict(False, f"{type(exc).__name__}: {exc}")
+    return classify_sdk_error(exc, anthropic, transient_status=(408, 409, 429, 529))

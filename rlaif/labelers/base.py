@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import re
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -173,3 +174,18 @@ T = TypeVar("T")
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run a labeler coroutine from synchronous code (the CLI, scripts, tests)."""
     return asyncio.run(coro)
+
+
+def option_label(option: str) -> str:
+    """The letter or word that identifies an option: ``" (A)"`` -> ``"A"``."""
+    core = re.sub(r"[^0-9A-Za-z]+", " ", option).strip()
+    return core.split()[0] if core else option.strip()
+
+
+def strip_prefill(text: str, conversation: Conversation) -> str:
+    """Drop an assistant prefill that a server echoed at the start of its answer."""
+    last = conversation[-1]
+    prefill = last["content"] if last["role"] == "assistant" else ""
+    if prefill and text.startswith(prefill):
+        text = text[len(prefill) :]
+    return text.strip()

@@ -22,55 +22,33 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import Field
 
 from rlaif.errors import BackendUnavailableError, ConfigError, LabelerResponseError
-from rlaif.labelers.base import BackendSettings, Completion, Conversation, GenerateParams
-from rlaif.labelers.reliability import RateLimiter, RetrySettings, Verdict, with_retries
+from rlaif.labelers.base import (
+    Completion,
+    Conversation,
+    GenerateParams,
+    option_label,
+    strip_prefill,
+)
+from rlaif.labelers.reliability import (
+    ApiCaller,
+    ApiSettings,
+    Verdict,
+    classify_sdk_error,
+    read_api_key,
+)
 
-NO_KEY = "sk-no-key-needed"  # local OpenAI-compatible servers accept any key
 
-
-class OpenAISettings(BackendSettings):
-    model: str = Field(description="model name as the server knows it")
+class OpenAISettings(ApiSettings):
     base_url: str | list[str] | None = Field(
         default=None, description="server URL(s), e.g. http://127.0.0.1:8080/v1; default OpenAI"
     )
-    api_key_env: str = "OPENAI_API_KEY"
-    api_key_file: Path | None = None
-    concurrency: int = Field(default=32, ge=1, description="requests in flight")
-    requests_per_minute: float | None = Field(default=None, gt=0)
-    tokens_per_minute: float | None = Field(default=None, gt=0)
-    retry: RetrySettings = RetrySettings()
     top_logprobs: int = Field(default=20, ge=1, le=20)
-
-
-def read_api_key(env: str, key_file: Path | None, required: bool) -> str:
-    if key_file is not None:
-        try:
-            key = key_file.read_text(encoding="utf-8").strip()
-        except OSError as e:
-            raise ConfigError(f"cannot read API key file {key_file}: {e.strerror}") from None
-        if key:
-            return key
-    key = os.environ.get(env, "").strip()
-    if key:
-        return key
-    if required:
-        raise ConfigError(f"no API key: set ${env} or api_key_file")
-    return NO_KEY
-
-
-def _label(option: str) -> str:
-    """ " (A)" -> "A": the letter or word that identifies an option."""
-    core = re.sub(r"[^0-9A-Za-z]+", " ", option).strip()
-    return core.split()[0] if core else option.strip()
 
 
 class OpenAILabeler:
@@ -90,8 +68,12 @@ class OpenAILabeler:
         self._clients: list[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inflight = [0] * len(self._urls)
-        self._limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
-        self.retries = 0  # calls retried in this process (reported by the engine)
+        self._caller = ApiCaller(settings, classify_openai)
+
+    @property
+    def retries(self) -> int:
+        """Calls retried so far (reported by the engine)."""
+        return self._caller.retries
 
     @property
     def model_name(self) -> str:
@@ -146,13 +128,7 @@ class OpenAILabeler:
                 raise LabelerResponseError("response without choices")
             return response
 
-        def counted(v: Verdict) -> None:
-            self.retries += 1
-
-        await self._limiter.acquire(kwargs.get("max_tokens", 0))
-        return await with_retries(
-            attempt, self.settings.retry, classify_openai, counted, enforce_timeout=False
-        )
+        return await self._caller.call(attempt, kwargs.get("max_tokens", 0))
 
     async def generate(
         self, conversations: Sequence[Conversation], params: GenerateParams
@@ -180,10 +156,9 @@ class OpenAILabeler:
         if len(choices) != params.n:
             raise LabelerResponseError(f"asked for {params.n} choices, got {len(choices)}")
         per_choice = total_completion // max(1, len(choices))
-        prefill = conversation[-1]["content"] if conversation[-1]["role"] == "assistant" else ""
         return [
             Completion(
-                text=_strip_prefill(c.message.content or "", prefill),
+                text=strip_prefill(c.message.content or "", conversation),
                 finish_reason="length" if c.finish_reason == "length" else "stop",
                 prompt_tokens=prompt_tokens,
                 completion_tokens=per_choice,
@@ -197,7 +172,7 @@ class OpenAILabeler:
         return list(await asyncio.gather(*(self._score(c, options) for c in conversations)))
 
     async def _score(self, conversation: Conversation, options: Sequence[str]) -> list[float]:
-        labels = [_label(o) for o in options]
+        labels = [option_label(o) for o in options]
         response = await self._create(
             model=self.settings.model,
             messages=list(conversation),
@@ -209,13 +184,13 @@ class OpenAILabeler:
         content = getattr(response.choices[0].logprobs, "content", None) or []
         # read the position where the model actually wrote an option's label (after " (",
         # say); if it never did, the first position where a label is among the top tokens
-        decisive = [p for p in content if _label(p.token) in labels]
+        decisive = [p for p in content if option_label(p.token) in labels]
         for position in decisive[:1] or content:
             found: dict[str, float] = {}
             floor = math.inf
             for top in position.top_logprobs or []:
                 floor = min(floor, top.logprob)
-                key = _label(top.token)
+                key = option_label(top.token)
                 if key in labels:
                     # several spellings (" A", "A", "(A") of one label add up
                     found[key] = _logaddexp(found.get(key, -math.inf), top.logprob)
@@ -232,13 +207,6 @@ class OpenAILabeler:
         self._clients = None
 
 
-def _strip_prefill(text: str, prefill: str) -> str:
-    """Servers that continue an assistant prefill (llama-server) may echo it first."""
-    if prefill and text.startswith(prefill):
-        text = text[len(prefill) :]
-    return text.strip()
-
-
 def _logaddexp(a: float, b: float) -> float:
     if a == -math.inf:
         return b
@@ -250,20 +218,4 @@ def classify_openai(exc: BaseException) -> Verdict:
     """Which failures of the openai SDK are worth retrying."""
     import openai
 
-    if isinstance(exc, LabelerResponseError):
-        return Verdict(True, f"bad response: {exc}")
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        retry_after = None
-        headers = getattr(exc.response, "headers", None)
-        if headers is not None:
-            from rlaif.labelers.reliability import parse_retry_after
-
-            retry_after = parse_retry_after(headers.get("retry-after"))
-        transient = status in (408, 409, 429) or status >= 500
-        return Verdict(transient, f"HTTP {status} from server", retry_after)
-    if isinstance(exc, openai.APITimeoutError | openai.APIConnectionError):
-        return Verdict(True, f"connection problem: {type(exc).__name__}")
-    if isinstance(exc, openai.APIResponseValidationError | ValueError):
-        return Verdict(True, f"unparsable response: {type(exc).__name__}")
-    return Verdict(False, f"{type(exc).__name__}: {exc}")
+    return classify_sdk_error(exc, openai)

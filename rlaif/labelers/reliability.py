@@ -10,22 +10,28 @@ and the run goes on.
 ``RateLimiter`` keeps a client under requests/min and tokens/min budgets with two token buckets,
 so a run does not provoke the 429s it would then have to retry.
 
-Backends supply ``classify(exc) -> Verdict`` for their SDK's exceptions; nothing here knows an SDK.
+Backends supply ``classify(exc) -> Verdict`` for their SDK's exceptions; ``classify_sdk_error``
+covers the exception family that the openai and anthropic SDKs share. ``ApiSettings`` and
+``ApiCaller`` hold what every API backend needs (keys, concurrency, limits, retries), so each
+backend module keeps only what differs about its API.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import TypeVar
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rlaif.errors import LabelerCallError
+from rlaif.errors import ConfigError, LabelerCallError, LabelerResponseError
 
 T = TypeVar("T")
 
@@ -134,3 +140,78 @@ class _Bucket:
                 self.level -= amount
                 return
             await asyncio.sleep((amount - self.level) / self.per_second)
+
+
+# --------------------------------------------------------------------------- shared by API backends
+
+NO_KEY = "sk-no-key-needed"  # local OpenAI/Anthropic-compatible servers accept any key
+
+
+class ApiSettings(BaseModel):
+    """Settings every API backend has; a backend's settings model extends this one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="model name as the server knows it")
+    api_key_env: str = "OPENAI_API_KEY"
+    api_key_file: Path | None = None
+    concurrency: int = Field(default=32, ge=1, description="requests in flight")
+    requests_per_minute: float | None = Field(default=None, gt=0)
+    tokens_per_minute: float | None = Field(default=None, gt=0)
+    retry: RetrySettings = RetrySettings()
+
+
+def read_api_key(env: str, key_file: Path | None, required: bool) -> str:
+    """The key from ``key_file`` or ``$env``; never from a flag or config value that gets logged."""
+    if key_file is not None:
+        try:
+            key = key_file.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ConfigError(f"cannot read API key file {key_file}: {e.strerror}") from None
+        if key:
+            return key
+    key = os.environ.get(env, "").strip()
+    if key:
+        return key
+    if required:
+        raise ConfigError(f"no API key: set ${env} or api_key_file")
+    return NO_KEY
+
+
+class ApiCaller:
+    """Rate limit, then call with retries; counts the retries for the run's summary."""
+
+    def __init__(self, settings: ApiSettings, classify: Callable[[BaseException], Verdict]):
+        self.settings = settings
+        self.classify = classify
+        self.limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
+        self.retries = 0
+
+    async def call(self, attempt: Callable[[], Awaitable[T]], tokens: int = 0) -> T:
+        def counted(verdict: Verdict) -> None:
+            self.retries += 1
+
+        await self.limiter.acquire(tokens)
+        # the SDK clients enforce settings.retry.timeout themselves
+        return await with_retries(
+            attempt, self.settings.retry, self.classify, counted, enforce_timeout=False
+        )
+
+
+def classify_sdk_error(
+    exc: BaseException, sdk: ModuleType, transient_status: tuple[int, ...] = (408, 409, 429)
+) -> Verdict:
+    """Retry or not, for the exception family the openai and anthropic SDKs share."""
+    if isinstance(exc, LabelerResponseError):
+        return Verdict(True, f"bad response: {exc}")
+    if isinstance(exc, sdk.APIStatusError):
+        status = exc.status_code
+        headers: Any = getattr(exc.response, "headers", None)
+        retry_after = parse_retry_after(headers.get("retry-after")) if headers else None
+        transient = status in transient_status or status >= 500
+        return Verdict(transient, f"HTTP {status} from server", retry_after)
+    if isinstance(exc, sdk.APITimeoutError | sdk.APIConnectionError):
+        return Verdict(True, f"connection problem: {type(exc).__name__}")
+    if isinstance(exc, sdk.APIResponseValidationError | ValueError):
+        return Verdict(True, f"unparsable response: {type(exc).__name__}")
+    return Verdict(False, f"{type(exc).__name__}: {exc}")
