@@ -83,6 +83,7 @@ class FakeLabeler:
     max_batch_size = 4
     max_concurrency = 1
     retries = 0
+    cost = None
 
     @property
     def model_name(self) -> str:

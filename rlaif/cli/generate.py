@@ -144,6 +144,8 @@ def print_summary(console: Console, result: SLCAIResult) -> None:
         f"labeler calls: [bold]{s.labeler_calls}[/] · cache hits {s.cache_hits}/{s.requests} · "
         f"{s.generated_tokens:,} tokens generated · {s.retries} calls retried"
     )
+    if s.cost is not None:
+        console.print(f"  cost by the price table: ${s.cost:.4f}")
     if result.failed:
         console.print(
             f"[red]{len(result.failed)} rows failed[/] (kept with their reason in "

@@ -39,6 +39,7 @@ class EngineStats:
     labeler_seconds: float = 0.0
     retries: int = 0  # calls the labelers retried (429, 5xx, timeouts, garbage)
     failed_rows: int = 0  # rows given up after the last retry
+    cost: float | None = None  # by the labelers' price tables; None when none is priced
 
 
 @dataclass

@@ -213,6 +213,8 @@ async def run_sl_cai(
         ok = [r for r in done if "failed" not in r]
         failed = [r for r in done if "failed" in r]
         job.stats.retries = sum(s.labeler.retries for s in job.schedulers)
+        costs = [s.labeler.cost for s in job.schedulers if s.labeler.cost is not None]
+        job.stats.cost = sum(costs) if costs else None
         seconds = time.perf_counter() - started
         extra = [_write_timings(out, done, timings)]
         if failed_file:

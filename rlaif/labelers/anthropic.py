@@ -78,6 +78,11 @@ class AnthropicLabeler:
         return self._caller.retries
 
     @property
+    def cost(self) -> float | None:
+        """Spent in this process, by the configured price table (None without prices)."""
+        return self._caller.cost
+
+    @property
     def model_name(self) -> str:
         return self.settings.model
 
@@ -152,6 +157,9 @@ class AnthropicLabeler:
         response = await self._create(conversation, **kwargs)
         text = "".join(getattr(b, "text", "") for b in response.content)
         usage = getattr(response, "usage", None)
+        self._caller.record(
+            getattr(usage, "input_tokens", 0) or 0, getattr(usage, "output_tokens", 0) or 0
+        )
         return Completion(
             text=strip_prefill(text, conversation),
             finish_reason="length" if response.stop_reason == "max_tokens" else "stop",

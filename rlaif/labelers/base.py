@@ -73,6 +73,7 @@ class Labeler(Protocol):
     backend: ClassVar[str]
     supports_logprobs: ClassVar[bool]
     retries: int  # calls retried so far (0 for backends that never retry)
+    cost: float | None  # money spent so far by the backend's price table; None if unpriced
 
     @property
     def model_name(self) -> str: ...

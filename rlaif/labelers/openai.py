@@ -76,6 +76,11 @@ class OpenAILabeler:
         return self._caller.retries
 
     @property
+    def cost(self) -> float | None:
+        """Spent in this process, by the configured price table (None without prices)."""
+        return self._caller.cost
+
+    @property
     def model_name(self) -> str:
         return self.settings.model
 
@@ -155,6 +160,7 @@ class OpenAILabeler:
         choices = sorted(response.choices, key=lambda c: c.index)
         if len(choices) != params.n:
             raise LabelerResponseError(f"asked for {params.n} choices, got {len(choices)}")
+        self._caller.record(prompt_tokens, total_completion)
         per_choice = total_completion // max(1, len(choices))
         return [
             Completion(
@@ -180,6 +186,10 @@ class OpenAILabeler:
             temperature=0.0,
             logprobs=True,
             top_logprobs=self.settings.top_logprobs,
+        )
+        usage = getattr(response, "usage", None)
+        self._caller.record(
+            getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0
         )
         content = getattr(response.choices[0].logprobs, "content", None) or []
         # read the position where the model actually wrote an option's label (after " (",

@@ -159,6 +159,12 @@ class ApiSettings(BaseModel):
     requests_per_minute: float | None = Field(default=None, gt=0)
     tokens_per_minute: float | None = Field(default=None, gt=0)
     retry: RetrySettings = RetrySettings()
+    price_input_per_million: float | None = Field(
+        default=None, ge=0, description="price of 1M prompt tokens, for cost accounting"
+    )
+    price_output_per_million: float | None = Field(
+        default=None, ge=0, description="price of 1M completion tokens"
+    )
 
 
 def read_api_key(env: str, key_file: Path | None, required: bool) -> str:
@@ -179,13 +185,27 @@ def read_api_key(env: str, key_file: Path | None, required: bool) -> str:
 
 
 class ApiCaller:
-    """Rate limit, then call with retries; counts the retries for the run's summary."""
+    """Rate limit, then call with retries; counts retries, tokens and cost for the run's summary."""
 
     def __init__(self, settings: ApiSettings, classify: Callable[[BaseException], Verdict]):
         self.settings = settings
         self.classify = classify
         self.limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
         self.retries = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+    def record(self, prompt_tokens: int, completion_tokens: int) -> None:
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+
+    @property
+    def cost(self) -> float | None:
+        """Spent so far by the configured price table; None without prices."""
+        p_in, p_out = self.settings.price_input_per_million, self.settings.price_output_per_million
+        if p_in is None and p_out is None:
+            return None
+        return (self.prompt_tokens * (p_in or 0.0) + self.completion_tokens * (p_out or 0.0)) / 1e6
 
     async def call(self, attempt: Callable[[], Awaitable[T]], tokens: int = 0) -> T:
         def counted(verdict: Verdict) -> None:

@@ -43,6 +43,7 @@ class TransformersLabeler:
     supports_logprobs: ClassVar[bool] = True
     Settings = TransformersSettings
     retries = 0  # a local model has nothing to retry
+    cost = None  # and no price table
 
     def __init__(self, settings: TransformersSettings | None = None):
         self.settings = settings or TransformersSettings()

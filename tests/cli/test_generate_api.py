@@ -106,3 +106,26 @@ def test_labeler_settings_from_flags(tmp_path):
 def test_bad_labeler_setting_is_a_clear_error(capsys):
     assert main(["generate", "sl-cai", "--prompts", "x.txt", "--labeler-set", "oops"]) == 2
     assert "--labeler-set expects KEY=VALUE" in capsys.readouterr().err
+
+
+def test_cost_is_accounted_from_the_price_table(tmp_path, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("one two\n")
+    with FakeOpenAIServer() as server:
+        args = ["generate", "sl-cai", "--prompts", str(prompts), "--labeler", "openai:fake",
+                "--labeler-set", f"base_url={server.url}",
+                "--labeler-set", "price_input_per_million=1000000",
+                "--labeler-set", "price_output_per_million=2000000",
+                "--out", str(tmp_path / "out")]  # fmt: skip
+        assert main(args) == 0
+        usage = [
+            (
+                len(r["messages"][-1]["content"].split()),
+                len(r["messages"][-1]["content"].split()) + 1,
+            )
+            for r in server.requests
+        ]  # the fake server's usage: prompt words, and "echo:" + prompt words (max_tokens 256)
+    expected = sum(p * 1.0 + c * 2.0 for p, c in usage)
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"cost by the price table: ${expected:.4f}" in out
+    assert f"${expected:.4f}" in (tmp_path / "out" / "README.md").read_text()
