@@ -109,6 +109,7 @@ _BACKENDS: dict[str, str] = {
     "transformers": "rlaif.labelers.transformers:TransformersLabeler",
     "openai": "rlaif.labelers.openai:OpenAILabeler",
     "anthropic": "rlaif.labelers.anthropic:AnthropicLabeler",
+    "vllm": "rlaif.labelers.vllm:VLLMLabeler",
 }
 
 # Short names users type; each expands to (backend, settings).
