@@ -109,26 +109,27 @@ class RateLimiter:
     """Token buckets for requests/min and tokens/min; ``None`` means no limit."""
 
     def __init__(self, requests_per_minute: float | None, tokens_per_minute: float | None):
-        self._buckets = [
-            _Bucket(rate / 60.0, rate) for rate in (requests_per_minute, tokens_per_minute) if rate
-        ]
-        self._use_tokens = tokens_per_minute is not None
+        self._requests = _Bucket(requests_per_minute) if requests_per_minute else None
+        self._tokens = _Bucket(tokens_per_minute) if tokens_per_minute else None
         self._lock = asyncio.Lock()
 
     async def acquire(self, tokens: int = 0) -> None:
-        if not self._buckets:
+        if self._requests is None and self._tokens is None:
             return
-        needs = [1.0] + ([float(tokens)] if self._use_tokens else [])
         async with self._lock:
-            for bucket, need in zip(self._buckets, needs, strict=False):
-                await bucket.take(min(need, bucket.capacity))
+            if self._requests is not None:
+                await self._requests.take(1.0)
+            if self._tokens is not None:
+                await self._tokens.take(min(float(tokens), self._tokens.capacity))
 
 
 class _Bucket:
-    def __init__(self, per_second: float, capacity: float):
-        self.per_second = per_second
-        self.capacity = capacity
-        self.level = capacity
+    """Refills at ``per_minute / 60`` a second, holds at most a minute's worth."""
+
+    def __init__(self, per_minute: float):
+        self.per_second = per_minute / 60.0
+        self.capacity = per_minute
+        self.level = per_minute
         self.stamp = time.monotonic()
 
     async def take(self, amount: float) -> None:

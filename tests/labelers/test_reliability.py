@@ -1,0 +1,98 @@
+import asyncio
+import time
+from email.utils import formatdate
+
+import pytest
+
+from rlaif.errors import LabelerCallError
+from rlaif.labelers.reliability import (
+    RateLimiter,
+    RetrySettings,
+    Verdict,
+    backoff_delay,
+    parse_retry_after,
+    with_retries,
+)
+
+
+def test_retry_after_seconds_and_http_date():
+    assert parse_retry_after("2.5") == 2.5
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    in_3s = formatdate(time.time() + 3, usegmt=True)
+    assert 1.5 <= parse_retry_after(in_3s) <= 3.5
+
+
+def test_backoff_is_capped_full_jitter_and_honours_retry_after():
+    s = RetrySettings(base_delay=1.0, max_delay=4.0)
+    delays = [backoff_delay(10, s, None) for _ in range(200)]
+    assert all(0 <= d <= 4.0 for d in delays) and len(set(delays)) > 100  # jittered, capped
+    assert max(backoff_delay(0, s, None) for _ in range(200)) <= 1.0
+    assert backoff_delay(3, s, 7.0) == 7.0
+
+
+def test_with_retries_retries_transient_and_stops_on_permanent():
+    calls = []
+
+    async def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("transient")
+        return "ok"
+
+    fast = RetrySettings(max_retries=5, base_delay=0.001, max_delay=0.002, timeout=1)
+    seen = []
+    out = asyncio.run(with_retries(flaky, fast, lambda e: Verdict(True, "t"), seen.append))
+    assert out == "ok" and len(calls) == 3 and len(seen) == 2
+
+    async def broken():
+        raise RuntimeError("no")
+
+    with pytest.raises(LabelerCallError) as err:
+        asyncio.run(with_retries(broken, fast, lambda e: Verdict(False, "HTTP 400")))
+    assert err.value.attempts == 1 and not err.value.retryable
+
+
+def test_timeouts_are_retried_then_fail():
+    async def slow():
+        await asyncio.sleep(1)
+
+    s = RetrySettings(max_retries=1, base_delay=0.001, max_delay=0.001, timeout=0.05)
+    with pytest.raises(LabelerCallError, match="timed out") as err:
+        asyncio.run(with_retries(slow, s, lambda e: Verdict(False, "x")))
+    assert err.value.attempts == 2
+
+
+def test_rate_limiter_requests_per_minute():
+    async def go():
+        limiter = RateLimiter(requests_per_minute=120, tokens_per_minute=None)  # 2/s, burst 120
+        start = time.perf_counter()
+        for _ in range(120):
+            await limiter.acquire()
+        burst = time.perf_counter() - start
+        await limiter.acquire()  # the 121st waits for the bucket to refill (0.5 s)
+        return burst, time.perf_counter() - start
+
+    burst, total = asyncio.run(go())
+    assert burst < 0.2 and 0.4 <= total < 1.0
+
+
+def test_rate_limiter_tokens_per_minute():
+    async def go():
+        limiter = RateLimiter(requests_per_minute=None, tokens_per_minute=600)  # 10 tokens/s
+        start = time.perf_counter()
+        await limiter.acquire(600)
+        await limiter.acquire(5)  # needs 0.5 s of refill
+        return time.perf_counter() - start
+
+    assert 0.4 <= asyncio.run(go()) < 1.0
+
+
+def test_no_limits_means_no_waiting():
+    async def go():
+        limiter = RateLimiter(None, None)
+        start = time.perf_counter()
+        for _ in range(1000):
+            await limiter.acquire(10_000)
+        return time.perf_counter() - start
+
+    assert asyncio.run(go()) < 0.1
