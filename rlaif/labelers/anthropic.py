@@ -36,6 +36,7 @@ from rlaif.labelers.base import (
 )
 from rlaif.labelers.reliability import (
     ApiCaller,
+    ApiLabelerMixin,
     ApiSettings,
     Verdict,
     classify_sdk_error,
@@ -58,7 +59,7 @@ def split_system(conversation: Conversation) -> tuple[str | None, list[dict[str,
     return None, messages
 
 
-class AnthropicLabeler:
+class AnthropicLabeler(ApiLabelerMixin):
     backend: ClassVar[str] = "anthropic"
     supports_logprobs: ClassVar[bool] = False
     Settings = AnthropicSettings
@@ -72,27 +73,6 @@ class AnthropicLabeler:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._caller = ApiCaller(settings, classify_anthropic)
         self.unparsed_votes = 0
-
-    @property
-    def retries(self) -> int:
-        return self._caller.retries
-
-    @property
-    def cost(self) -> float | None:
-        """Spent in this process, by the configured price table (None without prices)."""
-        return self._caller.cost
-
-    @property
-    def model_name(self) -> str:
-        return self.settings.model
-
-    @property
-    def max_batch_size(self) -> int:
-        return 1
-
-    @property
-    def max_concurrency(self) -> int:
-        return self.settings.concurrency
 
     def describe(self) -> dict[str, Any]:
         return {

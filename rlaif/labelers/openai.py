@@ -37,6 +37,7 @@ from rlaif.labelers.base import (
 )
 from rlaif.labelers.reliability import (
     ApiCaller,
+    ApiLabelerMixin,
     ApiSettings,
     Verdict,
     classify_sdk_error,
@@ -51,7 +52,7 @@ class OpenAISettings(ApiSettings):
     top_logprobs: int = Field(default=20, ge=1, le=20)
 
 
-class OpenAILabeler:
+class OpenAILabeler(ApiLabelerMixin):
     backend: ClassVar[str] = "openai"
     supports_logprobs: ClassVar[bool] = True
     Settings = OpenAISettings
@@ -69,28 +70,6 @@ class OpenAILabeler:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inflight = [0] * len(self._urls)
         self._caller = ApiCaller(settings, classify_openai)
-
-    @property
-    def retries(self) -> int:
-        """Calls retried so far (reported by the engine)."""
-        return self._caller.retries
-
-    @property
-    def cost(self) -> float | None:
-        """Spent in this process, by the configured price table (None without prices)."""
-        return self._caller.cost
-
-    @property
-    def model_name(self) -> str:
-        return self.settings.model
-
-    @property
-    def max_batch_size(self) -> int:
-        return 1
-
-    @property
-    def max_concurrency(self) -> int:
-        return self.settings.concurrency
 
     def describe(self) -> dict[str, Any]:
         return {

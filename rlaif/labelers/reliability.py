@@ -219,6 +219,36 @@ class ApiCaller:
         )
 
 
+class ApiLabelerMixin:
+    """The protocol properties both API backends answer the same way (one request per call,
+    ``concurrency`` calls in flight, retries and cost from their ``ApiCaller``)."""
+
+    settings: ApiSettings
+    _caller: ApiCaller
+
+    @property
+    def model_name(self) -> str:
+        return self.settings.model
+
+    @property
+    def max_batch_size(self) -> int:
+        return 1  # the server batches; our job is to keep enough requests in flight
+
+    @property
+    def max_concurrency(self) -> int:
+        return self.settings.concurrency
+
+    @property
+    def retries(self) -> int:
+        """Calls retried so far (reported by the engine)."""
+        return self._caller.retries
+
+    @property
+    def cost(self) -> float | None:
+        """Spent in this process, by the configured price table (None without prices)."""
+        return self._caller.cost
+
+
 def classify_sdk_error(
     exc: BaseException, sdk: ModuleType, transient_status: tuple[int, ...] = (408, 409, 429)
 ) -> Verdict:
