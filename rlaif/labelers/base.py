@@ -184,10 +184,26 @@ def option_label(option: str) -> str:
     return core.split()[0] if core else option.strip()
 
 
+def is_prefill(conversation: Conversation) -> bool:
+    """A conversation ending in an assistant message asks the model to continue that message."""
+    return conversation[-1]["role"] == "assistant"
+
+
+def chat_prompt_text(tokenizer: Any, conversation: Conversation) -> str:
+    """The prompt text of a conversation under the tokenizer's chat template: ready for a new
+    assistant turn, or continuing the final assistant message when it is a prefill."""
+    prefill = is_prefill(conversation)
+    return tokenizer.apply_chat_template(
+        list(conversation),
+        tokenize=False,
+        add_generation_prompt=not prefill,
+        continue_final_message=prefill,
+    )
+
+
 def strip_prefill(text: str, conversation: Conversation) -> str:
     """Drop an assistant prefill that a server echoed at the start of its answer."""
-    last = conversation[-1]
-    prefill = last["content"] if last["role"] == "assistant" else ""
+    prefill = conversation[-1]["content"] if is_prefill(conversation) else ""
     if prefill and text.startswith(prefill):
         text = text[len(prefill) :]
     return text.strip()

@@ -24,7 +24,13 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from rlaif.errors import ConfigError
-from rlaif.labelers.base import BackendSettings, Completion, Conversation, GenerateParams
+from rlaif.labelers.base import (
+    BackendSettings,
+    Completion,
+    Conversation,
+    GenerateParams,
+    chat_prompt_text,
+)
 
 
 class TransformersSettings(BackendSettings):
@@ -113,13 +119,7 @@ class TransformersLabeler:
     # ------------------------------------------------------------------ helpers
 
     def _prompt_text(self, conversation: Conversation) -> str:
-        prefill = conversation[-1]["role"] == "assistant"
-        return self._tokenizer.apply_chat_template(
-            list(conversation),
-            tokenize=False,
-            add_generation_prompt=not prefill,
-            continue_final_message=prefill,
-        )
+        return chat_prompt_text(self._tokenizer, conversation)
 
     def _encode(self, text: str) -> list[int]:
         return self._tokenizer(text, add_special_tokens=False)["input_ids"]

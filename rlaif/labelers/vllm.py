@@ -20,7 +20,14 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from rlaif.errors import BackendUnavailableError
-from rlaif.labelers.base import BackendSettings, Completion, Conversation, GenerateParams
+from rlaif.labelers.base import (
+    BackendSettings,
+    Completion,
+    Conversation,
+    GenerateParams,
+    chat_prompt_text,
+    is_prefill,
+)
 
 
 class VLLMSettings(BackendSettings):
@@ -110,8 +117,7 @@ class VLLMLabeler:
             results: list[tuple[int, list[Completion]]] = []
             # chat() takes one prefill setting per call: group by whether the turn is a prefill
             for prefill in (False, True):
-                idx = [i for i, c in enumerate(conversations)
-                       if (c[-1]["role"] == "assistant") == prefill]  # fmt: skip
+                idx = [i for i, c in enumerate(conversations) if is_prefill(c) == prefill]
                 if not idx:
                     continue
                 outs = llm.chat(
@@ -151,11 +157,7 @@ class VLLMLabeler:
             option_ids = [tok(o, add_special_tokens=False)["input_ids"] for o in options]
             prompts, spans = [], []
             for conv in conversations:
-                prefill = conv[-1]["role"] == "assistant"
-                text = tok.apply_chat_template(
-                    list(conv), tokenize=False, add_generation_prompt=not prefill,
-                    continue_final_message=prefill,
-                )  # fmt: skip
+                text = chat_prompt_text(tok, conv)
                 prefix = tok(text, add_special_tokens=False)["input_ids"]
                 for ids in option_ids:
                     prompts.append({"prompt_token_ids": prefix + ids})
