@@ -34,13 +34,7 @@ def dumps_row(row: dict[str, Any]) -> str:
 def write_jsonl_atomic(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(dumps_row(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _write_lines_atomic(path, [dumps_row(row) for row in rows])
     return path
 
 
@@ -83,12 +77,7 @@ class Journal:
         tmp.write_text(json.dumps({"fingerprint": self.fingerprint}), encoding="utf-8")
         os.replace(tmp, self.manifest)
         # rewrite the partial file as exactly the kept prefix, then append from there
-        with open(self.partial.with_name(self.partial.name + ".tmp"), "w", encoding="utf-8") as f:
-            for line in kept:
-                f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(self.partial.with_name(self.partial.name + ".tmp"), self.partial)
+        _write_lines_atomic(self.partial, kept)
         self._file = open(self.partial, "a", encoding="utf-8")  # noqa: SIM115
         return kept
 
