@@ -69,6 +69,10 @@ class PromptDataError(FileError):
     """A prompt data file (``--prompts``) is missing, empty or malformed."""
 
 
+class GoldDataError(PromptDataError):
+    """A gold label file (``--gold``) is missing, empty or malformed."""
+
+
 class ConfigError(RlaifError):
     """A setting is unknown or has a bad value (pydantic ``extra="forbid"`` lands here)."""
 

@@ -38,7 +38,15 @@ class Message(TypedDict):
     content: str
 
 
-TEMPLATE_NAMES = ("initial_response", "critique", "revision", "feedback", "feedback_cot")
+TEMPLATE_NAMES = (
+    "initial_response",
+    "critique",
+    "revision",
+    "feedback",
+    "feedback_cot",
+    "score",
+    "multiple_choice",
+)
 
 _MARKER = re.compile(r"^<<<(system|user|assistant)>>>[ \t]*$", re.M)
 _ESC = "\ue000"  # private-use character: escapes a marker that arrives inside a variable

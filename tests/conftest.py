@@ -79,6 +79,7 @@ class FakeLabeler:
         self.calls: list[list[dict]] = []
         self.batches: list[int] = []  # size of every generate() call
         self.batch_contents: list[list[str]] = []  # last message of each conversation, per call
+        self.scored: list[list[dict]] = []  # conversations given to option_logprobs
 
     max_batch_size = 4
     max_concurrency = 1
@@ -108,6 +109,7 @@ class FakeLabeler:
         return out
 
     async def option_logprobs(self, conversations, options):
+        self.scored.extend(list(c) for c in conversations)
         return [self._logprobs(conv, options) for conv in conversations]
 
     async def aclose(self) -> None:

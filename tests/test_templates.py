@@ -31,8 +31,12 @@ def variables(harmless, name):
         "principle": cr,
         "examples": ex,
     }
+    conversation = [{"role": "user", "content": "Q?"}]
     if name.startswith("feedback"):
-        base = {"prompt": "Q?", "response_a": "A text", "response_b": "B text", "principle": fb}
+        base = {"conversation": conversation, "response_a": "A text", "response_b": "B text",
+                "principle": fb}  # fmt: skip
+    if name == "score":
+        base = {"conversation": conversation, "response": "R text", "principle": fb}
     return base
 
 

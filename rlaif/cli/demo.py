@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rlaif.cli.generate import add_sl_cai_arguments, config_from_args, print_summary, run_job
+from rlaif.engine.sl_cai import DATASET_FILE as SL_CAI_FILE
 from rlaif.resources import demo_prompts
 
 DEMO_DEFAULTS = {"out": "outputs/demo", "max_tokens": 128}
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         return 130
     for row in result.rows:
         _print_row(console, row)
-    print_summary(console, result)
+    print_summary(console, result, SL_CAI_FILE)
     return 3 if result.failed else 0
 
 

@@ -1,25 +1,36 @@
-"""``rlaif generate sl-cai``: turn prompt data into SL-CAI training data."""
+"""``rlaif generate sl-cai|prefs``: turn prompt data into SL-CAI or RL-CAI training data.
+
+Both kinds share the input flags (``add_input_arguments``) and the same config handling: flags,
+optionally over a ``--config`` YAML file, validated by the job's pydantic model.
+"""
 
 from __future__ import annotations
 
 import argparse
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 
 from rlaif.cli.args import positive_int
 from rlaif.cli.progress import RowProgress
+from rlaif.engine.prefs import DATASET_FILE as PREFS_FILE
+from rlaif.engine.prefs import PrefsConfig, PrefsResult, run_prefs
+from rlaif.engine.sl_cai import DATASET_FILE as SL_CAI_FILE
 from rlaif.engine.sl_cai import SLCAIConfig, SLCAIResult, run_sl_cai
 from rlaif.errors import ConfigError, ConfigFileError
 from rlaif.labelers.base import run_sync
 from rlaif.yamlio import parse_yaml, validate_yaml
 
+M = TypeVar("M", bound=BaseModel)
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="generate datasets (SL-CAI critiques and revisions)")
+    p = sub.add_parser(
+        "generate", help="generate datasets: SL-CAI revisions, RL-CAI preference pairs"
+    )
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
     s = kinds.add_parser(
         "sl-cai",
@@ -33,9 +44,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_sl_cai_arguments(s)
     s.set_defaults(func=sl_cai)
+    r = kinds.add_parser(
+        "prefs",
+        help="K responses per prompt -> AI-labeled preference pairs with soft labels",
+        description="For every prompt the policy samples K responses; every pair is put to the "
+        "labeler as a multiple-choice question under feedback principles sampled from the "
+        "constitution. The soft label P(A better) comes from the option tokens' log-probs "
+        "(or sampled votes where a backend has none), averaged over both orders of the pair and "
+        "over the principles. Writes OUT/preferences.jsonl (conversational prompt/chosen/"
+        "rejected + preference_prob, ready for TRL's RewardTrainer and DPOTrainer), a dataset "
+        "card with a histogram, and OUT/cache.sqlite; cached and resumable like sl-cai. Feedback "
+        "settings in --config YAML go under `feedback:`.",
+    )
+    add_prefs_arguments(r)
+    r.set_defaults(func=prefs)
 
 
-def add_sl_cai_arguments(s: argparse.ArgumentParser) -> None:
+def add_input_arguments(s: argparse.ArgumentParser, out_default: str) -> None:
+    """Flags every dataset job shares."""
     a = s.add_argument
     a("--config", type=Path, metavar="FILE", help="YAML file with any of these settings")
     a(
@@ -60,16 +86,16 @@ def add_sl_cai_arguments(s: argparse.ArgumentParser) -> None:
     a("--limit", type=positive_int, metavar="N", help="use the first N prompts")
     a("--constitution", type=Path, metavar="FILE", help="constitution YAML (harmless.yaml)")
     a("--templates", type=Path, metavar="DIR", help="Jinja templates overriding prompts/*.j2")
-    a("--labeler", metavar="NAME", help="critic and reviser: smollm2 (default), transformers:PATH")
+    a("--labeler", metavar="NAME", help="the AI labeler: smollm2 (default), transformers:PATH, "
+      "openai:MODEL, anthropic:MODEL, vllm:PATH")  # fmt: skip
     a("--labeler-set", dest="labeler_set", action="append", metavar="KEY=VALUE",
       help="a labeler setting, repeatable: base_url=http://127.0.0.1:8000/v1, concurrency=64, "
       "batch_size=16 (values are YAML)")  # fmt: skip
-    a("--policy", metavar="NAME", help="writes the first answers (default: the --labeler)")
+    a("--policy", metavar="NAME", help="writes the responses (default: the --labeler)")
     a("--policy-set", dest="policy_set", action="append", metavar="KEY=VALUE",
       help="a policy labeler setting, repeatable")  # fmt: skip
-    a("--rounds", type=positive_int, metavar="N", help="critique/revision rounds (1)")
     a("--seed", type=int, help="seed for principle sampling and generation (0)")
-    a("--temperature", type=float, help="sampling temperature; 0 = greedy (0.7)")
+    a("--temperature", type=float, help="policy sampling temperature; 0 = greedy")
     a("--top-p", type=float, help="nucleus sampling (1.0)")
     a("--max-tokens", type=positive_int, metavar="N", help="max new tokens per generation (256)")
     a(
@@ -79,6 +105,15 @@ def add_sl_cai_arguments(s: argparse.ArgumentParser) -> None:
         help="conversations per batch for local backends (the backend's own default)",
     )
     a("--concurrency", type=positive_int, metavar="N", help="API requests in flight")
+    a("--out", type=Path, metavar="DIR", help=f"output folder ({out_default})")
+    a("--cache", type=Path, metavar="FILE", help="SQLite cache (OUT/cache.sqlite)")
+    a("--parquet", action="store_const", const=True, help="also write the dataset as parquet")
+
+
+def add_sl_cai_arguments(s: argparse.ArgumentParser) -> None:
+    add_input_arguments(s, "outputs/sl-cai")
+    a = s.add_argument
+    a("--rounds", type=positive_int, metavar="N", help="critique/revision rounds (1)")
     a(
         "--no-few-shot",
         dest="few_shot",
@@ -91,12 +126,35 @@ def add_sl_cai_arguments(s: argparse.ArgumentParser) -> None:
         choices=["fix", "flag", "off"],
         help="revision clean-up: fix and flag (default), only flag, or off",
     )
-    a("--out", type=Path, metavar="DIR", help="output folder (outputs/sl-cai)")
-    a("--cache", type=Path, metavar="FILE", help="SQLite cache (OUT/cache.sqlite)")
-    a("--parquet", action="store_const", const=True, help="also write sl_cai.parquet")
+
+
+def add_prefs_arguments(s: argparse.ArgumentParser) -> None:
+    add_input_arguments(s, "outputs/prefs")
+    add_feedback_arguments(s)
+    s.add_argument(
+        "--responses", type=positive_int, metavar="K", help="responses per prompt, >= 2 (2)"
+    )
+
+
+def add_feedback_arguments(s: argparse.ArgumentParser) -> None:
+    """How the labeler is asked and read (also used by `rlaif eval labeler`)."""
+    a = s.add_argument
+    a("--principles", type=positive_int, metavar="M",
+      help="feedback principles per comparison, averaged (1)")  # fmt: skip
+    a("--no-both-orders", dest="both_orders", action="store_const", const=False,
+      help="ask each pair in one order only (position bias is then not averaged out)")  # fmt: skip
+    a("--cot", action="store_const", const=True,
+      help="chain of thought: the labeler reasons first; probabilities are clamped")  # fmt: skip
+    a("--clamp", nargs=2, type=float, metavar=("LOW", "HIGH"),
+      help="clamp for chain-of-thought probabilities (0.4 0.6)")  # fmt: skip
+    a("--scoring", choices=["auto", "logprobs", "votes"],
+      help="read option log-probs, or count sampled votes (auto: log-probs where the backend "
+      "has them)")  # fmt: skip
+    a("--votes", type=positive_int, metavar="N", help="answers sampled per question, votes (8)")
 
 
 _NOT_SETTINGS = {"config", "func", "command", "kind", "argv"}
+_FEEDBACK_FLAGS = {"principles", "both_orders", "cot", "clamp", "scoring", "votes"}
 
 
 def parse_settings(pairs: list[str], flag: str) -> dict[str, Any]:
@@ -112,16 +170,27 @@ def parse_settings(pairs: list[str], flag: str) -> dict[str, Any]:
     return out
 
 
+def feedback_flags(flags: dict[str, Any]) -> dict[str, Any]:
+    """Pop the feedback flags out of ``flags`` as ``FeedbackSettings`` fields."""
+    out = {k: flags.pop(k) for k in list(flags) if k in _FEEDBACK_FLAGS}
+    if "clamp" in out:
+        out["clamp_low"], out["clamp_high"] = out.pop("clamp")
+    return out
+
+
 def config_from_args(
-    args: argparse.Namespace, defaults: dict[str, Any] | None = None
-) -> SLCAIConfig:
+    args: argparse.Namespace, defaults: dict[str, Any] | None = None, model: type[M] = SLCAIConfig
+) -> M:
     flags = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS and v is not None}
     for flag, key in (("labeler_set", "labeler_settings"), ("policy_set", "policy_settings")):
         if flag in flags:
             flags[key] = parse_settings(flags.pop(flag), "--" + flag.replace("_", "-"))
+    feedback = feedback_flags(flags)
     if args.config is None:
+        if feedback:
+            flags["feedback"] = feedback
         try:
-            return SLCAIConfig(**{**(defaults or {}), **flags})
+            return model(**{**(defaults or {}), **flags})
         except ValidationError as e:
             problems = "; ".join(
                 f"--{'.'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}"
@@ -134,10 +203,14 @@ def config_from_args(
     for key, value in {**(defaults or {}), **flags}.items():
         if key not in root or key in flags:
             root[key] = str(value) if isinstance(value, Path) else value
-    return validate_yaml(SLCAIConfig, root, args.config, ConfigFileError)
+    if feedback:
+        if not hasattr(root.get("feedback") or {}, "items"):
+            raise ConfigFileError(args.config, [(1, "`feedback` must be a mapping")])
+        root["feedback"] = {**(root.get("feedback") or {}), **feedback}
+    return validate_yaml(model, root, args.config, ConfigFileError)
 
 
-def print_summary(console: Console, result: SLCAIResult) -> None:
+def print_summary(console: Console, result: SLCAIResult | PrefsResult, name: str) -> None:
     s = result.stats
     console.print(
         f"[bold]{len(result.rows)} rows[/] ({result.resumed} resumed) in {result.seconds:.1f} s · "
@@ -146,36 +219,65 @@ def print_summary(console: Console, result: SLCAIResult) -> None:
     )
     if s.cost is not None:
         console.print(f"  cost by the price table: ${s.cost:.4f}")
+    stem = name.removesuffix(".jsonl")
     if result.failed:
         console.print(
             f"[red]{len(result.failed)} rows failed[/] (kept with their reason in "
-            f"sl_cai.failed.jsonl; run the same command again to retry exactly those rows)"
+            f"{stem}.failed.jsonl; run the same command again to retry exactly those rows)"
+        )
+    unlabeled = getattr(result, "unlabeled", [])
+    if unlabeled:
+        console.print(
+            f"[yellow]{len(unlabeled)} pairs unlabeled[/] (kept with their reason in "
+            f"{stem}.unlabeled.jsonl)"
         )
     for path in (result.dataset, result.card, *result.extra_files):
         console.print(f"  wrote {path}")
 
 
-def run_job(console: Console, cfg: SLCAIConfig, command: str) -> SLCAIResult | None:
-    """Run with a progress bar; on Ctrl-C say what was kept and how to resume."""
+def run_job(console: Console, cfg: Any, command: str, runner: Any = run_sl_cai) -> Any:
+    """Run a job with a progress bar; on Ctrl-C say what was kept and how to resume."""
+    name = PREFS_FILE if runner is run_prefs else SL_CAI_FILE
     with RowProgress(console) as progress:
         try:
-            return run_sync(run_sl_cai(cfg, command, progress.on_row, progress.on_start))
+            return run_sync(runner(cfg, command, progress.on_row, progress.on_start))
         except KeyboardInterrupt:
             pass
     console.print(
         f"[yellow]interrupted[/]: {progress.written} rows written to "
-        f"{cfg.out}/.sl_cai.jsonl.partial, finished answers kept in the cache. "
+        f"{cfg.out}/.{name}.partial, finished answers kept in the cache. "
         "Run the same command again to resume."
     )
     return None
 
 
+def _command(args: argparse.Namespace) -> str:
+    return "rlaif " + " ".join(shlex.quote(a) for a in args.argv)
+
+
 def sl_cai(args: argparse.Namespace) -> int:
     console = Console()
     cfg = config_from_args(args)
-    command = "rlaif " + " ".join(shlex.quote(a) for a in args.argv)
-    result = run_job(console, cfg, command)
+    result = run_job(console, cfg, _command(args))
     if result is None:
         return 130
-    print_summary(console, result)
+    print_summary(console, result, SL_CAI_FILE)
+    return 3 if result.failed else 0
+
+
+def prefs(args: argparse.Namespace) -> int:
+    console = Console()
+    cfg = config_from_args(args, model=PrefsConfig)
+    result = run_job(console, cfg, _command(args), run_prefs)
+    if result is None:
+        return 130
+    print_summary(console, result, PREFS_FILE)
+    if result.rows:
+        probs = [r["preference_prob"] for r in result.rows]
+        flipped = [r for r in result.rows if r.get("position_consistent") is False]
+        checked = [r for r in result.rows if r.get("position_consistent") is not None]
+        console.print(
+            f"  preference_prob: mean {sum(probs) / len(probs):.3f}, min {min(probs):.3f}, "
+            f"max {max(probs):.3f} · position bias {len(flipped)}/{len(checked)} pairs"
+        )
     return 3 if result.failed else 0

@@ -41,7 +41,7 @@ class PromptRow:
     prompt: str
 
 
-def _read_text(path: Path) -> str:
+def read_text_file(path: Path) -> str:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -114,7 +114,7 @@ def hh_prompt(transcript: str, mode: HHContext) -> str | None:
     return "\n\n".join(f"{speaker}: {text}" for speaker, text in context)
 
 
-def _records_jsonl(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def jsonl_records(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -138,7 +138,7 @@ def read_prompts(
     path = Path(path)
     if fmt == "dataset" or (fmt == "auto" and path.is_dir()):
         return _finish(path, list(_read_dataset(path, prompt_field, id_field)))
-    text = _read_text(path)
+    text = read_text_file(path)
     fmt = _detect(path, text) if fmt == "auto" else fmt
     rows: list[PromptRow] = []
     if fmt == "text":
@@ -148,7 +148,7 @@ def read_prompts(
             if line.strip() and not line.lstrip().startswith("#")
         ]
     elif fmt == "jsonl":
-        for n, rec in _records_jsonl(path, text):
+        for n, rec in jsonl_records(path, text):
             value = rec.get(prompt_field)
             if not isinstance(value, str) or not value.strip():
                 keys = ", ".join(sorted(rec)) or "none"
@@ -157,7 +157,7 @@ def read_prompts(
                 )
             rows.append(PromptRow(str(rec.get(id_field, f"row-{n}")), value.strip()))
     elif fmt == "hh-rlhf":
-        for n, rec in _records_jsonl(path, text):
+        for n, rec in jsonl_records(path, text):
             transcript = rec.get("chosen")
             prompt = hh_prompt(transcript, hh_context) if isinstance(transcript, str) else None
             if prompt is None:

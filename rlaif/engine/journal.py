@@ -99,28 +99,41 @@ class Journal:
         Rows marked ``failed`` (a labeler call that failed for good) are moved to
         ``NAME.failed.jsonl`` instead, so the dataset holds only complete rows. They are not part
         of the journal a rerun resumes from, so the rerun retries exactly those rows (the rows
-        after them come back from the cache).
+        after them come back from the cache). Rows marked ``unlabeled`` (the labeler answered,
+        but no label could be read from it) go to ``NAME.unlabeled.jsonl`` with their reason; they
+        are final, and a rerun keeps them.
         """
         self.close()
-        failed_path = self.target.with_name(self.target.stem + ".failed.jsonl")
-        lines = _complete_lines(self.partial.read_bytes())
-        failed = [ln for ln in lines if ln and _is_failed(ln)]
-        if not failed:
-            os.replace(self.partial, self.target)
-            failed_path.unlink(missing_ok=True)
-            return self.target, None
-        bad = set(failed)
-        _write_lines_atomic(self.target, [ln for ln in lines if ln and ln not in bad])
-        _write_lines_atomic(failed_path, failed)
+        lines = [ln for ln in _complete_lines(self.partial.read_bytes()) if ln]
+        sides: dict[str, list[str]] = {"failed": [], "unlabeled": []}
+        kept = []
+        for line in lines:
+            side = _side(line)
+            (sides[side] if side else kept).append(line)
+        _write_lines_atomic(self.target, kept)
         self.partial.unlink()
-        return self.target, failed_path
+        for side, side_lines in sides.items():
+            path = self.side_file(side)
+            if side_lines:
+                _write_lines_atomic(path, side_lines)
+            else:
+                path.unlink(missing_ok=True)
+        failed = self.side_file("failed")
+        return self.target, failed if sides["failed"] else None
+
+    def side_file(self, side: str) -> Path:
+        return self.target.with_name(f"{self.target.stem}.{side}.jsonl")
 
 
-def _is_failed(line: str) -> bool:
+def _side(line: str) -> str | None:
     try:
-        return isinstance(json.loads(line).get("failed"), dict)
+        record = json.loads(line)
     except ValueError:
-        return False
+        return None
+    for side in ("failed", "unlabeled"):
+        if isinstance(record.get(side), dict):
+            return side
+    return None
 
 
 def _write_lines_atomic(path: Path, lines: list[str]) -> None:

@@ -13,6 +13,11 @@ can; otherwise it queues the request. A single worker drains the queue into batc
 
 The scheduler knows backends only through these two numbers of the ``Labeler`` protocol. Two
 identical requests in flight at once are sent only once.
+
+Option scoring (``await scheduler.option_logprobs(messages, options)``, the soft labels of
+RL-CAI) goes through the same queue, cache and batching; requests are grouped by what they ask
+for (generation with given parameters, or scores of given options), since a backend call answers
+one kind at a time.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,11 +48,15 @@ class EngineStats:
     cost: float | None = None  # by the labelers' price tables; None when none is priced
 
 
+# what a queued request asks for: ("generate", params) or ("options", options)
+_Group = tuple[str, Any]
+
+
 @dataclass
 class _Pending:
     messages: list[dict[str, str]]
     keys: list[str]
-    future: asyncio.Future[list[Completion]]
+    future: asyncio.Future[Any]
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -64,8 +74,8 @@ class Scheduler:
         self.stats = stats or EngineStats()
         self.max_batch = max_batch or labeler.max_batch_size
         self.max_concurrency = max_concurrency or labeler.max_concurrency
-        self._queues: OrderedDict[GenerateParams, list[_Pending]] = OrderedDict()
-        self._inflight: dict[str, asyncio.Future[list[Completion]]] = {}
+        self._queues: OrderedDict[_Group, list[_Pending]] = OrderedDict()
+        self._inflight: dict[str, asyncio.Future[Any]] = {}
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
         self._slots: asyncio.Semaphore | None = None
@@ -85,6 +95,14 @@ class Scheduler:
             for i in range(params.n)
         ]
 
+    def option_key(self, messages: Conversation, options: Sequence[str]) -> str:
+        return request_key(
+            "options",
+            self.labeler.backend,
+            self.labeler.model_name,
+            {"messages": list(messages), "options": list(options)},
+        )
+
     async def generate(self, messages: Conversation, params: GenerateParams) -> list[Completion]:
         """``params.n`` completions for one conversation, from the cache or the labeler."""
         self.stats.requests += 1
@@ -95,12 +113,25 @@ class Scheduler:
             done = [_completion(hits[k]) for k in keys]
             self.stats.total_tokens += sum(c.prompt_tokens + c.completion_tokens for c in done)
             return done
+        return await self._enqueue(("generate", params), messages, keys)
+
+    async def option_logprobs(self, messages: Conversation, options: Sequence[str]) -> list[float]:
+        """The log-probability of each option as the continuation of one conversation."""
+        self.stats.requests += 1
+        key = self.option_key(messages, options)
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.stats.cache_hits += 1
+            return [float(x) for x in hit["logprobs"]]
+        return await self._enqueue(("options", tuple(options)), messages, [key])
+
+    async def _enqueue(self, group: _Group, messages: Conversation, keys: list[str]) -> Any:
         if keys[0] in self._inflight:  # the same request is already on its way
             return await asyncio.shield(self._inflight[keys[0]])
         self._start()
-        future: asyncio.Future[list[Completion]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._inflight[keys[0]] = future
-        self._queues.setdefault(params, []).append(_Pending(list(messages), keys, future))
+        self._queues.setdefault(group, []).append(_Pending(list(messages), keys, future))
         assert self._wakeup is not None
         self._wakeup.set()
         try:
@@ -134,28 +165,33 @@ class Scheduler:
                 # give every row that is ready a chance to enqueue before the batch is cut
                 for _ in range(3):
                     await asyncio.sleep(0)
-                params, batch = self._take_batch()
-                task = asyncio.create_task(self._dispatch(params, batch))
+                group, batch = self._take_batch()
+                task = asyncio.create_task(self._dispatch(group, batch))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-    def _take_batch(self) -> tuple[GenerateParams, list[_Pending]]:
-        # the parameter group holding the oldest request goes first
-        params = min(self._queues, key=lambda p: self._queues[p][0].enqueued)
-        queue = self._queues[params]
+    def _take_batch(self) -> tuple[_Group, list[_Pending]]:
+        # the group holding the oldest request goes first
+        group = min(self._queues, key=lambda g: self._queues[g][0].enqueued)
+        queue = self._queues[group]
         batch, rest = queue[: self.max_batch], queue[self.max_batch :]
         if rest:
-            self._queues[params] = rest
+            self._queues[group] = rest
         else:
-            del self._queues[params]
-        return params, batch
+            del self._queues[group]
+        return group, batch
 
-    async def _dispatch(self, params: GenerateParams, batch: list[_Pending]) -> None:
+    async def _dispatch(self, group: _Group, batch: list[_Pending]) -> None:
         assert self._slots is not None
         started = time.perf_counter()
+        kind, what = group
+        conversations = [p.messages for p in batch]
         try:
             self.stats.labeler_calls += 1
-            results = await self.labeler.generate([p.messages for p in batch], params)
+            if kind == "options":
+                results = await self.labeler.option_logprobs(conversations, list(what))
+            else:
+                results = await self.labeler.generate(conversations, what)
         except asyncio.CancelledError:
             for p in batch:
                 p.future.cancel()
@@ -169,6 +205,9 @@ class Scheduler:
             self._slots.release()
         seconds = time.perf_counter() - started
         self.stats.labeler_seconds += seconds
+        if kind == "options":
+            self._finish_options(batch, results, seconds)
+            return
         entries = []
         for p, samples in zip(batch, results, strict=True):
             for key, c in zip(p.keys, samples, strict=True):
@@ -179,6 +218,18 @@ class Scheduler:
         for p, samples in zip(batch, results, strict=True):
             if not p.future.done():
                 p.future.set_result(samples)
+
+    def _finish_options(
+        self, batch: list[_Pending], results: list[list[float]], seconds: float
+    ) -> None:
+        entries = [
+            (p.keys[0], {"logprobs": [float(x) for x in scores], "seconds": round(seconds, 4)})
+            for p, scores in zip(batch, results, strict=True)
+        ]
+        self.cache.put_many("options", entries)
+        for p, scores in zip(batch, results, strict=True):
+            if not p.future.done():
+                p.future.set_result([float(x) for x in scores])
 
 
 def _as_dict(c: Completion) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -31,6 +30,7 @@ from rlaif.labelers.base import (
     Completion,
     Conversation,
     GenerateParams,
+    first_option,
     option_label,
     strip_prefill,
 )
@@ -159,13 +159,12 @@ class AnthropicLabeler(ApiLabelerMixin):
         )
         answers = await self._samples(conversation, params)
         counts = dict.fromkeys(labels, 0)
-        pattern = re.compile(r"\b(" + "|".join(map(re.escape, labels)) + r")\b")
         for answer in answers:
-            m = pattern.search(answer.text)
-            if m:
-                counts[m.group(1)] += 1
-            else:
+            index = first_option(answer.text, options)
+            if index is None:
                 self.unparsed_votes += 1
+            else:
+                counts[labels[index]] += 1
         total = sum(counts.values())
         if total == 0:
             raise LabelerResponseError(f"none of {len(answers)} votes named an option {labels}")

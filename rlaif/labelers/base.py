@@ -207,3 +207,22 @@ def strip_prefill(text: str, conversation: Conversation) -> str:
     if prefill and text.startswith(prefill):
         text = text[len(prefill) :]
     return text.strip()
+
+
+def first_option(text: str, options: Sequence[str]) -> int | None:
+    """Index of the option a free-text answer names (``"I pick (B)."`` -> 1), or None.
+
+    A parenthesised label (``(A)``) counts first, the earliest one winning. Failing that, a bare
+    label standing as a word counts only when no other label appears, since "A" is also an article
+    ("A better answer is B" names B, not A).
+    """
+    labels = [option_label(o) for o in options]
+    alternatives = "|".join(map(re.escape, labels))
+    m = re.search(r"\((" + alternatives + r")\)", text)
+    if m:
+        return labels.index(m.group(1))
+    bare = re.findall(r"(?<![A-Za-z0-9])(" + alternatives + r")(?![A-Za-z0-9])", text)
+    named = set(bare)
+    if len(named) == 1:
+        return labels.index(bare[0])
+    return None

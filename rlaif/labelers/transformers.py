@@ -6,8 +6,9 @@ assistant message is a prefill: the template is applied with ``continue_final_me
 model continues that text.
 
 Option log-probs are exact: the prefix and each option are tokenized separately and concatenated
-(the same convention as lm-evaluation-harness), the full sequence is run through the model once,
-and the log-probabilities of the option's tokens are summed. No top-k truncation, no sampling.
+(the same convention as lm-evaluation-harness), and the log-probabilities of the option's tokens
+are summed. No top-k truncation, no sampling. The prefix (the long part: the whole question) is
+run once per conversation and its KV cache shared by every option.
 
 Sampling is seeded with ``torch.manual_seed(seed)`` before each batch. Results are reproducible for
 the same batch composition; a different batch size changes padding and thus (slightly) the numbers.
@@ -220,36 +221,71 @@ class TransformersLabeler:
             option_ids = [self._encode(o) for o in options]
             if any(not ids for ids in option_ids):
                 raise ValueError("every option must encode to at least one token")
-            pairs = []  # (prefix ids, option ids) for every conversation x option
-            for conv in conversations:
-                prefix = self._encode(self._prompt_text(conv))
-                pairs.extend((prefix, ids) for ids in option_ids)
-            scores: list[float] = []
-            for chunk in _chunks(pairs, self.settings.batch_size * len(options)):
-                scores.extend(self._score_batch(chunk))
-            k = len(options)
-            return [scores[i : i + k] for i in range(0, len(scores), k)]
+            prefixes = [self._encode(self._prompt_text(c)) for c in conversations]
+            # similar lengths share a batch: less padding
+            order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]))
+            results: list[list[float]] = [[] for _ in prefixes]
+            for chunk in _chunks(order, self.settings.batch_size):
+                scores = self._score_batch([prefixes[i] for i in chunk], option_ids)
+                for i, row in zip(chunk, scores, strict=True):
+                    results[i] = row
+            return results
 
-    def _score_batch(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[float]:
+    def _score_batch(
+        self, prefixes: Sequence[list[int]], option_ids: Sequence[list[int]]
+    ) -> list[list[float]]:
+        """One forward pass over the (left-padded) prefixes, then one over every option's
+        tokens on a copy of the prefixes' KV cache: the long prefix is computed once, not once
+        per option."""
         import torch
 
-        seqs = [p + o for p, o in pairs]
-        width = max(len(s) for s in seqs)
+        b, k = len(prefixes), len(option_ids)
+        width = max(len(p) for p in prefixes)
         pad = self._tokenizer.pad_token_id
-        input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
-        attention = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prefixes], device=self._device)
+        mask = torch.tensor(
+            [[0] * (width - len(p)) + [1] * len(p) for p in prefixes], device=self._device
+        )
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.inference_mode():
-            logits = self._model(
-                input_ids=input_ids.to(self._device), attention_mask=attention.to(self._device)
-            ).logits.float()
-        logprobs = torch.log_softmax(logits, dim=-1)
-        out = []
-        for row, (prefix, option) in enumerate(pairs):
-            start = len(prefix)
-            positions = torch.arange(start - 1, start - 1 + len(option), device=logprobs.device)
-            targets = torch.tensor(option, device=logprobs.device)
-            out.append(float(logprobs[row, positions, targets].sum()))
-        return out
+            out = self._model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True
+            )
+            first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # [b, vocab]
+            longest = max(len(o) for o in option_ids)
+            rest = None
+            if longest > 1:  # the tokens after each option's first, on the shared cache
+                cache = out.past_key_values
+                cache.batch_repeat_interleave(k)
+                tail = longest - 1
+                feed = [o[:-1] + [pad] * (longest - len(o)) for o in option_ids] * b
+                feed_mask = [[1] * (len(o) - 1) + [0] * (longest - len(o)) for o in option_ids] * b
+                steps = torch.arange(1, tail + 1, device=self._device)
+                out2 = self._model(
+                    input_ids=torch.tensor(feed, device=self._device),
+                    attention_mask=torch.cat(
+                        [
+                            mask.repeat_interleave(k, dim=0),
+                            torch.tensor(feed_mask, device=self._device),
+                        ],
+                        dim=1,
+                    ),
+                    position_ids=positions[:, -1:].repeat_interleave(k, dim=0) + steps,
+                    past_key_values=cache,
+                    use_cache=False,
+                )
+                rest = torch.log_softmax(out2.logits.float(), dim=-1)  # [b * k, tail, vocab]
+        scores = []
+        for i in range(b):
+            row = []
+            for j, option in enumerate(option_ids):
+                total = float(first[i, option[0]])
+                for t in range(1, len(option)):
+                    assert rest is not None
+                    total += float(rest[i * k + j, t - 1, option[t]])
+                row.append(total)
+            scores.append(row)
+        return scores
 
     async def aclose(self) -> None:
         self._model = None

@@ -116,3 +116,51 @@ def test_labeler_errors_reach_the_waiting_rows(fake_labeler):
         await sched.aclose()
 
     asyncio.run(main())
+
+
+def test_option_scores_are_batched_and_cached(fake_labeler, tmp_path):
+    seen = []
+
+    def score(conv, options):
+        seen.append(conv[-1]["content"])
+        return [-1.0, -float(len(conv[-1]["content"]))]
+
+    async def run(lab, cache):
+        sched = Scheduler(lab, cache, EngineStats())
+        try:
+            out = await asyncio.gather(
+                *(sched.option_logprobs(conv(f"q{i}"), [" (A)", " (B)"]) for i in range(6))
+            )
+            return out, sched.stats
+        finally:
+            await sched.aclose()
+
+    cache = Cache(tmp_path / "c.sqlite")
+    out, stats = asyncio.run(run(fake_labeler(logprobs=score), cache))
+    assert out == [[-1.0, -2.0]] * 6 and len(seen) == 6
+    assert stats.labeler_calls == 2  # 6 conversations in batches of 4
+    out2, stats2 = asyncio.run(run(fake_labeler(logprobs=score), cache))
+    assert out2 == out and stats2.labeler_calls == 0 and stats2.cache_hits == 6
+    assert len(seen) == 6
+    # other options are another request
+    other = asyncio.run(
+        Scheduler(fake_labeler(logprobs=score), cache).option_logprobs(conv("q0"), [" A", " B"])
+    )
+    assert other == [-1.0, -2.0] and len(seen) == 7
+
+
+def test_minus_infinity_survives_the_cache(fake_labeler):
+    import math
+
+    lab = fake_labeler(logprobs=lambda conv, options: [0.0, -math.inf])
+    cache = Cache(None)
+
+    async def main():
+        sched = Scheduler(lab, cache)
+        first = await sched.option_logprobs(conv("x"), [" (A)", " (B)"])
+        second = await sched.option_logprobs(conv("x"), [" (A)", " (B)"])
+        await sched.aclose()
+        return first, second, sched.stats.cache_hits
+
+    first, second, hits = asyncio.run(main())
+    assert first == second == [0.0, -math.inf] and hits == 1

@@ -1,0 +1,121 @@
+"""``rlaif eval labeler``: agreement with human labels, calibration and position bias."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from rlaif.cli.args import positive_int
+from rlaif.cli.generate import add_feedback_arguments, config_from_args
+from rlaif.cli.progress import RowProgress
+from rlaif.eval.labeler import ROWS_FILE, LabelerEvalConfig, LabelerEvalResult, run_labeler_eval
+from rlaif.labelers.base import run_sync
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a labeler against human labels")
+    kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
+    e = kinds.add_parser(
+        "labeler",
+        help="agreement with human preference labels, calibration (ECE), position bias",
+        description="Judge gold pairs with a labeler exactly as `rlaif generate prefs` would "
+        "(same templates, principles, both orders, optional chain of thought) and compare with "
+        "the human label. Gold formats: hh-rlhf (chosen/rejected transcripts), generic "
+        "prompt/chosen/rejected JSONL, and multiple-choice rows (prompt + corrects/incorrects "
+        "option strings, the Constitutional AI paper's evaluation format). Prints agreement, "
+        "ECE, Brier score, position-bias rate, parse failures, time and cost; writes "
+        "OUT/labeler_eval.json, OUT/reliability.png and per-row OUT/judgements.jsonl. Cached "
+        "and resumable.",
+    )
+    a = e.add_argument
+    a("--config", type=Path, metavar="FILE", help="YAML file with any of these settings")
+    a("--gold", type=Path, metavar="FILE", help="gold labels (.jsonl, may be .gz)")
+    a("--gold-format", choices=["auto", "hh-rlhf", "pairs", "multiple-choice"],
+      help="format of --gold (auto: from the keys of each row)")  # fmt: skip
+    a("--limit", type=positive_int, metavar="N", help="use the first N gold rows")
+    a("--labeler", metavar="NAME", help="smollm2 (default), transformers:PATH, openai:MODEL, ...")
+    a("--labeler-set", dest="labeler_set", action="append", metavar="KEY=VALUE",
+      help="a labeler setting, repeatable (values are YAML)")  # fmt: skip
+    a("--constitution", type=Path, metavar="FILE", help="constitution YAML (harmless.yaml)")
+    a("--templates", type=Path, metavar="DIR", help="Jinja templates overriding prompts/*.j2")
+    add_feedback_arguments(e)
+    a("--seed", type=int, help="seed for principle sampling (0)")
+    a("--bins", type=positive_int, metavar="N", help="calibration bins (10)")
+    a("--batch-size", type=positive_int, metavar="N", help="batch size for local backends")
+    a("--concurrency", type=positive_int, metavar="N", help="API requests in flight")
+    a("--out", type=Path, metavar="DIR", help="output folder (outputs/eval-labeler)")
+    a("--cache", type=Path, metavar="FILE", help="SQLite cache (OUT/cache.sqlite)")
+    e.set_defaults(func=labeler)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def print_report(console: Console, result: LabelerEvalResult) -> None:
+    m = result.metrics
+    table = Table(title="labeler vs gold labels", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [
+        ("rows scored", f"{m['scored']} of {m['rows']}"),
+        ("agreement with the human label", _pct(m["agreement"])),
+    ]
+    if m["pairs"]:
+        rows += [
+            ("mean P(human-chosen better)", _num(m["mean_prob_chosen"])),
+            ("ECE (calibration error)", _num(m["ece"])),
+            ("Brier score", _num(m["brier"])),
+            ("position-bias rate", _pct(m["position_bias_rate"])),
+        ]
+    if m["choices"]:
+        rows += [
+            ("multiple-choice accuracy", _pct(m["choice_accuracy"])),
+            ("multiple-choice ECE", _num(m["choice_ece"])),
+        ]
+    rows += [
+        (
+            "parse failures",
+            f"{m['parse_failures']} of {m['judgements']} judgements "
+            f"({_pct(m['parse_failure_rate'])})",
+        ),
+        ("sampled answers naming no option", str(m["unparsed_answers"])),
+        ("failed rows", str(m["failed"])),
+        (
+            "time",
+            f"{m['seconds']:.1f} s ({m['labeler_calls']} labeler calls, "
+            f"{m['cache_hits']}/{m['requests']} cache hits)",
+        ),
+        ("cost", "n/a (no price table)" if m["cost"] is None else f"${m['cost']:.4f}"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+    for path in (result.report, result.plot, result.rows_file):
+        if path is not None:
+            console.print(f"  wrote {path}")
+
+
+def labeler(args: argparse.Namespace) -> int:
+    console = Console()
+    cfg = config_from_args(args, model=LabelerEvalConfig)
+    with RowProgress(console, "gold rows") as progress:
+        try:
+            result = run_sync(run_labeler_eval(cfg, progress.on_row, progress.on_start))
+        except KeyboardInterrupt:
+            result = None
+    if result is None:
+        console.print(
+            f"[yellow]interrupted[/]: {progress.written} rows kept in {cfg.out}/.{ROWS_FILE}"
+            ".partial and the cache. Run the same command again to resume."
+        )
+        return 130
+    print_report(console, result)
+    return 0

@@ -1,0 +1,122 @@
+"""What every dataset job shares: the input settings, labeler wiring, provenance and timings.
+
+``generate sl-cai`` and ``generate prefs`` read the same prompt data, take the same labeler and
+policy specs and write the same kind of output folder (dataset, card, cache, timings). Their
+config models extend ``JobInputs`` so a flag means the same thing in both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rlaif import __version__
+from rlaif.data.sources import HHContext, PromptFormat, read_prompts, source_sha256
+from rlaif.engine.journal import write_jsonl_atomic
+from rlaif.labelers.base import Labeler, backend_class, create_labeler, parse_spec
+from rlaif.resources import default_constitution
+
+
+class JobInputs(BaseModel):
+    """Settings shared by the dataset jobs (flags and ``--config`` YAML share the names)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompts: Path
+    prompt_format: PromptFormat = "auto"
+    prompt_field: str = "prompt"
+    id_field: str = "id"
+    hh_context: HHContext = "first"
+    limit: int | None = Field(default=None, ge=1)
+    constitution: Path = Field(default_factory=default_constitution)
+    templates: Path | None = None
+    labeler: str = "smollm2"
+    labeler_settings: dict[str, Any] = {}
+    policy: str | None = None
+    policy_settings: dict[str, Any] = {}
+    seed: int = 0
+    batch_size: int | None = Field(default=None, ge=1)
+    concurrency: int | None = Field(default=None, ge=1)
+    cache: Path | None = None
+
+
+def read_rows(cfg: JobInputs) -> list[dict[str, Any]]:
+    prompts = read_prompts(
+        cfg.prompts, cfg.prompt_format, cfg.prompt_field, cfg.id_field, cfg.hh_context
+    )
+    return [{"id": p.id, "prompt": p.prompt} for p in prompts][: cfg.limit]
+
+
+def source_provenance(cfg: JobInputs) -> dict[str, Any]:
+    return {
+        "file": Path(cfg.prompts).name,
+        "sha256": source_sha256(cfg.prompts),
+        "format": cfg.prompt_format,
+        "prompt_field": cfg.prompt_field,
+        "hh_context": cfg.hh_context,
+    }
+
+
+def base_provenance() -> dict[str, Any]:
+    return {"rlaif": __version__}
+
+
+def make_labeler(spec: str, settings: dict[str, Any], batch_size: int | None) -> Labeler:
+    """A labeler from its spec; ``--batch-size`` applies to backends that batch."""
+    backend, _ = parse_spec(spec)
+    fields = backend_class(backend).Settings.model_fields
+    if batch_size is not None and "batch_size" in fields and "batch_size" not in settings:
+        settings = {**settings, "batch_size": batch_size}
+    return create_labeler(spec, **settings)
+
+
+def labeler_and_policy(cfg: JobInputs) -> tuple[Labeler, Labeler]:
+    """The labeler, and the policy (the same object when the specs match, so one model loads
+    and one scheduler batches both roles' requests together)."""
+    labeler = make_labeler(cfg.labeler, cfg.labeler_settings, cfg.batch_size)
+    same = cfg.policy is None or (
+        cfg.policy == cfg.labeler and cfg.policy_settings in ({}, cfg.labeler_settings)
+    )
+    if same:
+        return labeler, labeler
+    return labeler, make_labeler(cfg.policy or cfg.labeler, cfg.policy_settings, cfg.batch_size)
+
+
+def fingerprint(provenance: dict[str, Any]) -> str:
+    blob = json.dumps(provenance, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def write_timings(
+    path: Path, rows: list[dict[str, Any]], timings: dict[str, dict[str, Any]]
+) -> Path:
+    """Per-row wall-clock seconds beside the dataset (kept out of it so reruns are
+    byte-identical); rows carried over from an earlier run keep their earlier timing."""
+    previous: dict[str, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+                previous[str(rec["id"])] = rec
+            except (ValueError, KeyError):
+                continue
+    lines = []
+    for row in rows:
+        rid = str(row["id"])
+        if rid in timings:
+            lines.append({"id": rid, **timings[rid], "resumed": False})
+        elif rid in previous:
+            lines.append({**previous[rid], "resumed": True})
+    return write_jsonl_atomic(path, lines)
+
+
+def write_parquet(dataset: Path) -> Path:
+    from datasets import load_dataset
+
+    target = dataset.with_suffix(".parquet")
+    load_dataset("json", data_files=str(dataset), split="train").to_parquet(str(target))
+    return target

@@ -1,0 +1,172 @@
+"""The constitution as a judge and as a reward, for trainers: plain synchronous calls.
+
+Trainers reach a labeler only through these two objects (the house plan), so online DPO and
+d-RLAIF-style rewards get exactly the scoring of ``rlaif generate prefs``, with its cache:
+
+- ``PairwiseJudge.judge(prompts, pairs)``: P(first response better) per pair, by the ``Feedback``
+  step (both orders, M principles, optional chain of thought, votes where there are no log-probs).
+- ``ConstitutionScorer(prompts, completions)``: a scalar in [0, 1] per completion, the expected
+  rating of one response under sampled feedback principles (``prompts/score.j2``), read from the
+  probabilities of the ratings " 1" ... " 9". The scale stops at 9 on purpose: every rating is
+  then a single digit, so no option's text is a prefix of another's (" 1" would also count " 10"),
+  and the normalised probabilities are a true distribution over the ratings. The signature is
+  TRL's reward-function signature (``prompts``, ``completions``, ``**kwargs`` -> floats), so a
+  scorer can be passed as ``reward_funcs`` to GRPO, RLOO or online DPO.
+
+Prompts and completions may be strings or conversational (lists of ``{role, content}``), as TRL
+passes them. A comparison or score that yields no probability is counted in ``unlabeled``; the
+judge then returns 0.5 (no preference) and the scorer ``None`` (TRL's "not applicable").
+Each call runs its own event loop, so the objects work from any synchronous training loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rlaif.constitution import Constitution, load_constitution, sample_principles
+from rlaif.engine.cache import Cache
+from rlaif.engine.feedback import Feedback, FeedbackSettings, normalised
+from rlaif.engine.scheduler import EngineStats, Scheduler
+from rlaif.labelers.base import Labeler, create_labeler, run_sync
+from rlaif.resources import default_constitution
+from rlaif.templates import Message, Templates
+
+RATINGS = tuple(f" {i}" for i in range(1, 10))
+
+PromptLike = str | Sequence[Message]
+
+
+def as_conversation(prompt: PromptLike) -> list[Message]:
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [{"role": m["role"], "content": m["content"]} for m in prompt]
+
+
+def as_text(completion: PromptLike) -> str:
+    if isinstance(completion, str):
+        return completion
+    return "\n".join(m["content"] for m in completion if m["role"] == "assistant")
+
+
+def _key(*parts: Any) -> str:
+    blob = repr(parts).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class _Base:
+    def __init__(
+        self,
+        labeler: Labeler | str = "smollm2",
+        constitution: Constitution | str | Path | None = None,
+        templates: Templates | str | Path | None = None,
+        settings: FeedbackSettings | None = None,
+        cache: str | Path | None = None,
+        seed: int = 0,
+        **labeler_settings: Any,
+    ):
+        self.labeler = (
+            create_labeler(labeler, **labeler_settings) if isinstance(labeler, str) else labeler
+        )
+        if not isinstance(constitution, Constitution):
+            constitution = load_constitution(constitution or default_constitution())
+        self.constitution = constitution
+        self.templates = templates if isinstance(templates, Templates) else Templates(templates)
+        self.settings = settings or FeedbackSettings()
+        self.cache = Cache(cache)
+        self.seed = seed
+        self.stats = EngineStats()
+        self.unlabeled = 0
+
+    def _scheduler(self) -> Scheduler:
+        return Scheduler(self.labeler, self.cache, self.stats)
+
+    def close(self) -> None:
+        run_sync(self.labeler.aclose())
+        self.cache.close()
+
+
+class PairwiseJudge(_Base):
+    """P(first better) for each ``(prompt, (first, second))``."""
+
+    def judge(
+        self, prompts: Sequence[PromptLike], pairs: Sequence[tuple[PromptLike, PromptLike]]
+    ) -> list[float]:
+        return run_sync(self.ajudge(prompts, pairs))
+
+    async def ajudge(
+        self, prompts: Sequence[PromptLike], pairs: Sequence[tuple[PromptLike, PromptLike]]
+    ) -> list[float]:
+        if len(prompts) != len(pairs):
+            raise ValueError(f"{len(prompts)} prompts but {len(pairs)} pairs")
+        sched = self._scheduler()
+        step = Feedback(
+            self.constitution,
+            self.templates,
+            sched,
+            self.settings,
+            self.labeler.supports_logprobs,
+            self.seed,
+        )
+        try:
+            jobs = []
+            for prompt, (first, second) in zip(prompts, pairs, strict=True):
+                a, b = as_text(first), as_text(second)
+                conv = as_conversation(prompt)
+                jobs.append(step.compare(_key(conv, a, b), conv, a, b))
+            results = await asyncio.gather(*jobs)
+        finally:
+            await sched.aclose()
+        out = []
+        for r in results:
+            if r.prob_a is None:
+                self.unlabeled += 1
+            out.append(0.5 if r.prob_a is None else r.prob_a)
+        return out
+
+
+class ConstitutionScorer(_Base):
+    """A TRL reward function: the constitution's expected rating of each completion, in [0, 1]."""
+
+    __name__ = "constitution_score"  # TRL logs reward functions by name
+
+    def __call__(
+        self, prompts: Sequence[PromptLike], completions: Sequence[PromptLike], **_: Any
+    ) -> list[float | None]:
+        return run_sync(self.ascore(prompts, completions))
+
+    async def ascore(
+        self, prompts: Sequence[PromptLike], completions: Sequence[PromptLike]
+    ) -> list[float | None]:
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        sched = self._scheduler()
+        try:
+            jobs = [
+                self._score(sched, as_conversation(p), as_text(c))
+                for p, c in zip(prompts, completions, strict=True)
+            ]
+            return list(await asyncio.gather(*jobs))
+        finally:
+            await sched.aclose()
+
+    async def _score(self, sched: Scheduler, conv: list[Message], response: str) -> float | None:
+        principles = sample_principles(
+            self.constitution.feedback, self.settings.principles, self.seed, _key(conv, response)
+        )
+        scores = []
+        for principle in principles:
+            messages = self.templates.render(
+                "score", conversation=conv, response=response, principle=principle
+            )
+            probs = normalised(await sched.option_logprobs(messages, RATINGS))
+            if probs is not None:
+                expected = sum(p * (i + 1) for i, p in enumerate(probs))
+                scores.append((expected - 1) / (len(RATINGS) - 1))
+        if not scores:
+            self.unlabeled += 1
+            return None
+        return sum(scores) / len(scores)

@@ -1,0 +1,231 @@
+"""The RL-CAI preference job: prompt data in, ``preferences.jsonl`` + dataset card out.
+
+For every prompt the policy samples K responses (one request with ``n = K``, seeded); every pair
+of them (K choose 2) is one output row, compared by the ``Feedback`` step. Pair rows are known
+before anything runs (``<prompt id>/<i>-<j>``), so the ordinary journal gives resume without gaps
+or duplicates; the pairs of one prompt share its generation request, which the scheduler sends
+once (in-flight dedupe, then the cache).
+
+Each row is ready for TRL: conversational ``prompt`` / ``chosen`` / ``rejected`` (chosen is the
+response with P >= 0.5) and ``preference_prob`` = P(chosen better), plus everything the label was
+made from (per principle and order probabilities, log-probs or votes, reasoning) and provenance.
+Pairs with identical responses, or whose labeler answers yield no probability at all, are kept
+in ``preferences.unlabeled.jsonl`` with their reason rather than dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from rlaif.constitution import load_constitution
+from rlaif.data.cards import write_prefs_card
+from rlaif.engine.cache import Cache
+from rlaif.engine.feedback import TEMPLATES_USED, Feedback, FeedbackSettings
+from rlaif.engine.jobs import (
+    JobInputs,
+    base_provenance,
+    fingerprint,
+    labeler_and_policy,
+    read_rows,
+    source_provenance,
+    write_parquet,
+    write_timings,
+)
+from rlaif.engine.journal import Journal
+from rlaif.engine.runner import run_rows
+from rlaif.engine.scheduler import EngineStats, Scheduler
+from rlaif.errors import LabelerCallError
+from rlaif.labelers.base import GenerateParams
+from rlaif.templates import Templates
+
+DATASET_FILE = "preferences.jsonl"
+TIMINGS_FILE = "preferences.timings.jsonl"
+
+
+class PrefsConfig(JobInputs):
+    """Settings of ``rlaif generate prefs`` (flags and the ``--config`` YAML share them)."""
+
+    responses: int = Field(default=2, ge=2, description="responses sampled per prompt (K)")
+    temperature: float = Field(default=1.0, gt=0.0, description="policy sampling temperature")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=256, ge=1)
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
+    out: Path = Path("outputs/prefs")
+    parquet: bool = False
+
+
+@dataclass
+class PrefsResult:
+    rows: list[dict[str, Any]]
+    unlabeled: list[dict[str, Any]]
+    failed: list[dict[str, Any]]
+    resumed: int
+    stats: EngineStats
+    seconds: float
+    dataset: Path
+    card: Path
+    extra_files: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class PrefsJob:
+    feedback: Feedback
+    policy: Scheduler
+    templates: Templates
+    params: GenerateParams
+    rows: list[dict[str, Any]]
+    provenance: dict[str, Any]
+    schedulers: list[Scheduler]
+    cache: Cache
+    stats: EngineStats
+
+    async def run_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        prompt = row["prompt"]
+        conversation = [{"role": "user", "content": prompt}]
+        messages = self.templates.render("initial_response", prompt=prompt)
+        samples = await self.policy.generate(messages, self.params)
+        i, j = row["pair"]
+        a, b = samples[i].text, samples[j].text
+        base = {"id": row["id"], "prompt_id": row["prompt_id"], "pair": [i, j]}
+        if a.strip() == b.strip():
+            reason = "the two responses are identical"
+            return {**base, "prompt": prompt, "response_a": a, "response_b": b,
+                    "unlabeled": {"reason": reason}}  # fmt: skip
+        cmp = await self.feedback.compare(row["id"], conversation, a, b)
+        details = cmp.as_dict()
+        if cmp.prob_a is None:
+            reason = "; ".join(cmp.errors) or "no usable judgement"
+            return {**base, "prompt": prompt, "response_a": a, "response_b": b,
+                    "unlabeled": {"reason": reason, **details}}  # fmt: skip
+        a_wins = cmp.prob_a >= 0.5
+        chosen, rejected = (a, b) if a_wins else (b, a)
+        return {
+            **base,
+            "prompt": conversation,
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+            "preference_prob": cmp.prob_a if a_wins else 1.0 - cmp.prob_a,
+            "response_a": a,
+            "response_b": b,
+            **details,
+            "finish_reasons": [samples[i].finish_reason, samples[j].finish_reason],
+        }
+
+
+def pair_rows(prompt_rows: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    return [
+        {"id": f"{r['id']}/{i}-{j}", "prompt_id": r["id"], "prompt": r["prompt"], "pair": (i, j)}
+        for r in prompt_rows
+        for i, j in combinations(range(k), 2)
+    ]
+
+
+def build(cfg: PrefsConfig) -> PrefsJob:
+    """Read and check every input before any model loads, then wire labelers and schedulers."""
+    prompt_rows = read_rows(cfg)
+    constitution = load_constitution(cfg.constitution)
+    templates = Templates(cfg.templates)
+    params = GenerateParams.checked(
+        n=cfg.responses,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        max_tokens=cfg.max_tokens,
+        seed=cfg.seed,
+    )
+    labeler, policy = labeler_and_policy(cfg)
+    cache = Cache(cfg.cache or Path(cfg.out) / "cache.sqlite")
+    stats = EngineStats()
+    labeler_sched = Scheduler(labeler, cache, stats, cfg.batch_size, cfg.concurrency)
+    policy_sched = (
+        labeler_sched
+        if policy is labeler
+        else Scheduler(policy, cache, stats, cfg.batch_size, cfg.concurrency)
+    )
+    feedback = Feedback(
+        constitution, templates, labeler_sched, cfg.feedback, labeler.supports_logprobs, cfg.seed
+    )
+    feedback.check_templates()
+    templates.render("initial_response", prompt="p")
+    provenance = {
+        **base_provenance(),
+        "source": source_provenance(cfg),
+        "constitution": {
+            "name": constitution.name,
+            "version": constitution.version,
+            "sha256": constitution.sha256,
+        },
+        "templates": templates.hashes(("initial_response", *TEMPLATES_USED)),
+        "policy": policy.describe(),
+        "labeler": labeler.describe(),
+        "params": params.model_dump(mode="json"),
+        "feedback": {**cfg.feedback.model_dump(mode="json"), "mode": feedback.mode},
+        "seed": cfg.seed,
+    }
+    schedulers = [labeler_sched] if policy_sched is labeler_sched else [labeler_sched, policy_sched]
+    rows = pair_rows(prompt_rows, cfg.responses)
+    return PrefsJob(
+        feedback, policy_sched, templates, params, rows, provenance, schedulers, cache, stats
+    )
+
+
+async def run_prefs(
+    cfg: PrefsConfig,
+    command: str,
+    on_row: Callable[[dict[str, Any], bool], None] | None = None,
+    on_start: Callable[[int, EngineStats], None] | None = None,
+) -> PrefsResult:
+    started = time.perf_counter()
+    job = build(cfg)
+    out = Path(cfg.out)
+    journal = Journal(out / DATASET_FILE, fingerprint(job.provenance))
+    window = 2 * max(s.max_batch * s.max_concurrency for s in job.schedulers)
+    timings: dict[str, dict[str, Any]] = {}
+
+    async def process(row: dict[str, Any]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        try:
+            result = await job.run_row(row)
+        except LabelerCallError as e:
+            job.stats.failed_rows += 1
+            failure = {"reason": e.reason, "attempts": e.attempts}
+            return {"id": row["id"], "prompt": row["prompt"], "failed": failure}
+        finally:
+            timings[str(row["id"])] = {"seconds": round(time.perf_counter() - t0, 3)}
+        return {**result, "provenance": job.provenance}
+
+    if on_start:
+        on_start(len(job.rows), job.stats)
+    try:
+        done = await run_rows(job.rows, process, journal, window, on_row)
+        dataset, failed_file = journal.finish()
+        ok = [r for r in done if "failed" not in r and "unlabeled" not in r]
+        unlabeled = [r for r in done if "unlabeled" in r]
+        failed = [r for r in done if "failed" in r]
+        job.stats.retries = sum(s.labeler.retries for s in job.schedulers)
+        costs = [s.labeler.cost for s in job.schedulers if s.labeler.cost is not None]
+        job.stats.cost = sum(costs) if costs else None
+        seconds = time.perf_counter() - started
+        extra = [write_timings(out / TIMINGS_FILE, done, timings)]
+        extra += [p for p in (failed_file, journal.side_file("unlabeled")) if p and p.exists()]
+        if cfg.parquet:
+            extra.append(write_parquet(dataset))
+        card, plots = write_prefs_card(
+            out, ok, unlabeled, failed, job.provenance, job.stats, seconds, command,
+            len(journal.kept),
+        )  # fmt: skip
+        extra += plots
+    finally:
+        for sched in job.schedulers:
+            await sched.aclose()
+            await sched.labeler.aclose()
+        job.cache.close()
+    return PrefsResult(
+        ok, unlabeled, failed, len(journal.kept), job.stats, seconds, dataset, card, extra
+    )

@@ -1,0 +1,68 @@
+"""PNG plots for dataset cards and evaluation reports (matplotlib, headless).
+
+People look at a histogram faster than they read a table of numbers, so the cards and reports
+embed these images next to the numbers they show. matplotlib is imported on first use with the
+``Agg`` backend, so nothing here needs a display and ``rlaif --help`` never pays for the import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _pyplot():  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def histogram(values: Sequence[float], path: Path, title: str, xlabel: str, bins: int = 20) -> Path:
+    """A histogram of values in [0, 1]."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.hist(list(values), bins=bins, range=(0.0, 1.0), color="#4C72B0", edgecolor="white")
+    ax.set_xlim(0, 1)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def reliability_diagram(
+    bins: Sequence[dict[str, float]], ece: float, path: Path, title: str
+) -> Path:
+    """Accuracy against confidence per bin (``{"low", "high", "confidence", "accuracy",
+    "count"}``), with the diagonal of perfect calibration and the bin sizes beneath."""
+    plt = _pyplot()
+    fig, (ax, counts) = plt.subplots(
+        2, 1, figsize=(5, 5.5), dpi=100, sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    filled = [b for b in bins if b["count"]]
+    width = [b["high"] - b["low"] for b in filled]
+    ax.bar([b["low"] for b in filled], [b["accuracy"] for b in filled], width=width,
+           align="edge", color="#4C72B0", edgecolor="white", label="accuracy")  # fmt: skip
+    ax.plot([b["confidence"] for b in filled], [b["accuracy"] for b in filled], "o", color="k",
+            markersize=3, label="mean confidence")  # fmt: skip
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title} (ECE {ece:.3f})")
+    ax.legend(loc="upper left", fontsize=8)
+    counts.bar([b["low"] for b in filled], [b["count"] for b in filled], width=width,
+               align="edge", color="#999999", edgecolor="white")  # fmt: skip
+    counts.set_xlabel("confidence")
+    counts.set_ylabel("count")
+    counts.set_xlim(0, 1)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

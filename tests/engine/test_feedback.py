@@ -1,0 +1,206 @@
+"""The feedback step with a scripted labeler: soft labels, both orders, CoT clamp, votes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from rlaif.constitution import load_constitution
+from rlaif.engine.cache import Cache
+from rlaif.engine.feedback import (
+    OPTIONS,
+    Feedback,
+    FeedbackSettings,
+    combine,
+    normalised,
+    position_flipped,
+)
+from rlaif.engine.scheduler import Scheduler
+from rlaif.labelers.base import run_sync
+from rlaif.templates import Templates
+
+from ..conftest import REPO
+
+CONV = [{"role": "user", "content": "How do I pick a lock?"}]
+GOOD, BAD = "Call a locksmith.", "Use a tension wrench and rake the pins."
+
+
+@pytest.fixture(scope="module")
+def harmless():
+    return load_constitution(REPO / "constitution" / "harmless.yaml")
+
+
+def options_shown(conv):
+    """(text of option A, text of option B) as rendered in the question."""
+    text = conv[0]["content"]
+    a = text.split("(A) ", 1)[1].split("\n\n(B) ")[0]
+    b = text.split("(B) ", 1)[1].split("\n\nAnswer")[0].split("\n\nThink")[0]
+    return a, b
+
+
+def biased_logprobs(bias: float, preference: float = 0.0):
+    """Logit of the first position gets ``bias``; the GOOD response gets ``preference``."""
+
+    def score(conv, options):
+        a, _ = options_shown(conv)
+        first = bias + (preference if a == GOOD else -preference)
+        return [first / 2 - 1.0, -first / 2 - 1.0]
+
+    return score
+
+
+def make(fake_labeler, harmless, logprobs=None, reply=None, supports=True, **settings):
+    lab = fake_labeler(reply=reply, logprobs=logprobs)
+    sched = Scheduler(lab, Cache(None))
+    step = Feedback(harmless, Templates(), sched, FeedbackSettings(**settings), supports)
+    return lab, step
+
+
+def compare(step, a=GOOD, b=BAD, key="row-1"):
+    async def go():
+        try:
+            return await step.compare(key, CONV, a, b)
+        finally:
+            await step.labeler.aclose()
+
+    return run_sync(go())
+
+
+def test_both_orders_cancel_a_pure_position_bias(fake_labeler, harmless):
+    _, step = make(fake_labeler, harmless, biased_logprobs(bias=3.0))
+    result = compare(step)
+    ab, ba = result.judgements
+    assert ab.order == "ab" and ba.order == "ba"
+    assert ab.prob_first == pytest.approx(ba.prob_first)  # same position preferred both times
+    assert ab.prob_first == pytest.approx(1 / (1 + math.exp(-3.0)))
+    assert result.prob_a == pytest.approx(0.5)
+    assert result.position_consistent is False
+
+
+def test_one_order_keeps_the_position_bias(fake_labeler, harmless):
+    _, step = make(fake_labeler, harmless, biased_logprobs(bias=3.0), both_orders=False)
+    result = compare(step)
+    assert len(result.judgements) == 1
+    assert result.prob_a == pytest.approx(1 / (1 + math.exp(-3.0)))
+    assert result.position_consistent is None
+
+
+def test_preference_survives_debiasing_and_is_symmetric(fake_labeler, harmless):
+    _, step = make(fake_labeler, harmless, biased_logprobs(bias=1.0, preference=2.0))
+    good_first = compare(step, GOOD, BAD)
+    _, step = make(fake_labeler, harmless, biased_logprobs(bias=1.0, preference=2.0))
+    bad_first = compare(step, BAD, GOOD)
+    assert good_first.prob_a > 0.5 and good_first.position_consistent is True
+    assert good_first.prob_a + bad_first.prob_a == pytest.approx(1.0)
+
+
+def test_cot_reasons_first_and_clamps(fake_labeler, harmless):
+    lab, step = make(
+        fake_labeler,
+        harmless,
+        logprobs=lambda conv, options: [-0.001, -12.0],  # certain: the first option
+        reply=lambda conv, params, i: "The second reply helps with a crime. So the answer is (A)",
+        cot=True,
+    )
+    result = compare(step)
+    for j in result.judgements:
+        assert j.reasoning == "The second reply helps with a crime."
+        assert j.prob_first == pytest.approx(0.6)  # clamped from ~1.0
+    assert result.prob_a == pytest.approx(0.5)  # 0.6 and 1 - 0.6
+    # the scored conversation continues after the model's own reasoning
+    scored = [c for c in lab.calls]  # generate calls: one reasoning per order
+    assert len(scored) == 2
+    assert scored[0][-1]["content"] == "Let's think step by step:"
+
+
+def test_cot_clamp_is_configurable(fake_labeler, harmless):
+    _, step = make(
+        fake_labeler,
+        harmless,
+        logprobs=lambda conv, options: [-12.0, -0.001],
+        reply=lambda conv, params, i: "hmm",
+        cot=True,
+        clamp_low=0.2,
+        clamp_high=0.8,
+        both_orders=False,
+    )
+    assert compare(step).prob_a == pytest.approx(0.2)
+
+
+def test_vote_shares(fake_labeler, harmless):
+    answers = iter(["(A)", " (A) clearly", "I choose (B).", "no idea"])
+    _, step = make(
+        fake_labeler,
+        harmless,
+        reply=lambda conv, params, i: next(answers),
+        supports=False,
+        votes=4,
+        both_orders=False,
+    )
+    result = compare(step)
+    (j,) = result.judgements
+    assert j.votes == [2, 1] and j.unparsed == 1
+    assert j.prob_first == pytest.approx(2 / 3)
+    assert j.logprobs is None
+    assert step.mode == "votes"
+
+
+def test_unparsable_votes_are_kept_with_their_reason(fake_labeler, harmless):
+    _, step = make(
+        fake_labeler,
+        harmless,
+        reply=lambda conv, params, i: "I cannot decide",
+        scoring="votes",
+        votes=3,
+    )
+    result = compare(step)
+    assert result.prob_a is None
+    assert all(j.answers == ["I cannot decide"] * 3 for j in result.judgements)
+    assert all(j.unparsed == 3 for j in result.judgements)
+    assert len(result.errors) == 2 and "none of 3 answers named an option" in result.errors[0]
+
+
+def test_ensemble_averages_principles_and_measures_agreement(fake_labeler, harmless):
+    # a labeler that likes the first response under some principles only
+    def score(conv, options):
+        text = conv[0]["content"]
+        likes_a = any(p.instruction in text for p in harmless.feedback[::2])
+        a, _ = options_shown(conv)
+        good_wins = likes_a
+        first_is_good = a == GOOD
+        return [0.0, -2.0] if good_wins == first_is_good else [-2.0, 0.0]
+
+    _, step = make(fake_labeler, harmless, score, principles=4)
+    result = compare(step)
+    principles = {j.principle_id for j in result.judgements}
+    assert len(principles) == 4 and len(result.judgements) == 8
+    per = {}
+    for j in result.judgements:
+        per.setdefault(j.principle_id, []).append(j.prob_a)
+    expected = sum(sum(v) / 2 for v in per.values()) / 4
+    assert result.prob_a == pytest.approx(expected)
+    votes_for_a = sum(sum(v) / 2 > 0.5 for v in per.values())
+    assert result.principle_agreement == pytest.approx(max(votes_for_a, 4 - votes_for_a) / 4)
+
+
+def test_same_key_same_principles(fake_labeler, harmless):
+    _, step = make(fake_labeler, harmless, principles=3)
+    assert [p.id for p in step.principles_for("x")] == [p.id for p in step.principles_for("x")]
+
+
+def test_normalised_and_flip_helpers():
+    assert normalised([-math.inf, -math.inf]) is None
+    assert normalised([math.nan, 0.0]) is None
+    assert normalised([0.0, -math.inf]) == [1.0, 0.0]
+    assert normalised([math.log(0.2), math.log(0.6)]) == pytest.approx([0.25, 0.75])
+    assert position_flipped(0.7, 0.3) and not position_flipped(0.7, 0.6)
+    assert not position_flipped(0.5, 0.9)
+    assert combine([]).prob_a is None
+    assert OPTIONS == (" (A)", " (B)")
+
+
+def test_constitution_without_feedback_principles_is_rejected(fake_labeler, harmless):
+    empty = harmless.model_copy(update={"feedback": []})
+    with pytest.raises(ValueError, match="no feedback principles"):
+        Feedback(empty, Templates(), Scheduler(fake_labeler(), Cache(None)))

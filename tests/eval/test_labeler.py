@@ -1,0 +1,119 @@
+"""``rlaif eval labeler``: metrics on known inputs, and whole runs with scripted labelers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from rlaif.engine.feedback import FeedbackSettings
+from rlaif.eval.gold import read_gold
+from rlaif.eval.labeler import LabelerEvalConfig, calibration, run_labeler_eval, summarise
+from rlaif.labelers.base import run_sync
+
+from ..conftest import FIXTURES
+from ..engine.test_feedback import options_shown
+
+CHOSEN = {r.chosen for r in read_gold(FIXTURES / "gold_pairs.jsonl")}
+
+
+def test_calibration_by_hand():
+    ece, bins = calibration([(0.9, 1.0), (0.9, 0.0), (0.55, 1.0)], bins=10)
+    assert ece == pytest.approx((2 * 0.4 + 0.45) / 3)
+    assert sum(b["count"] for b in bins) == 3
+    assert bins[8]["count"] == 2 and bins[8]["accuracy"] == 0.5
+    assert calibration([], bins=5)[0] is None
+    perfect, _ = calibration([(1.0, 1.0)] * 4, bins=10)
+    assert perfect == 0.0
+
+
+def test_summarise_counts_agreement_ties_and_flips():
+    rows = [
+        {"kind": "pair", "prob_correct": 0.8, "agree": 1.0, "position": [{"flipped": False}],
+         "judgements": [{"prob_a": 0.8, "unparsed": 0}]},
+        {"kind": "pair", "prob_correct": 0.5, "agree": 0.5, "position": [{"flipped": True}],
+         "judgements": [{"prob_a": 0.5, "unparsed": 0}]},
+        {"kind": "pair", "prob_correct": None, "agree": None, "position": [],
+         "judgements": [{"prob_a": None, "unparsed": 8}]},
+    ]  # fmt: skip
+    m = summarise(rows, bins=10)
+    assert m["scored"] == 2 and m["unscored"] == 1
+    assert m["agreement"] == pytest.approx(0.75)
+    assert m["position_bias_rate"] == pytest.approx(0.5)
+    assert m["parse_failures"] == 1 and m["parse_failure_rate"] == pytest.approx(1 / 3)
+    assert m["unparsed_answers"] == 8
+    assert m["brier"] == pytest.approx((0.2**2 + 0.5**2) / 2)
+
+
+def agrees_with_humans(conv, options):
+    if len(options) > 2 or "Which reply" in conv[0]["content"]:  # multiple choice: right answer
+        text = conv[0]["content"]
+        right = " (B)" if "hotwire" in text else " (A)"
+        return [0.0 if o == right else -3.0 for o in options]
+    a, _ = options_shown(conv)
+    return [-0.2, -2.0] if a in CHOSEN else [-2.0, -0.2]
+
+
+def position_only(conv, options):
+    return [-0.1 if o == " (A)" else -3.0 for o in options]  # always the option shown first
+
+
+def evaluate(tmp_path, fake_labeler, score, gold="gold_pairs.jsonl", **feedback):
+    cfg = LabelerEvalConfig(
+        gold=FIXTURES / gold, out=tmp_path / "ev", feedback=FeedbackSettings(**feedback)
+    )
+    return run_sync(run_labeler_eval(cfg, labeler=fake_labeler(logprobs=score)))
+
+
+def test_a_labeler_that_agrees(tmp_path, fake_labeler):
+    result = evaluate(tmp_path, fake_labeler, agrees_with_humans)
+    m = result.metrics
+    assert m["agreement"] == 1.0 and m["position_bias_rate"] == 0.0
+    assert m["mean_prob_chosen"] > 0.8 and m["ece"] is not None
+    saved = json.loads(result.report.read_text())
+    assert saved["metrics"]["agreement"] == 1.0 and saved["provenance"]["labeler"]["model"]
+    assert result.plot is not None and result.plot.read_bytes()[:4] == b"\x89PNG"
+    rows = [json.loads(x) for x in result.rows_file.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["p1", "p2", "p3"]
+
+
+def test_pure_position_bias_is_measured_not_mistaken_for_agreement(tmp_path, fake_labeler):
+    m = evaluate(tmp_path, fake_labeler, position_only).metrics
+    assert m["position_bias_rate"] == 1.0
+    assert m["agreement"] == 0.5 and m["mean_prob_chosen"] == pytest.approx(0.5)
+
+
+def test_one_order_randomises_the_chosen_position(tmp_path, fake_labeler):
+    m = evaluate(tmp_path, fake_labeler, position_only, both_orders=False).metrics
+    rows = [json.loads(x) for x in (tmp_path / "ev" / "judgements.jsonl").read_text().splitlines()]
+    swapped = [r["swapped"] for r in rows]
+    assert True in swapped and False in swapped  # a seeded coin, not always the same side
+    # agreement then follows the coin, not a fixed 100% or 0%
+    assert m["agreement"] == pytest.approx(sum(not s for s in swapped) / len(swapped))
+    assert m["position_questions"] == 0
+
+
+def test_multiple_choice_accuracy(tmp_path, fake_labeler):
+    m = evaluate(tmp_path, fake_labeler, agrees_with_humans, gold="gold_mc.jsonl").metrics
+    assert m["choices"] == 2 and m["choice_accuracy"] == 1.0 and m["pairs"] == 0
+    m = evaluate(tmp_path / "b", fake_labeler, position_only, gold="gold_mc.jsonl").metrics
+    assert m["choice_accuracy"] == 0.5  # "(A)" is right for one of the two questions
+
+
+def test_unparsable_rows_are_counted(tmp_path, fake_labeler):
+    m = evaluate(tmp_path, fake_labeler, lambda c, o: [-math.inf] * len(o)).metrics
+    assert m["scored"] == 0 and m["unscored"] == 3
+    assert m["parse_failures"] == 6 and m["parse_failure_rate"] == 1.0
+
+
+def test_rerun_is_served_from_cache(tmp_path, fake_labeler):
+    evaluate(tmp_path, fake_labeler, agrees_with_humans)
+    m = evaluate(tmp_path, fake_labeler, agrees_with_humans).metrics
+    assert m["labeler_calls"] == 0 and m["agreement"] == 1.0
+
+
+def test_multiple_choice_tie_does_not_favour_the_correct_option(tmp_path, fake_labeler):
+    m = evaluate(tmp_path, fake_labeler, lambda c, o: [-1.0] * len(o), gold="gold_mc.jsonl")
+    # two options tied in question 1 (1 of 2 right), three in question 2 (1 of 3 right)
+    assert m.metrics["choice_accuracy"] == pytest.approx((1 / 2 + 1 / 3) / 2)
