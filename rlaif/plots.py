@@ -51,16 +51,17 @@ def reliability_diagram(
            align="edge", color="#4C72B0", edgecolor="white", label="accuracy")  # fmt: skip
     ax.plot([b["confidence"] for b in filled], [b["accuracy"] for b in filled], "o", color="k",
             markersize=3, label="mean confidence")  # fmt: skip
-    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    low = bins[0]["low"] if bins else 0.0
+    ax.plot([low, 1], [low, 1], "--", color="grey", label="perfect calibration")
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
-    ax.set_title(f"{title} (ECE {ece:.3f})")
+    ax.set_title(f"{title}\nECE {ece:.3f}", fontsize=9)
     ax.legend(loc="upper left", fontsize=8)
     counts.bar([b["low"] for b in filled], [b["count"] for b in filled], width=width,
                align="edge", color="#999999", edgecolor="white")  # fmt: skip
     counts.set_xlabel("confidence")
     counts.set_ylabel("count")
-    counts.set_xlim(0, 1)
+    counts.set_xlim(low, 1)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -71,3 +71,18 @@ def test_eval_labeler_bad_gold_is_a_clear_error(tmp_path, capsys):
     bad.write_text('{"question": "?"}\n')
     assert main(["eval", "labeler", "--gold", str(bad)]) == 2
     assert f"{bad}:1: cannot tell the gold format" in capsys.readouterr().err
+
+
+def test_shipped_prefs_recipe_is_a_valid_config():
+    from rlaif.cli import build_parser
+    from rlaif.cli.generate import config_from_args
+    from rlaif.engine.prefs import PrefsConfig
+
+    from ..conftest import REPO
+
+    args = build_parser().parse_args(
+        ["generate", "prefs", "--config", str(REPO / "recipes" / "prefs.yaml"), "--cot"]
+    )
+    cfg = config_from_args(args, model=PrefsConfig)
+    assert cfg.responses == 2 and cfg.feedback.both_orders and cfg.feedback.cot
+    assert (REPO / cfg.prompts).is_file() and (REPO / cfg.constitution).is_file()

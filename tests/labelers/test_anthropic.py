@@ -66,3 +66,30 @@ def test_faults_are_retried_and_permanent_ones_fail():
         lab = labeler(server, retry={**FAST_RETRY, "max_retries": 1})
         with pytest.raises(LabelerCallError, match="HTTP 500"):
             run_sync(lab.generate([[USER]], GenerateParams()))
+
+
+def test_feedback_step_votes_over_http():
+    """Engine-side votes (the anthropic backend has no log-probs): 8 sampled answers per
+    question, split 6:2 by the fake server, whatever the order: a pure position bias."""
+    from rlaif.constitution import load_constitution
+    from rlaif.engine.cache import Cache
+    from rlaif.engine.feedback import Feedback, FeedbackSettings
+    from rlaif.engine.scheduler import Scheduler
+    from rlaif.resources import default_constitution
+    from rlaif.templates import Templates
+
+    with FakeOpenAIServer() as server:
+        lab = labeler(server, concurrency=4)
+        step = Feedback(
+            load_constitution(default_constitution()),
+            Templates(),
+            Scheduler(lab, Cache(None)),
+            FeedbackSettings(votes=8),
+            lab.supports_logprobs,
+        )
+        result = run_sync(step.compare("row-1", [USER], "first reply", "second reply"))
+    assert step.mode == "votes"
+    assert [j.votes for j in result.judgements] == [[6, 2], [6, 2]]
+    assert [j.prob_first for j in result.judgements] == [0.75, 0.75]
+    assert result.prob_a == pytest.approx(0.5) and result.position_consistent is False
+    assert len(server.requests) == 16

@@ -42,3 +42,34 @@ def test_anthropic_sdk_generates_and_votes(llama_server):
     parsed = 6 - lab.unparsed_votes  # k=6 votes; answers naming no option do not vote
     assert 1 <= parsed <= 6
     assert all(parsed * share == pytest.approx(round(parsed * share)) for share in shares)
+
+
+@pytest.mark.parametrize(
+    ("spec", "base", "mode"),
+    [("openai:smollm2", "/v1", "logprobs"), ("anthropic:smollm2", "", "votes")],
+)
+def test_generate_prefs_through_the_server(llama_server, tmp_path, spec, base, mode):
+    import json
+
+    from rlaif.cli import main
+
+    from ..conftest import FIXTURES
+
+    out = tmp_path / "prefs"
+    code = main([
+        "generate", "prefs", "--prompts", str(FIXTURES / "prompts.txt"), "--limit", "2",
+        "--labeler", spec, "--labeler-set", f"base_url={llama_server}{base}",
+        "--max-tokens", "24", "--votes", "4", "--out", str(out),
+    ])  # fmt: skip
+    assert code == 0
+    rows = [json.loads(x) for x in (out / "preferences.jsonl").read_text().splitlines()]
+    unlabeled = out / "preferences.unlabeled.jsonl"
+    kept = [json.loads(x) for x in unlabeled.read_text().splitlines()] if unlabeled.exists() else []
+    assert len(rows) + len(kept) == 2  # every pair is either labeled or kept with a reason
+    for r in rows:
+        assert r["provenance"]["feedback"]["mode"] == mode
+        assert 0.5 <= r["preference_prob"] <= 1.0 and len(r["judgements"]) == 2
+        key = "logprobs" if mode == "logprobs" else "votes"
+        assert all(j[key] is not None for j in r["judgements"])
+    for r in kept:
+        assert r["unlabeled"]["reason"]
