@@ -150,3 +150,16 @@ def test_trl_reward_and_dpo_trainers_accept_the_file(tiny_llama_dir, tmp_path):
     )
     out = dpo.train()
     assert out.global_step == 1 and out.training_loss > 0
+
+
+def test_crash_mid_run_resumes_without_gaps_or_duplicates(tiny_llama_dir, tmp_path):
+    out = tmp_path / "out"
+    first = run(config(tiny_llama_dir, out))
+    lines = first.dataset.read_text().splitlines()
+    # what a kill -9 after four rows leaves: a partial journal with a torn fifth line
+    first.dataset.unlink()
+    (out / ".preferences.jsonl.partial").write_text("\n".join(lines[:4]) + "\n" + lines[4][:30])
+    again = run(config(tiny_llama_dir, out))
+    assert again.resumed == 4 and again.stats.labeler_calls == 0  # the rest from the cache
+    assert again.dataset.read_text().splitlines() == lines
+    assert not (out / ".preferences.jsonl.partial").exists()
