@@ -67,3 +67,23 @@ def reliability_diagram(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def line_plot(
+    series: dict[str, list[tuple[float, float]]], path: Path, title: str, xlabel: str
+) -> Path:
+    """One line per named series of ``(x, y)`` points (training curves)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    for name, points in series.items():
+        xs, ys = zip(*points, strict=True)
+        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=name)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

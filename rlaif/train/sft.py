@@ -1,0 +1,110 @@
+"""SFT on SL-CAI revisions with TRL's SFTTrainer (optionally LoRA, optionally mixed data).
+
+The SL-CAI file's ``messages`` column is the training data (only that column: with a ``prompt``
+column present TRL would read rows as prompt/completion pairs). The Constitutional AI paper
+fine-tuned on revisions *and* on helpfulness samples so the model does not drift into evasive
+refusals; ``mix_dataset`` + ``mix_ratio`` add such rows (any JSONL/dataset with ``messages``).
+
+Run: ``rlaif train sft --config recipes/train/sft.yaml`` or, on several devices,
+``accelerate launch --config_file recipes/accelerate/ddp.yaml -m rlaif.train.sft --config ...``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trl import SFTConfig
+
+from rlaif.errors import ConfigError
+from rlaif.train.common import (
+    fresh_metrics,
+    load_jsonl_dataset,
+    metrics_callback,
+    model_path,
+    run_main,
+    save_run_config,
+    write_plots,
+)
+
+
+@dataclass
+class SFTRunConfig(SFTConfig):
+    model: str = field(default="smollm2", metadata={"help": "smollm2 or a local model folder"})
+    dataset: str = field(
+        default="outputs/sl-cai/sl_cai.jsonl", metadata={"help": "SL-CAI rows with `messages`"}
+    )
+    output_dir: str | None = field(default="outputs/run/sft")
+    mix_dataset: str | None = field(default=None, metadata={"help": "extra rows with `messages`"})
+    mix_ratio: float = field(default=0.0, metadata={"help": "extra rows per SL-CAI row"})
+    lora: bool = field(default=False, metadata={"help": "train LoRA adapters (needs peft)"})
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    logging_steps: float = 1
+    save_strategy: str = "no"
+
+
+def build_dataset(cfg: SFTRunConfig) -> Any:
+    from datasets import concatenate_datasets
+
+    ds = load_jsonl_dataset(cfg.dataset)
+    if "messages" not in ds.column_names:
+        raise ConfigError(f"{cfg.dataset}: no `messages` column (columns: {ds.column_names})")
+    ds = ds.select_columns(["messages"])
+    if cfg.mix_dataset and cfg.mix_ratio > 0:
+        extra = load_jsonl_dataset(cfg.mix_dataset)
+        if "messages" not in extra.column_names:
+            raise ConfigError(f"{cfg.mix_dataset}: no `messages` column")
+        n = min(len(extra), round(cfg.mix_ratio * len(ds)))
+        extra = extra.shuffle(seed=cfg.seed).select(range(n)).select_columns(["messages"])
+        ds = concatenate_datasets([ds, extra]).shuffle(seed=cfg.seed)
+    return ds
+
+
+def peft_config(cfg: Any) -> Any:
+    if not cfg.lora:
+        return None
+    try:
+        from peft import LoraConfig
+    except ImportError:
+        raise ConfigError("lora: true needs peft: pip install 'rlaif[peft]'") from None
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+
+
+def main(cfg: SFTRunConfig) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTTrainer
+
+    path = model_path(cfg.model)
+    out = Path(cfg.output_dir or "outputs/run/sft")
+    fresh_metrics(out)
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(path),
+        processing_class=AutoTokenizer.from_pretrained(path),
+        train_dataset=build_dataset(cfg),
+        args=cfg,
+        peft_config=peft_config(cfg),
+        callbacks=[metrics_callback(out)],
+    )
+    trainer.train()
+    model = trainer.model
+    if cfg.lora:  # a merged model loads anywhere, with or without peft
+        model = model.merge_and_unload()
+    model.save_pretrained(out)
+    trainer.processing_class.save_pretrained(out)
+    save_run_config(out, cfg, "sft")
+    write_plots(out, "SFT")
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(SFTRunConfig, main, sys.argv[1:]))
