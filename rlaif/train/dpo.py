@@ -1,0 +1,155 @@
+"""DPO on the AI preference pairs, and online DPO judged by the constitution (both TRL).
+
+DPO reads ``preferences.jsonl`` as it is (conversational prompt/chosen/rejected). Online DPO
+(TRL's experimental ``OnlineDPOTrainer``) samples two completions per prompt during training and
+needs to know which is better; TRL 1.16 dropped its judges and ranks the pair by reward
+functions. ``JudgeReward`` turns our constitutional pairwise judge into such a function: TRL
+passes the batch's prompts twice (``2 * prompts``: first completions, then second ones), the judge
+gives P(first better) for each pair, and the rewards are ``p`` and ``1 - p``, so TRL prefers the
+first completion exactly when the judge does.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trl import DPOConfig
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # we chose the experimental trainer
+from trl.experimental.online_dpo import OnlineDPOConfig
+
+from rlaif.train.common import (
+    fresh_metrics,
+    load_jsonl_dataset,
+    metrics_callback,
+    model_path,
+    run_main,
+    save_run_config,
+    write_plots,
+)
+from rlaif.train.sft import peft_config
+
+
+@dataclass
+class DPORunConfig(DPOConfig):
+    model: str = field(default="outputs/run/sft", metadata={"help": "policy init and reference"})
+    dataset: str = field(default="outputs/prefs/preferences.jsonl")
+    output_dir: str | None = field(default="outputs/run/dpo")
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    logging_steps: float = 1
+    save_strategy: str = "no"
+
+
+@dataclass
+class OnlineDPORunConfig(OnlineDPOConfig):
+    model: str = field(default="outputs/run/sft")
+    prompts: str = field(default="rlaif/data/demo_prompts.txt")
+    prompt_format: str = "auto"
+    prompt_field: str = "prompt"
+    labeler: str = field(default="smollm2", metadata={"help": "the constitutional judge"})
+    constitution: str | None = None
+    judge_principles: int = 1
+    judge_cache: str | None = None
+    output_dir: str | None = field(default="outputs/run/online-dpo")
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    logging_steps: float = 1
+    save_strategy: str = "no"
+
+
+class JudgeReward:
+    """Online DPO's reward functions, from a pairwise judge (see the module docstring)."""
+
+    __name__ = "constitution_judge"
+
+    def __init__(self, judge: Any):
+        self.judge = judge
+
+    def __call__(self, prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
+        half = len(prompts) // 2
+        if len(prompts) != 2 * half or len(completions) != len(prompts):
+            raise ValueError("online DPO passes each prompt twice: first and second completions")
+        pairs = list(zip(completions[:half], completions[half:], strict=True))
+        probs = self.judge.judge(prompts[:half], pairs)
+        return [*probs, *(1.0 - p for p in probs)]
+
+
+def _finish(trainer: Any, cfg: Any, out: Path, tok: Any, kind: str, title: str) -> Path:
+    trainer.train()
+    model = trainer.model
+    if cfg.lora:
+        model = model.merge_and_unload()
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    save_run_config(out, cfg, kind)
+    write_plots(out, title)
+    return out
+
+
+def main(cfg: DPORunConfig) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOTrainer
+
+    path = model_path(cfg.model)
+    out = Path(cfg.output_dir or "outputs/run/dpo")
+    fresh_metrics(out)
+    tok = AutoTokenizer.from_pretrained(path)
+    ds = load_jsonl_dataset(cfg.dataset).select_columns(["prompt", "chosen", "rejected"])
+    trainer = DPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(path),
+        args=cfg,
+        train_dataset=ds,
+        processing_class=tok,
+        peft_config=peft_config(cfg),
+        callbacks=[metrics_callback(out)],
+    )
+    return _finish(trainer, cfg, out, tok, "dpo", "DPO")
+
+
+def main_online(cfg: OnlineDPORunConfig, judge: Any = None) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl.experimental.online_dpo import OnlineDPOTrainer
+
+    from rlaif.engine.feedback import FeedbackSettings
+    from rlaif.engine.judge import PairwiseJudge
+    from rlaif.train.grpo import prompt_dataset
+
+    path = model_path(cfg.model)
+    out = Path(cfg.output_dir or "outputs/run/online-dpo")
+    fresh_metrics(out)
+    if judge is None:
+        judge = PairwiseJudge(
+            cfg.labeler,
+            constitution=cfg.constitution,
+            settings=FeedbackSettings(principles=cfg.judge_principles),
+            cache=cfg.judge_cache,
+            seed=cfg.seed,
+        )
+    tok = AutoTokenizer.from_pretrained(path, padding_side="left")
+    trainer = OnlineDPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(path),
+        reward_funcs=[JudgeReward(judge)],
+        args=cfg,
+        train_dataset=prompt_dataset(cfg),
+        processing_class=tok,
+        peft_config=peft_config(cfg),
+        callbacks=[metrics_callback(out)],
+    )
+    return _finish(trainer, cfg, out, tok, "online-dpo", "online DPO")
+
+
+if __name__ == "__main__":
+    online = "--online" in sys.argv
+    argv = [a for a in sys.argv[1:] if a != "--online"]
+    if online:
+        sys.exit(run_main(OnlineDPORunConfig, main_online, argv))
+    sys.exit(run_main(DPORunConfig, main, argv))
