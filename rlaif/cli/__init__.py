@@ -12,10 +12,10 @@ import os
 import sys
 
 from rlaif import __version__
-from rlaif.cli import constitution, demo, eval, generate, models
+from rlaif.cli import constitution, demo, eval, generate, models, train
 from rlaif.errors import RlaifError
 
-GROUPS = (demo, generate, eval, constitution, models)
+GROUPS = (demo, generate, eval, train, constitution, models)
 
 
 def build_parser() -> argparse.ArgumentParser:
