@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rlaif.errors import ConfigError, ConfigFileError
-from rlaif.yamlio import line_of, parse_yaml, plain
 
 C = TypeVar("C")
 
@@ -50,6 +49,8 @@ def load_recipe(
     """Build ``cls`` from a YAML recipe, then ``--set`` overrides, then keyword defaults for
     keys neither sets."""
     from transformers import HfArgumentParser
+
+    from rlaif.yamlio import line_of, parse_yaml, plain  # ruamel: only where recipes are read
 
     values: dict[str, Any] = {}
     root: Any = None

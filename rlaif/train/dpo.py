@@ -119,14 +119,15 @@ def main_online(cfg: OnlineDPORunConfig, judge: Any = None) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl.experimental.online_dpo import OnlineDPOTrainer
 
-    from rlaif.engine.feedback import FeedbackSettings
-    from rlaif.engine.judge import PairwiseJudge
     from rlaif.train.grpo import prompt_dataset
 
     path = model_path(cfg.model)
     out = Path(cfg.output_dir or "outputs/run/online-dpo")
     fresh_metrics(out)
     if judge is None:
+        from rlaif.engine.feedback import FeedbackSettings
+        from rlaif.engine.judge import PairwiseJudge
+
         judge = PairwiseJudge(
             cfg.labeler,
             constitution=cfg.constitution,

@@ -143,9 +143,7 @@ def main(cfg: RewardRunConfig) -> Path:
         peft_config=peft,
         callbacks=[metrics_callback(out)],
     )
-    trainer.train()
-    if held_out is not None:
-        trainer.evaluate()
+    trainer.train()  # evaluates the held-out split on its eval schedule (last step included)
     model = trainer.model
     if cfg.lora:
         model = model.merge_and_unload()

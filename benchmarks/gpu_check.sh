@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Every trainer a few steps on a ~0.5B random-init Llama on one GPU: tokens/s and peak memory.
+#
+# Fits one 10-minute call of the `device` tool (no internet there, no vllm; torch, transformers,
+# peft and accelerate installed). Prepare here, once:
+#     .venv/bin/python benchmarks/gpu_check.py --save-tokenizer .bench/tokenizer
+#     .venv/bin/pip download --no-deps -d .bench/wheels trl datasets   # if the GPU host lacks them
+# then run with `.bench/tokenizer` (and `.bench/wheels`) carried:
+#     bash benchmarks/gpu_check.sh
+# It prints one table (and writes $OUT/gpu_check.json); copy it into benchmarks/README.md.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-outputs/gpu-check}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
+python -c "import trl, datasets" 2>/dev/null || {
+    echo "installing trl/datasets from .bench/wheels (offline)"
+    pip install --quiet --no-index --find-links .bench/wheels trl datasets 2>&1 | tail -3
+}
+timeout 540 python benchmarks/gpu_check.py --tokenizer .bench/tokenizer --size 0.5b \
+    --steps "${STEPS:-4}" --batch "${BATCH:-8}" --out "$OUT"
