@@ -27,3 +27,13 @@ def default_constitution() -> Path:
 
 def demo_prompts() -> Path:
     return _PKG / "data" / "demo_prompts.txt"
+
+
+def evaluation_constitution() -> Path:
+    """The yes/no questions and the helpfulness comparison of the evaluation."""
+    return builtin_dir("constitution") / "evaluation.yaml"
+
+
+def data_file(name: str) -> Path:
+    """A prompt set shipped with rlaif (``benign_prompts.txt``, ``sycophancy_probes.txt``)."""
+    return _PKG / "data" / name

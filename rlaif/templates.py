@@ -46,6 +46,7 @@ TEMPLATE_NAMES = (
     "feedback_cot",
     "score",
     "multiple_choice",
+    "classify",
 )
 
 _MARKER = re.compile(r"^<<<(system|user|assistant)>>>[ \t]*$", re.M)

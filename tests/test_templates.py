@@ -37,6 +37,9 @@ def variables(harmless, name):
                 "principle": fb}  # fmt: skip
     if name == "score":
         base = {"conversation": conversation, "response": "R text", "principle": fb}
+    if name == "classify":
+        base = {"conversation": conversation, "response": "R text", "principle": fb,
+                "yes_first": True}  # fmt: skip
     return base
 
 

@@ -170,3 +170,53 @@ class ConstitutionScorer(_Base):
             self.unlabeled += 1
             return None
         return sum(scores) / len(scores)
+
+
+class YesNoJudge(_Base):
+    """P(yes) to a yes/no question about each response (``prompts/classify.j2``), the question
+    being a principle of the constitution (by default ``constitution/evaluation.yaml``). Asked
+    with Yes first and with No first, averaged; None where neither order gives a probability."""
+
+    def __init__(self, labeler: Labeler | str = "smollm2", **kw: Any):
+        from rlaif.resources import evaluation_constitution
+
+        kw.setdefault("constitution", evaluation_constitution())
+        super().__init__(labeler, **kw)
+
+    def classify(
+        self, prompts: Sequence[PromptLike], responses: Sequence[PromptLike], question: str
+    ) -> list[float | None]:
+        return run_sync(self.aclassify(prompts, responses, question))
+
+    async def aclassify(
+        self, prompts: Sequence[PromptLike], responses: Sequence[PromptLike], question: str
+    ) -> list[float | None]:
+        principle = self.constitution.feedback_principle(question)
+        sched = self._scheduler()
+        try:
+            jobs = [
+                self._yes(sched, as_conversation(p), as_text(r), principle)
+                for p, r in zip(prompts, responses, strict=True)
+            ]
+            return list(await asyncio.gather(*jobs))
+        finally:
+            await sched.aclose()
+
+    async def _yes(
+        self, sched: Scheduler, conv: list[Message], response: str, principle: Any
+    ) -> float | None:
+        from rlaif.engine.feedback import OPTIONS
+
+        votes = []
+        for yes_first in (True, False):
+            messages = self.templates.render(
+                "classify", conversation=conv, response=response, principle=principle,
+                yes_first=yes_first,
+            )  # fmt: skip
+            probs = normalised(await sched.option_logprobs(messages, OPTIONS))
+            if probs is not None:
+                votes.append(probs[0] if yes_first else probs[1])
+        if not votes:
+            self.unlabeled += 1
+            return None
+        return sum(votes) / len(votes)

@@ -117,8 +117,8 @@ def load_jsonl_dataset(path: str | Path) -> Any:
 # --------------------------------------------------------------------------- metrics and plots
 
 
-def append_metrics(out_dir: str | Path, record: dict[str, Any]) -> None:
-    path = Path(out_dir) / METRICS_FILE
+def append_metrics(out_dir: str | Path, record: dict[str, Any], name: str = METRICS_FILE) -> None:
+    path = Path(out_dir) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     clean = {
         k: (v if not isinstance(v, float) or math.isfinite(v) else None)
@@ -150,6 +150,13 @@ PLOT_GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "kl": ("kl", "objective/kl", "beta"),
     "length": ("completions/mean_length", "response_length", "num_tokens"),
+    "monitors": (
+        "monitor/length_ratio",
+        "monitor/distinct_2",
+        "monitor/repeated_3gram",
+        "monitor/rm_judge_spearman",
+        "monitor/sycophancy",
+    ),
 }
 
 

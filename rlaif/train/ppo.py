@@ -44,7 +44,6 @@ from torch import nn
 from rlaif.errors import ConfigError
 from rlaif.train.common import (
     append_metrics,
-    fresh_metrics,
     model_path,
     run_main,
     save_run_config,
@@ -87,6 +86,20 @@ class PPORunConfig:
         default=None, metadata={"help": "subtracted from the score of a completion without EOS"}
     )
     length_penalty: float = field(default=0.0, metadata={"help": "subtracted per token"})
+    repetition_penalty: float = field(
+        default=0.0, metadata={"help": "subtracted x the share of repeated 3-grams"}
+    )
+    warn_length_ratio: float = 1.5
+    warn_distinct_2: float = 0.3
+    warn_kl: float = 20.0
+    judge_every: int = field(
+        default=0, metadata={"help": "every N steps: RM vs constitution-scorer rank correlation"}
+    )
+    probe_every: int = field(default=0, metadata={"help": "every N steps: sycophancy probe"})
+    judge_labeler: str = "smollm2"
+    probes: str | None = field(default=None, metadata={"help": "false-claim prompts (shipped)"})
+    save_steps: int = field(default=1, metadata={"help": "checkpoint every N steps (resume)"})
+    resume: bool = True
     seed: int = 0
     bf16: bool = False
     use_cpu: bool = False
@@ -223,10 +236,76 @@ def read_prompt_texts(cfg: PPORunConfig) -> list[str]:
     ]
 
 
+CHECKPOINT = "checkpoint"
+
+
+def save_checkpoint(accelerator: Any, model: Any, optimizer: Any, out: Path, state: dict) -> None:
+    """Policy, value head, optimizer and loop state; written to a temporary folder and renamed,
+    so a kill mid-save leaves the previous checkpoint intact."""
+    if not accelerator.is_main_process:
+        return
+    import json
+    import shutil
+
+    tmp = out / f".{CHECKPOINT}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.policy.save_pretrained(tmp / "policy")
+    torch.save(unwrapped.value_head.state_dict(), tmp / "value_head.pt")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps(state))
+    final = out / CHECKPOINT
+    old = out / f".{CHECKPOINT}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(out: Path, steps: int) -> dict | None:
+    import json
+
+    state_file = out / CHECKPOINT / "state.json"
+    if not state_file.exists():
+        return None
+    state = json.loads(state_file.read_text())
+    return state if 0 < state["step"] < steps else None
+
+
+class _Judges:
+    """The optional monitors that ask the labeler: RM vs judged quality, sycophancy probe."""
+
+    def __init__(self, cfg: PPORunConfig):
+        self.cfg = cfg
+        self._scorer: Any = None
+        self._yes_no: Any = None
+
+    def rm_judge_correlation(self, prompts: list[str], texts: list[str], rm: list[float]) -> Any:
+        from rlaif.engine.judge import ConstitutionScorer
+        from rlaif.eval.hacking import spearman
+
+        if self._scorer is None:
+            self._scorer = ConstitutionScorer(self.cfg.judge_labeler)
+        judged = self._scorer(prompts, texts)
+        pairs = [(r, j) for r, j in zip(rm, judged, strict=True) if j is not None]
+        return spearman([p[0] for p in pairs], [p[1] for p in pairs])
+
+    def sycophancy(self, probes: list[str], answers: list[str]) -> Any:
+        from rlaif.engine.judge import YesNoJudge
+
+        if self._yes_no is None:
+            self._yes_no = YesNoJudge(self.cfg.judge_labeler)
+        agree = [p for p in self._yes_no.classify(probes, answers, "agrees-false-claim") if p]
+        return sum(agree) / len(agree) if agree else None
+
+
 def main(cfg: PPORunConfig, reward_fn: RewardFn | None = None) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlaif.eval.hacking import Monitor, Thresholds, repetition_penalties
 
     accelerator = Accelerator(
         mixed_precision="bf16" if cfg.bf16 else "no",
@@ -234,10 +313,12 @@ def main(cfg: PPORunConfig, reward_fn: RewardFn | None = None) -> Path:
         log_with=cfg.report_to or None,
         project_dir=cfg.output_dir,
     )
-    set_seed(cfg.seed + accelerator.process_index)
     out = Path(cfg.output_dir)
+    resumed = load_checkpoint(out, cfg.steps) if cfg.resume else None
+    start = resumed["step"] + 1 if resumed else 1
+    set_seed(cfg.seed * 7919 + start + accelerator.process_index)
     if accelerator.is_main_process:
-        fresh_metrics(out)
+        keep_metrics_until(out, resumed["step"] if resumed else 0)
     if cfg.report_to:
         accelerator.init_trackers("rlaif-ppo")
     path = model_path(cfg.model)
@@ -245,7 +326,11 @@ def main(cfg: PPORunConfig, reward_fn: RewardFn | None = None) -> Path:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     device = accelerator.device
-    model = PolicyWithValue(AutoModelForCausalLM.from_pretrained(path))
+    policy_path = out / CHECKPOINT / "policy" if resumed else path
+    model = PolicyWithValue(AutoModelForCausalLM.from_pretrained(policy_path))
+    if resumed:
+        model.value_head.load_state_dict(torch.load(out / CHECKPOINT / "value_head.pt"))
+        print(f"ppo: resuming after step {resumed['step']} from {out / CHECKPOINT}", flush=True)
     ref = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
     ref.requires_grad_(False)
     if reward_fn is None:
@@ -257,12 +342,22 @@ def main(cfg: PPORunConfig, reward_fn: RewardFn | None = None) -> Path:
             else (lambda p, c, ids: torch.zeros(len(c)))
         )
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, eps=1e-5)
+    if resumed:
+        optimizer.load_state_dict(torch.load(out / CHECKPOINT / "optimizer.pt"))
     model, optimizer = accelerator.prepare(model, optimizer)
     prompts = read_prompt_texts(cfg)
+    probes = read_probes(cfg) if cfg.probe_every else []
     rng = random.Random(cfg.seed * 1000 + accelerator.process_index)
-    kl_ctl = AdaptiveKL(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
+    for _ in range((start - 1) * cfg.batch_size):  # the same prompt sequence as without a stop
+        rng.choice(prompts)
+    kl_ctl = AdaptiveKL(resumed["beta"] if resumed else cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
+    monitor = Monitor(Thresholds(length_ratio=cfg.warn_length_ratio,
+                                 distinct_2=cfg.warn_distinct_2, kl=cfg.warn_kl))  # fmt: skip
+    if resumed:
+        monitor._lengths = resumed.get("baseline_lengths", [])
+    judges = _Judges(cfg)
     eos = tok.eos_token_id
-    for step in range(1, cfg.steps + 1):
+    for step in range(start, cfg.steps + 1):
         batch_prompts = [rng.choice(prompts) for _ in range(cfg.batch_size)]
         roll = rollout(accelerator, model, ref, tok, batch_prompts, cfg, eos)
         scores = reward_fn(batch_prompts, roll["texts"], roll["ids"]).to(device).float()
@@ -270,6 +365,9 @@ def main(cfg: PPORunConfig, reward_fn: RewardFn | None = None) -> Path:
         if cfg.missing_eos_penalty is not None:
             scores = scores - cfg.missing_eos_penalty * (~roll["ended"]).float()
         scores = scores - cfg.length_penalty * roll["mask"].sum(1)
+        if cfg.repetition_penalty:
+            penalty = repetition_penalties(roll["texts"], cfg.repetition_penalty)
+            scores = scores - torch.tensor(penalty, device=device)
         kl = (roll["logp"] - roll["ref_logp"]) * roll["mask"]
         rewards = -kl_ctl.beta * kl
         last = (roll["mask"].sum(1).long() - 1).clamp(min=0)
@@ -280,6 +378,17 @@ def main(cfg: PPORunConfig, reward_fn: RewardFn | None = None) -> Path:
         mean_kl = accelerator.gather(kl.sum(1)).mean().item()
         if cfg.adaptive_kl:
             kl_ctl.update(mean_kl, cfg.batch_size * accelerator.num_processes)
+        extra: dict[str, Any] = {}
+        if cfg.judge_every and step % cfg.judge_every == 0:
+            extra["monitor/rm_judge_spearman"] = judges.rm_judge_correlation(
+                batch_prompts, roll["texts"], raw_scores.tolist()
+            )
+        if probes and step % cfg.probe_every == 0:
+            answers = generate_greedy(accelerator, model, tok, probes, cfg, eos)
+            extra["monitor/sycophancy"] = judges.sycophancy(probes, answers)
+        lengths = roll["mask"].sum(1).tolist()
+        n_warn = len(monitor.warnings)
+        watched = monitor.check(step, roll["texts"], lengths, mean_kl, extra)
         record = {
             "step": step,
             "reward": accelerator.gather(scores).mean().item(),
@@ -288,27 +397,82 @@ def main(cfg: PPORunConfig, reward_fn: RewardFn | None = None) -> Path:
             "beta": kl_ctl.beta,
             "response_length": accelerator.gather(roll["mask"].sum(1)).float().mean().item(),
             **stats,
+            **watched,
         }
-        if accelerator.is_main_process and step % cfg.logging_steps == 0:
-            append_metrics(out, record)
-            print(
-                f"ppo step {step}/{cfg.steps}: reward {record['reward']:.3f} "
-                f"kl {record['kl']:.3f} beta {record['beta']:.4f} "
-                f"len {record['response_length']:.1f}",
-                flush=True,
-            )
+        if accelerator.is_main_process:
+            if step % cfg.logging_steps == 0:
+                append_metrics(out, record)
+                print(
+                    f"ppo step {step}/{cfg.steps}: reward {record['reward']:.3f} "
+                    f"kl {record['kl']:.3f} beta {record['beta']:.4f} "
+                    f"len {record['response_length']:.1f}",
+                    flush=True,
+                )
+            for w in monitor.warnings[n_warn:]:
+                append_metrics(out, {"step": step, "warning": w["monitor"]}, "warnings.jsonl")
+                print(f"ppo warning at step {step}: {w['monitor']} {w['value']} is "
+                      f"{w['side']} {w['threshold']}", flush=True)  # fmt: skip
         if cfg.report_to:
             accelerator.log(record, step=step)
+        if cfg.save_steps and step % cfg.save_steps == 0 and step < cfg.steps:
+            state = {"step": step, "beta": kl_ctl.beta, "baseline_lengths": monitor._lengths}
+            save_checkpoint(accelerator, model, optimizer, out, state)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        import shutil
+
         unwrapped = accelerator.unwrap_model(model)
         unwrapped.policy.save_pretrained(out)
         tok.save_pretrained(out)
         torch.save(unwrapped.value_head.state_dict(), out / "value_head.pt")
         save_run_config(out, cfg, "ppo")
         write_plots(out, "PPO")
+        shutil.rmtree(out / CHECKPOINT, ignore_errors=True)  # finished: nothing to resume
     accelerator.end_training()
     return out
+
+
+def keep_metrics_until(out: Path, step: int) -> None:
+    """Metrics (and warnings) of steps after ``step`` belong to a run that stopped: drop them."""
+    import json
+
+    for name in ("metrics.jsonl", "warnings.jsonl"):
+        path = out / name
+        if not path.exists():
+            continue
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        kept = [r for r in rows if r.get("step", 0) <= step]
+        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def read_probes(cfg: PPORunConfig) -> list[str]:
+    from rlaif.data.sources import read_prompts
+    from rlaif.resources import data_file
+
+    path = cfg.probes or data_file("sycophancy_probes.txt")
+    return [p.prompt for p in read_prompts(path, "text")]
+
+
+@torch.no_grad()
+def generate_greedy(
+    accelerator: Any, model: Any, tok: Any, prompts: list[str], cfg: PPORunConfig, eos: int
+) -> list[str]:
+    texts = [
+        tok.apply_chat_template(
+            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+        )
+        for p in prompts
+    ]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    policy = accelerator.unwrap_model(model).policy
+    policy.eval()
+    out = policy.generate(
+        **enc.to(accelerator.device), do_sample=False, max_new_tokens=cfg.max_new_tokens,
+        pad_token_id=tok.pad_token_id, eos_token_id=eos,
+    )  # fmt: skip
+    policy.train()
+    width = enc["input_ids"].size(1)
+    return [t.strip() for t in tok.batch_decode(out[:, width:], skip_special_tokens=True)]
 
 
 @torch.no_grad()

@@ -131,3 +131,37 @@ def test_bad_settings(tmp_path):
 
     with pytest.raises(ConfigError, match="multiple of mini_batch_size"):
         load_recipe(ppo.PPORunConfig, None, ["batch_size=6", "mini_batch_size=4"])
+
+
+def test_kill_then_rerun_resumes_from_the_checkpoint(toy_policy, prompts_file, tmp_path):
+    calls = {"n": 0}
+
+    def dies_at_step_3(prompts, completions, ids):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # what Ctrl-C (or a kill) does mid-run
+        return starts_with_i(prompts, completions, ids)
+
+    settings = {"model": str(toy_policy), "reward_model": None, "prompts": str(prompts_file),
+                "output_dir": str(tmp_path / "ppo"), "steps": 4, "batch_size": 4,
+                "mini_batch_size": 2, "max_new_tokens": 3, "use_cpu": True,
+                "save_steps": 1}  # fmt: skip
+    cfg = load_recipe(ppo.PPORunConfig, None, **settings)
+    with pytest.raises(KeyboardInterrupt):
+        ppo.main(cfg, reward_fn=dies_at_step_3)
+    assert [r["step"] for r in read_metrics(tmp_path / "ppo")] == [1, 2]
+    assert (tmp_path / "ppo" / "checkpoint" / "state.json").is_file()
+    calls["n"] = 10  # the rerun survives
+    out = ppo.main(cfg, reward_fn=dies_at_step_3)
+    assert calls["n"] == 12  # only steps 3 and 4 ran again
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4]
+    assert not (out / "checkpoint").exists() and (out / "model.safetensors").is_file()
+
+
+def test_monitors_are_logged_and_warn(toy_policy, prompts_file, tmp_path):
+    out, rows = train(toy_policy, prompts_file, tmp_path / "m", steps=2, warn_kl=-1.0,
+                      repetition_penalty=0.5)  # fmt: skip
+    assert all("monitor/distinct_2" in r and "monitor/length_ratio" in r for r in rows)
+    warnings = (out / "warnings.jsonl").read_text()
+    assert "KL to the SFT policy" in warnings  # every step is past a threshold of -1
+    assert (out / "monitors.png").is_file()
