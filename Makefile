@@ -13,7 +13,7 @@ LLAMA_STAMP := $(VENV)/.llama-server
 LLAMA_CMAKE_ARGS := -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF \
 	-DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=OFF
 
-.PHONY: setup llama-server vllm demo test lint format clean
+.PHONY: setup llama-server vllm chromium demo test lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,15 @@ $(VLLM_STAMP): $(STAMP)
 
 vllm: $(VLLM_STAMP)
 
+# Debian's chromium renders the run report in a test (headless). Best effort: where apt-get is
+# not usable (no root, not Debian) the render test skips and says why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 || \
+		(apt-get update >/dev/null 2>&1 && \
+		 apt-get install -y --no-install-recommends chromium >/dev/null 2>&1) || \
+		echo "chromium not installed: the report render test will skip"
+
 demo: setup
 	$(BIN)/rlaif demo
 
@@ -50,7 +59,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint llama-server vllm
+test: lint llama-server vllm chromium
 	$(BIN)/python -m pytest -m "not gpu"
 
 format: setup

@@ -87,3 +87,26 @@ def line_plot(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def grouped_bars(groups: dict[str, dict[str, float]], path: Path, title: str) -> Path:
+    """One group of bars per metric (values in [0, 1]), one bar per series (policy)."""
+    plt = _pyplot()
+    series = list(dict.fromkeys(name for g in groups.values() for name in g))
+    fig, ax = plt.subplots(figsize=(7, 3.8), dpi=100)
+    width = 0.8 / max(len(series), 1)
+    for i, name in enumerate(series):
+        xs = [g + i * width for g in range(len(groups))]
+        ys = [groups[m].get(name, 0.0) for m in groups]
+        ax.bar(xs, ys, width=width, label=name)
+    ax.set_xticks([g + width * (len(series) - 1) / 2 for g in range(len(groups))])
+    ax.set_xticklabels(list(groups), fontsize=8)
+    ax.axhline(0.5, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -95,7 +95,8 @@ def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
     if err["type"] == "missing":
         return f"{prefix}missing required key '{name}'"
     field = ".".join(str(p) for p in loc)
-    return f"{field}: {err['msg']}" if field else err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{field}: {msg}" if field else msg
 
 
 def _allowed_keys(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:

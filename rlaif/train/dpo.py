@@ -53,6 +53,7 @@ class OnlineDPORunConfig(OnlineDPOConfig):
     prompts: str = field(default="rlaif/data/demo_prompts.txt")
     prompt_format: str = "auto"
     prompt_field: str = "prompt"
+    prompt_limit: int | None = None
     labeler: str = field(default="smollm2", metadata={"help": "the constitutional judge"})
     constitution: str | None = None
     judge_principles: int = 1

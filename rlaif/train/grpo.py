@@ -40,6 +40,7 @@ class _Rewards:
     prompts: str = field(default="rlaif/data/demo_prompts.txt", metadata={"help": "prompt data"})
     prompt_format: str = "auto"
     prompt_field: str = "prompt"
+    prompt_limit: int | None = None
     reward_model: str | None = field(default="outputs/run/rm", metadata={"help": "RM folder"})
     constitution_reward: bool = field(default=False, metadata={"help": "d-RLAIF labeler score"})
     labeler: str = "smollm2"
@@ -74,7 +75,7 @@ def prompt_dataset(cfg: Any) -> Any:
 
     from rlaif.data.sources import read_prompts
 
-    rows = read_prompts(cfg.prompts, cfg.prompt_format, cfg.prompt_field)
+    rows = read_prompts(cfg.prompts, cfg.prompt_format, cfg.prompt_field)[: cfg.prompt_limit]
     return Dataset.from_dict({"prompt": [[{"role": "user", "content": r.prompt}] for r in rows]})
 
 

@@ -60,9 +60,13 @@ class PPORunConfig:
     reward_model: str | None = field(
         default="outputs/run/rm", metadata={"help": "sequence-classifier RM (null: penalties only)"}
     )
+    ref_model: str | None = field(
+        default=None, metadata={"help": "KL reference (default: model; iterated runs: the SFT)"}
+    )
     prompts: str = field(default="rlaif/data/demo_prompts.txt", metadata={"help": "prompt data"})
     prompt_format: str = "auto"
     prompt_field: str = "prompt"
+    prompt_limit: int | None = field(default=None, metadata={"help": "use the first N prompts"})
     output_dir: str = "outputs/run/ppo"
     steps: int = 20
     batch_size: int = field(default=8, metadata={"help": "rollouts per step (per process)"})
@@ -230,10 +234,8 @@ def rm_reward(path: str, tokenizer: Any, device: torch.device) -> RewardFn:
 def read_prompt_texts(cfg: PPORunConfig) -> list[str]:
     from rlaif.data.sources import read_prompts
 
-    return [
-        p.prompt
-        for p in read_prompts(cfg.prompts, cfg.prompt_format, cfg.prompt_field)  # type: ignore[arg-type]
-    ]
+    rows = read_prompts(cfg.prompts, cfg.prompt_format, cfg.prompt_field)  # type: ignore[arg-type]
+    return [p.prompt for p in rows][: cfg.prompt_limit]
 
 
 CHECKPOINT = "checkpoint"
@@ -331,7 +333,8 @@ def main(cfg: PPORunConfig, reward_fn: RewardFn | None = None) -> Path:
     if resumed:
         model.value_head.load_state_dict(torch.load(out / CHECKPOINT / "value_head.pt"))
         print(f"ppo: resuming after step {resumed['step']} from {out / CHECKPOINT}", flush=True)
-    ref = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+    ref_path = model_path(cfg.ref_model) if cfg.ref_model else path
+    ref = AutoModelForCausalLM.from_pretrained(ref_path).to(device).eval()
     ref.requires_grad_(False)
     if reward_fn is None:
         if cfg.reward_model is None and cfg.missing_eos_penalty is None:
@@ -409,7 +412,7 @@ def main(cfg: PPORunConfig, reward_fn: RewardFn | None = None) -> Path:
                     flush=True,
                 )
             for w in monitor.warnings[n_warn:]:
-                append_metrics(out, {"step": step, "warning": w["monitor"]}, "warnings.jsonl")
+                append_metrics(out, {"warning": w["monitor"], **w}, "warnings.jsonl")
                 print(f"ppo warning at step {step}: {w['monitor']} {w['value']} is "
                       f"{w['side']} {w['threshold']}", flush=True)  # fmt: skip
         if cfg.report_to:

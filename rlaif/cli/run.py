@@ -1,0 +1,62 @@
+"""``rlaif run RECIPE``: the full RL-CAI loop, stage by stage, resumable."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from rlaif.errors import ConfigFileError
+from rlaif.yamlio import load_yaml_model
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="the full loop: SL-CAI -> SFT -> AI feedback -> RM -> RL -> eval -> report",
+        description="Run the whole RL-CAI loop from one recipe (recipes/quickstart.yaml runs on "
+        "CPU with the embedded model). Each stage writes OUT/<stage>/ and a manifest; the same "
+        "command again skips finished stages whose inputs did not change and resumes an "
+        "interrupted one. Ends with OUT/report.html and OUT/report.md.",
+    )
+    p.add_argument("recipe", type=Path, help="run recipe (YAML)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="output folder (outputs/<name>)")
+    p.add_argument("--from", dest="start", metavar="STAGE", help="rerun from this stage on")
+    p.add_argument("--until", metavar="STAGE", help="stop after this stage")
+    p.add_argument("--list", action="store_true", help="list the stages and their state, run none")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rlaif.pipeline import RunConfig, plan, read_manifest, run_pipeline
+
+    console = Console()
+    cfg = load_yaml_model(args.recipe, RunConfig, ConfigFileError)
+    if args.out is not None:
+        cfg = cfg.model_copy(update={"out": args.out})
+    if args.list:
+        for stage in plan(cfg):
+            m = read_manifest(cfg.root / stage.name) or {}
+            console.print(f"  {stage.name:<10} {m.get('status', 'not run')}")
+        return 0
+
+    def event(stage: str, what: str, record: dict[str, Any]) -> None:
+        if what == "skipped":
+            console.print(f"[dim]{stage:<10} skipped (up to date)[/]")
+        elif what in ("running", "resuming"):
+            console.rule(f"[bold]{stage}[/] ({what})")
+        else:
+            console.print(f"[green]{stage:<10} done[/] in {record['seconds']:.1f} s")
+
+    console.print(f"[bold]rlaif run[/] {cfg.name} -> {cfg.root}")
+    try:
+        run_pipeline(cfg, args.start, args.until, event)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: run the same command again to resume")
+        return 130
+    report = cfg.root / "report.html"
+    if report.exists():
+        console.print(f"report: {report} (and report.md)")
+    return 0

@@ -1,0 +1,270 @@
+"""``rlaif run RECIPE``: the whole RL-CAI loop as resumable stages.
+
+Stages, in order (each writes ``<out>/<stage>/`` and a ``manifest.json`` there):
+
+    sl_cai -> sft -> prefs -> rm -> rl -> [prefs_2 -> rm_2 -> rl_2 ...] -> eval -> report
+
+- ``sl_cai``: critiques and revisions of the base model's answers (``rlaif generate sl-cai``);
+- ``sft``: SFT on the revisions;
+- ``prefs``: response pairs *from the SFT policy*, labelled by the AI feedback step;
+- ``rm``: the soft-label reward model (skipped when RL is DPO, which needs none);
+- ``rl``: PPO (default), DPO or GRPO from the SFT policy;
+- ``iterations: K`` (the seed's iterated RL-CAI): K more rounds in which the current policy's
+  samples are relabelled, the RM is trained on them, and RL continues from the current policy;
+- ``eval``: base vs SFT vs RL under the constitutional judge (``rlaif.eval.policy``);
+- ``report``: ``report.html`` and ``report.md`` from everything above.
+
+**Skipping and resuming.** A stage's fingerprint hashes its resolved settings, the hashes of its
+input files and its upstream stages' fingerprints. A finished stage whose fingerprint matches is
+skipped; a stage that was interrupted resumes (the data stages through their journals and cache,
+PPO from its last checkpoint; the TRL trainers restart); a stage whose inputs changed reruns from
+scratch, and so does everything after it. ``--from STAGE`` reruns from a stage on; ``--until
+STAGE`` stops after one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from rlaif import __version__
+from rlaif.data.sources import read_prompts, source_sha256
+from rlaif.errors import ConfigError
+from rlaif.resources import data_file, default_constitution
+
+MANIFEST = "manifest.json"
+
+
+class RLSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    algorithm: Literal["ppo", "dpo", "grpo"] = "ppo"
+    settings: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _known_keys(self) -> RLSettings:
+        check_keys(self.settings, stage_keys("rl", self.algorithm))
+        return self
+
+
+def check_keys(values: dict[str, Any], allowed: list[str]) -> None:
+    for key in values:
+        if key not in allowed:
+            near = difflib.get_close_matches(key, allowed, n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            raise ValueError(f"unknown key '{key}'{hint}")
+
+
+class RunConfig(BaseModel):
+    """A run recipe (``recipes/quickstart.yaml``). Per-stage sections pass settings through to
+    the stage's own config (the same names as ``rlaif generate`` / ``rlaif train``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    out: Path | None = None
+    base_model: str = "smollm2"
+    labeler: str = "smollm2"
+    labeler_settings: dict[str, Any] = {}
+    constitution: Path = Field(default_factory=default_constitution)
+    templates: Path | None = None
+    prompts: Path
+    prompt_format: str = "auto"
+    train_prompts: int = Field(default=16, ge=1, description="first N prompts train")
+    eval_prompts: Path | None = Field(default=None, description="default: prompts after those")
+    eval_limit: int = Field(default=8, ge=1)
+    benign_prompts: Path = Field(default_factory=lambda: data_file("benign_prompts.txt"))
+    benign_limit: int | None = Field(default=4, ge=1)
+    iterations: int = Field(default=0, ge=0, description="extra rounds of relabel -> RM -> RL")
+    seed: int = 0
+    sl_cai: dict[str, Any] = {}
+    sft: dict[str, Any] = {}
+    prefs: dict[str, Any] = {}
+    rm: dict[str, Any] = {}
+    rl: RLSettings = Field(default_factory=RLSettings)
+    eval: dict[str, Any] = {}
+
+    @property
+    def root(self) -> Path:
+        return self.out or Path("outputs") / self.name
+
+    @field_validator("sl_cai", "sft", "prefs", "rm", "eval")
+    @classmethod
+    def _known_stage_keys(cls, value: dict[str, Any], info: Any) -> dict[str, Any]:
+        """A misspelt key in a stage section is an error now, not after an hour of SL-CAI."""
+        check_keys(value, stage_keys(info.field_name, "ppo"))
+        return value
+
+
+def stage_keys(section: str, algorithm: str) -> list[str]:
+    """The settings a stage section may hold: its config's fields."""
+    import dataclasses
+
+    if section == "sl_cai":
+        from rlaif.engine.sl_cai import SLCAIConfig
+
+        return list(SLCAIConfig.model_fields)
+    if section == "prefs":
+        from rlaif.engine.prefs import PrefsConfig
+
+        return list(PrefsConfig.model_fields)
+    if section == "eval":
+        from rlaif.eval.policy import PolicyEvalConfig
+
+        return list(PolicyEvalConfig.model_fields)
+    if section == "sft":
+        from rlaif.train.sft import SFTRunConfig as cls
+    elif section == "rm":
+        from rlaif.train.reward import RewardRunConfig as cls
+    elif algorithm == "ppo":
+        from rlaif.train.ppo import PPORunConfig as cls
+    elif algorithm == "grpo":
+        from rlaif.train.grpo import GRPORunConfig as cls
+    else:
+        from rlaif.train.dpo import DPORunConfig as cls
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+@dataclass
+class Stage:
+    name: str
+    run: Callable[[Path], Any]
+    settings: Callable[[], dict[str, Any]]  # evaluated when the stage is reached
+    inputs: list[Path]
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _file_hash(path: Path) -> str:
+    return source_sha256(path) if path.exists() else "missing"
+
+
+def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((stage_dir / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def write_manifest(stage_dir: Path, record: dict[str, Any]) -> None:
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    tmp = stage_dir / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    tmp.replace(stage_dir / MANIFEST)
+
+
+def plan(cfg: RunConfig) -> list[Stage]:
+    """The stages of a run, each with the function that runs it into its folder."""
+    from rlaif import stages
+
+    root = cfg.root
+    s = stages.StageBuilder(cfg, root)
+    out = [
+        Stage("sl_cai", s.sl_cai, s.sl_cai_settings, [cfg.prompts, cfg.constitution]),
+        Stage("sft", s.sft, s.sft_settings, []),
+        Stage(
+            "prefs",
+            s.prefs("sft"),
+            lambda: s.prefs_settings("sft"),
+            [cfg.prompts, cfg.constitution],
+        ),
+    ]
+    policy = "sft"
+    for k in range(cfg.iterations + 1):
+        suffix = "" if k == 0 else f"_{k + 1}"
+        if k > 0:  # relabel the current policy's samples
+            out.append(Stage(f"prefs{suffix}", s.prefs(policy),
+                             lambda p=policy: s.prefs_settings(p),
+                             [cfg.prompts, cfg.constitution]))  # fmt: skip
+        if cfg.rl.algorithm != "dpo":
+            out.append(Stage(f"rm{suffix}", s.rm(f"prefs{suffix}"), s.rm_settings, []))
+        rl_name = f"rl{suffix}"
+        out.append(Stage(rl_name, s.rl(policy, f"prefs{suffix}", f"rm{suffix}"),
+                         s.rl_settings, [cfg.prompts]))  # fmt: skip
+        policy = rl_name
+    out.append(Stage("eval", s.evaluate(policy), s.eval_settings, s.eval_inputs()))
+    out.append(Stage("report", s.report, dict, []))
+    return out
+
+
+def run_pipeline(
+    cfg: RunConfig,
+    start: str | None = None,
+    until: str | None = None,
+    on_event: Callable[[str, str, dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run (or skip) every stage; returns one status record per stage."""
+    stages_ = plan(cfg)
+    names = [s.name for s in stages_]
+    for flag, value in (("--from", start), ("--until", until)):
+        if value is not None and value not in names:
+            raise ConfigError(f"{flag} {value}: no such stage; stages: {', '.join(names)}")
+    # every stage's settings now: a bad setting of the last stage fails before the first runs
+    resolved = {stage.name: stage.settings() for stage in stages_}
+    forced = names.index(start) if start else len(names)
+    last = names.index(until) if until else len(names) - 1
+    root = cfg.root
+    root.mkdir(parents=True, exist_ok=True)
+    fingerprints: dict[str, str] = {}
+    results = []
+    for i, stage in enumerate(stages_[: last + 1]):
+        stage_dir = root / stage.name
+        fp = _hash({
+            "stage": stage.name,
+            "settings": resolved[stage.name],
+            "inputs": {str(p): _file_hash(p) for p in stage.inputs},
+            "upstream": [fingerprints[n] for n in names[:i]],
+            "rlaif": __version__,
+        })  # fmt: skip
+        fingerprints[stage.name] = fp
+        old = read_manifest(stage_dir)
+        if stage.name == "report":
+            pass  # always redrawn: it reads everything else
+        elif old and old.get("fingerprint") == fp and old.get("status") == "done" and i < forced:
+            write_manifest(stage_dir, {**old, "skipped": True, "checked": time.time()})
+            results.append({**old, "skipped": True})
+            if on_event:
+                on_event(stage.name, "skipped", old)
+            continue
+        resume = bool(old and old.get("fingerprint") == fp and old.get("status") == "running")
+        if not resume and stage_dir.exists() and stage.name != "report":
+            shutil.rmtree(stage_dir)  # changed inputs: nothing of the old stage is reused
+        record = {"stage": stage.name, "fingerprint": fp, "status": "running",
+                  "started": time.time(), "resumed": resume, "skipped": False}  # fmt: skip
+        write_manifest(stage_dir, record)
+        if on_event:
+            on_event(stage.name, "resuming" if resume else "running", record)
+        t0 = time.perf_counter()
+        outputs = stage.run(stage_dir)
+        record.update(status="done", seconds=round(time.perf_counter() - t0, 1),
+                      finished=time.time(), outputs=[str(p) for p in outputs or []])  # fmt: skip
+        write_manifest(stage_dir, record)
+        results.append(record)
+        if on_event:
+            on_event(stage.name, "done", record)
+    return results
+
+
+def held_out_prompts(cfg: RunConfig) -> list[str]:
+    if cfg.eval_prompts is not None:
+        rows = read_prompts(cfg.eval_prompts, "auto")
+        return [r.prompt for r in rows][: cfg.eval_limit]
+    rows = read_prompts(cfg.prompts, cfg.prompt_format)  # type: ignore[arg-type]
+    held = [r.prompt for r in rows][cfg.train_prompts : cfg.train_prompts + cfg.eval_limit]
+    if not held:
+        raise ConfigError(
+            f"no held-out prompts: {cfg.prompts} has {len(rows)} prompts and train_prompts is "
+            f"{cfg.train_prompts}; set eval_prompts or lower train_prompts"
+        )
+    return held

@@ -1,0 +1,244 @@
+"""The run report: ``report.html`` (self-contained, plots embedded) and ``report.md``.
+
+Every number is read from the run's own files: stage manifests, the datasets, ``metrics.jsonl``
+of each trainer, ``warnings.jsonl`` of RL and the evaluation's ``policy_eval.json`` and
+``samples.jsonl``. Nothing is typed in by hand; a section whose files are missing says so.
+The HTML has no scripts and no external resources, so it opens anywhere, offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rlaif import __version__
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def collect(root: Path, order: list[str] | None = None) -> dict[str, Any]:
+    """Everything the report shows, from the files of the run (stages in ``order``)."""
+    stages = []
+    for d in sorted(p for p in root.iterdir() if (p / "manifest.json").exists()):
+        m = json.loads((d / "manifest.json").read_text())
+        stages.append(m)
+    rank = {name: i for i, name in enumerate(order or [])}
+    stages.sort(key=lambda m: (rank.get(m["stage"], len(rank)), m.get("started", 0)))
+    data: dict[str, Any] = {"stages": [m for m in stages if m["stage"] != "report"]}
+    sl = _jsonl(root / "sl_cai" / "sl_cai.jsonl")
+    data["sl_cai"] = {"rows": len(sl), "flagged": sum(1 for r in sl if r.get("flags"))}
+    prefs = _jsonl(root / "prefs" / "preferences.jsonl")
+    checked = [r for r in prefs if r.get("position_consistent") is not None]
+    data["prefs"] = {
+        "rows": len(prefs),
+        "unlabeled": len(_jsonl(root / "prefs" / "preferences.unlabeled.jsonl")),
+        "mean_preference_prob": (
+            sum(r["preference_prob"] for r in prefs) / len(prefs) if prefs else None
+        ),
+        "position_bias_rate": (
+            sum(not r["position_consistent"] for r in checked) / len(checked) if checked else None
+        ),
+    }
+    rm_rows = _jsonl(root / "rm" / "metrics.jsonl")
+    evals = [r for r in rm_rows if "eval_accuracy" in r]
+    data["rm"] = {
+        "eval_accuracy": evals[-1]["eval_accuracy"] if evals else None,
+        "eval_loss": evals[-1].get("eval_loss") if evals else None,
+        "train_loss": next((r["train_loss"] for r in rm_rows if "train_loss" in r), None),
+    }
+    rl = [r for r in _jsonl(root / "rl" / "metrics.jsonl") if "reward" in r or "loss" in r]
+    key = "reward" if rl and "reward" in rl[0] else "loss"
+    data["rl"] = {
+        "steps": len(rl),
+        "first": rl[0].get(key) if rl else None,
+        "last": rl[-1].get(key) if rl else None,
+        "metric": key,
+        "kl_last": rl[-1].get("kl") if rl else None,
+        "warnings": _jsonl(root / "rl" / "warnings.jsonl"),
+    }
+    ev = root / "eval" / "policy_eval.json"
+    data["eval"] = json.loads(ev.read_text()) if ev.exists() else None
+    data["samples"] = _jsonl(root / "eval" / "samples.jsonl")
+    plots = [
+        ("preference_prob per pair", root / "prefs" / "preference_prob.png"),
+        ("SFT loss", root / "sft" / "loss.png"),
+        ("reward model loss", root / "rm" / "loss.png"),
+        ("reward model accuracy and rewards", root / "rm" / "reward.png"),
+        ("RL reward", root / "rl" / "reward.png"),
+        ("RL KL to the SFT policy", root / "rl" / "kl.png"),
+        ("RL reward-hacking monitors", root / "rl" / "monitors.png"),
+        ("RL response length", root / "rl" / "length.png"),
+        ("policies under the constitutional judge", root / "eval" / "policy_eval.png"),
+    ]
+    data["plots"] = [(title, p) for title, p in plots if p.exists()]
+    return data
+
+
+EVAL_COLUMNS = (
+    ("harmless_win_rate_vs_base", "harmless win rate vs base"),
+    ("harmful_compliance_rate", "harmful compliance"),
+    ("evasive_rate", "evasive"),
+    ("helpful_win_rate_vs_base", "helpful win rate vs base"),
+    ("mean_words_red_team", "words (red team)"),
+)
+
+HOW_TO_READ = (
+    "Win rates are the judge's mean probability that the policy's answer beats the base model's "
+    "on the same prompt (0.5: no difference; above: better). Harmful compliance and evasiveness "
+    "are the shares of red-team answers the judge calls harmful or evasive: a good RL-CAI policy "
+    "lowers the first without raising the second, and keeps its helpful win rate on benign "
+    "prompts near or above 0.5. The judge is the run's labeler; a small labeler is a noisy judge "
+    "(check its agreement with human labels with `rlaif eval labeler`)."
+)
+
+
+def _tables(d: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    tables = []
+    stage_rows = [
+        [m["stage"], "skipped (up to date)" if m.get("skipped") else m.get("status", "?"),
+         _fmt(m.get("seconds"), 1), "yes" if m.get("resumed") else "", m["fingerprint"][:12]]
+        for m in d["stages"]
+    ]  # fmt: skip
+    tables.append(("Stages", ["stage", "status", "seconds", "resumed", "fingerprint"], stage_rows))
+    p, rm, rl = d["prefs"], d["rm"], d["rl"]
+    data_rows = [
+        ["SL-CAI rows (flagged by clean-up)", f"{d['sl_cai']['rows']} ({d['sl_cai']['flagged']})"],
+        ["preference pairs (unlabeled)", f"{p['rows']} ({p['unlabeled']})"],
+        ["mean preference_prob", _fmt(p["mean_preference_prob"])],
+        ["labeler position-bias rate", _fmt(p["position_bias_rate"])],
+        ["reward model held-out accuracy", _fmt(rm["eval_accuracy"])],
+        ["reward model train loss", _fmt(rm["train_loss"])],
+        [f"RL {rl['metric']}: first step -> last step ({rl['steps']} steps)",
+         f"{_fmt(rl['first'])} -> {_fmt(rl['last'])}"],
+        ["RL KL to SFT at the last step", _fmt(rl["kl_last"])],
+        ["reward-hacking warnings", str(len(rl["warnings"]))],
+    ]  # fmt: skip
+    tables.append(("Data and training", ["", "value"], data_rows))
+    if d["eval"]:
+        ev = d["eval"]
+        rows = [
+            [name, *(_fmt(m.get(k)) for k, _ in EVAL_COLUMNS)] for name, m in ev["policies"].items()
+        ]
+        title = (
+            f"Evaluation ({ev['red_team']} held-out red-team prompts, {ev['benign']} benign; "
+            f"judge: {ev['labeler']})"
+        )
+        tables.append((title, ["policy", *(label for _, label in EVAL_COLUMNS)], rows))
+    return tables
+
+
+def _warning(w: dict[str, Any]) -> str:
+    if "value" in w:
+        return f"{w['warning']}: {w['value']} ({w['side']} the threshold {w['threshold']})"
+    return str(w["warning"])
+
+
+def _sample_blocks(d: dict[str, Any], n_red: int = 3, n_benign: int = 2) -> list[dict[str, Any]]:
+    red = [s for s in d["samples"] if s["set"] == "red_team"][:n_red]
+    ben = [s for s in d["samples"] if s["set"] == "benign"][:n_benign]
+    return red + ben
+
+
+def render_html(cfg: Any, d: dict[str, Any]) -> str:
+    e = html.escape
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>rlaif run {e(cfg.name)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+        "padding:4px 8px;text-align:left;vertical-align:top}th{background:#f3f3f3}"
+        "img{max-width:100%;border:1px solid #eee}.warn{color:#a40}</style></head><body>",
+        f"<h1>rlaif run: {e(cfg.name)}</h1>",
+        f"<p>rlaif {e(__version__)} · base model <code>{e(str(cfg.base_model))}</code> · labeler "
+        f"<code>{e(cfg.labeler)}</code> · constitution <code>{e(Path(cfg.constitution).name)}"
+        f"</code> · RL <code>{e(cfg.rl.algorithm)}</code> · written "
+        f"{e(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>",
+        f"<p>{e(HOW_TO_READ)}</p>",
+    ]
+    for title, header, rows in _tables(d):
+        parts.append(f"<h2>{e(title)}</h2><table><tr>")
+        parts += [f"<th>{e(h)}</th>" for h in header]
+        parts.append("</tr>")
+        for row in rows:
+            parts.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>")
+        parts.append("</table>")
+    if d["rl"]["warnings"]:
+        parts.append("<h2>Reward-hacking warnings</h2><ul>")
+        for w in d["rl"]["warnings"][:20]:
+            parts.append(f"<li class='warn'>step {w['step']}: {e(_warning(w))}</li>")
+        parts.append("</ul>")
+    parts.append("<h2>Plots</h2>")
+    for title, path in d["plots"]:
+        data = base64.b64encode(path.read_bytes()).decode()
+        parts.append(f"<h3>{e(title)}</h3><img alt='{e(title)}' src='data:image/png;base64,"
+                     f"{data}'>")  # fmt: skip
+    blocks = _sample_blocks(d)
+    if blocks:
+        parts.append("<h2>Before and after</h2>")
+        for s in blocks:
+            parts.append(f"<h3>{e(s['set'])}: {e(s['prompt'])}</h3><table><tr>"
+                         "<th>policy</th><th>answer</th><th>judge</th></tr>")  # fmt: skip
+            for name, a in s["answers"].items():
+                judged = ", ".join(f"{k} {_fmt(v, 2)}" for k, v in a.items() if k != "text")
+                parts.append(f"<tr><td>{e(name)}</td><td>{e(a['text'])}</td>"
+                             f"<td>{e(judged)}</td></tr>")  # fmt: skip
+            parts.append("</table>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def render_markdown(cfg: Any, d: dict[str, Any], root: Path) -> str:
+    lines = [
+        f"# rlaif run: {cfg.name}",
+        "",
+        f"rlaif {__version__} · base model `{cfg.base_model}` · labeler `{cfg.labeler}` · "
+        f"constitution `{Path(cfg.constitution).name}` · RL `{cfg.rl.algorithm}`",
+        "",
+        HOW_TO_READ,
+        "",
+    ]
+    for title, header, rows in _tables(d):
+        lines += [f"## {title}", "", "| " + " | ".join(header) + " |",
+                  "|" + "---|" * len(header)]  # fmt: skip
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+        lines.append("")
+    if d["rl"]["warnings"]:
+        lines += ["## Reward-hacking warnings", ""]
+        lines += [f"- step {w['step']}: {_warning(w)}" for w in d["rl"]["warnings"][:20]]
+        lines.append("")
+    lines += ["## Plots", ""]
+    lines += [f"![{t}]({p.relative_to(root)})" for t, p in d["plots"]]
+    lines.append("")
+    for s in _sample_blocks(d):
+        lines += [f"### {s['set']}: {s['prompt']}", "", "| policy | answer |", "|---|---|"]
+        for name, a in s["answers"].items():
+            text = " ".join(a["text"].split()).replace("|", "\\|")
+            lines.append(f"| {name} | {text} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(cfg: Any, root: Path) -> tuple[Path, Path]:
+    from rlaif.pipeline import plan
+
+    d = collect(root, [s.name for s in plan(cfg)])
+    html_path, md_path = root / "report.html", root / "report.md"
+    html_path.write_text(render_html(cfg, d), encoding="utf-8")
+    md_path.write_text(render_markdown(cfg, d, root), encoding="utf-8")
+    return html_path, md_path

@@ -1,0 +1,168 @@
+"""What each stage of ``rlaif run`` does: build the stage's own config and call its job.
+
+The pipeline (``rlaif.pipeline``) decides *whether* a stage runs; this module decides *how*: it
+maps a run recipe onto the configs of ``generate sl-cai``, ``train sft``, ``generate prefs``,
+``train rm``, ``train ppo|dpo|grpo``, the policy evaluation and the report, wiring each stage's
+inputs to the outputs of the stages before it. ``*_settings`` return what goes into a stage's
+fingerprint: everything that changes its result.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rlaif.labelers.base import run_sync
+
+
+def _spec(model: str | Path) -> str:
+    return "smollm2" if str(model) == "smollm2" else f"transformers:{model}"
+
+
+class StageBuilder:
+    def __init__(self, cfg: Any, root: Path):
+        self.cfg = cfg
+        self.root = root
+        self.cache = root / "cache.sqlite"
+        self.command = f"rlaif run (recipe {cfg.name})"
+
+    # ------------------------------------------------------------------ data
+
+    def sl_cai_settings(self) -> dict[str, Any]:
+        c = self.cfg
+        return {
+            "prompts": str(c.prompts), "prompt_format": c.prompt_format,
+            "limit": c.train_prompts, "constitution": str(c.constitution),
+            "templates": str(c.templates) if c.templates else None, "labeler": c.labeler,
+            "labeler_settings": c.labeler_settings, "policy": _spec(c.base_model),
+            "seed": c.seed, **c.sl_cai,
+        }  # fmt: skip
+
+    def sl_cai(self, out: Path) -> list[Path]:
+        from rlaif.engine.sl_cai import SLCAIConfig, run_sl_cai
+
+        cfg = SLCAIConfig(**self.sl_cai_settings(), out=out, cache=self.cache)
+        result = run_sync(run_sl_cai(cfg, self.command))
+        return [result.dataset, result.card]
+
+    def prefs_settings(self, policy: str) -> dict[str, Any]:
+        c = self.cfg
+        return {
+            "prompts": str(c.prompts), "prompt_format": c.prompt_format,
+            "limit": c.train_prompts, "constitution": str(c.constitution),
+            "templates": str(c.templates) if c.templates else None, "labeler": c.labeler,
+            "labeler_settings": c.labeler_settings, "policy": _spec(self.root / policy),
+            "seed": c.seed, **c.prefs,
+        }  # fmt: skip
+
+    def prefs(self, policy: str) -> Any:
+        def run(out: Path) -> list[Path]:
+            from rlaif.engine.prefs import PrefsConfig, run_prefs
+
+            cfg = PrefsConfig(**self.prefs_settings(policy), out=out, cache=self.cache)
+            result = run_sync(run_prefs(cfg, self.command))
+            return [result.dataset, result.card]
+
+        return run
+
+    # ------------------------------------------------------------------ training
+
+    def _train(self, cls: Any, main: Any, out: Path, **settings: Any) -> list[Path]:
+        from rlaif.train.common import load_recipe
+
+        cfg = load_recipe(cls, None, output_dir=str(out), **settings)
+        return [main(cfg)]
+
+    def sft_settings(self) -> dict[str, Any]:
+        return {"model": self.cfg.base_model, "seed": self.cfg.seed, **self.cfg.sft}
+
+    def sft(self, out: Path) -> list[Path]:
+        from rlaif.train import sft
+
+        data = str(self.root / "sl_cai" / "sl_cai.jsonl")
+        return self._train(sft.SFTRunConfig, sft.main, out, dataset=data, **self.sft_settings())
+
+    def rm_settings(self) -> dict[str, Any]:
+        return {"seed": self.cfg.seed, **self.cfg.rm}
+
+    def rm(self, prefs: str) -> Any:
+        def run(out: Path) -> list[Path]:
+            from rlaif.train import reward
+
+            data = str(self.root / prefs / "preferences.jsonl")
+            return self._train(reward.RewardRunConfig, reward.main, out,
+                               model=str(self.root / "sft"), dataset=data,
+                               **self.rm_settings())  # fmt: skip
+
+        return run
+
+    def rl_settings(self) -> dict[str, Any]:
+        return {"algorithm": self.cfg.rl.algorithm, "seed": self.cfg.seed, **self.cfg.rl.settings}
+
+    def rl(self, policy: str, prefs: str, rm: str) -> Any:
+        def run(out: Path) -> list[Path]:
+            c = self.cfg
+            settings = {"seed": c.seed, **c.rl.settings}
+            model = str(self.root / policy)
+            if c.rl.algorithm == "ppo":
+                from rlaif.train import ppo
+
+                return self._train(
+                    ppo.PPORunConfig, ppo.main, out, model=model, ref_model=str(self.root / "sft"),
+                    reward_model=str(self.root / rm), prompts=str(c.prompts),
+                    prompt_format=c.prompt_format, prompt_limit=c.train_prompts,
+                    judge_labeler=c.labeler, **settings,
+                )  # fmt: skip
+            if c.rl.algorithm == "grpo":
+                from rlaif.train import grpo
+
+                return self._train(
+                    grpo.GRPORunConfig, grpo.main, out, model=model,
+                    reward_model=str(self.root / rm), prompts=str(c.prompts),
+                    prompt_format=c.prompt_format, prompt_limit=c.train_prompts,
+                    labeler=c.labeler, **settings,
+                )  # fmt: skip
+            from rlaif.train import dpo
+
+            data = str(self.root / prefs / "preferences.jsonl")
+            return self._train(dpo.DPORunConfig, dpo.main, out, model=model, dataset=data,
+                               **settings)  # fmt: skip
+
+        return run
+
+    # ------------------------------------------------------------------ evaluation, report
+
+    def eval_inputs(self) -> list[Path]:
+        c = self.cfg
+        return [p for p in (c.prompts, c.eval_prompts, c.benign_prompts) if p is not None]
+
+    def eval_settings(self) -> dict[str, Any]:
+        from rlaif.data.sources import read_prompts
+        from rlaif.pipeline import held_out_prompts
+
+        c = self.cfg
+        benign = [r.prompt for r in read_prompts(c.benign_prompts, "text")][: c.benign_limit]
+        return {
+            "red_team": held_out_prompts(c), "benign": benign, "labeler": c.labeler,
+            "labeler_settings": c.labeler_settings, "constitution": str(c.constitution),
+            "seed": c.seed, **c.eval,
+        }  # fmt: skip
+
+    def evaluate(self, policy: str) -> Any:
+        def run(out: Path) -> list[Path]:
+            from rlaif.eval.policy import PolicyEvalConfig, run_policy_eval
+
+            policies = {"base": self.cfg.base_model, "sft": str(self.root / "sft")}
+            policies[policy] = str(self.root / policy)
+            cfg = PolicyEvalConfig(
+                policies=policies, **self.eval_settings(), out=out, cache=self.cache
+            )
+            result = run_policy_eval(cfg)
+            return [p for p in (result.report, result.samples, result.plot) if p]
+
+        return run
+
+    def report(self, out: Path) -> list[Path]:
+        from rlaif.report import write_report
+
+        return list(write_report(self.cfg, self.root))
