@@ -240,6 +240,11 @@ def run_pipeline(
         resume = bool(old and old.get("fingerprint") == fp and old.get("status") == "running")
         if not resume and stage_dir.exists() and stage.name != "report":
             shutil.rmtree(stage_dir)  # changed inputs: nothing of the old stage is reused
+        # whatever this stage produces, the stages after it must be redone with it
+        for later in names[i + 1 :]:
+            later_manifest = read_manifest(root / later)
+            if later_manifest and later_manifest.get("status") == "done":
+                write_manifest(root / later, {**later_manifest, "status": "stale"})
         record = {"stage": stage.name, "fingerprint": fp, "status": "running",
                   "started": time.time(), "resumed": resume, "skipped": False}  # fmt: skip
         write_manifest(stage_dir, record)

@@ -65,11 +65,13 @@ def test_whole_loop_then_skip_then_resume_rl(tiny_llama_dir, tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(cfg, start="rl")
     assert read_manifest(root / "rl")["status"] == "running"
+    assert read_manifest(root / "eval")["status"] == "stale"  # it judged the old RL policy
     calls["n"] = 10
     resumed = run_pipeline(cfg)
     by_stage = {r["stage"]: r for r in resumed}
     assert all(by_stage[s].get("skipped") for s in ("sl_cai", "sft", "prefs", "rm"))
     assert by_stage["rl"]["resumed"] is True and calls["n"] == 12  # steps 2 and 3 only
+    assert not by_stage["eval"].get("skipped") and by_stage["eval"]["status"] == "done"
     steps = [
         json.loads(x)["step"] for x in (root / "rl" / "metrics.jsonl").read_text().splitlines()
     ]
