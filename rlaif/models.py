@@ -166,3 +166,22 @@ def list_models() -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def weights_fingerprint(name_or_path: str) -> str:
+    """A short tag that changes when a local model's weights are rewritten (training writes to
+    the same folder again), so cached answers of the old weights are never served for the new
+    ones. File names, sizes and modification times of the weight files: cheap, no hashing of
+    gigabytes. Embedded models are fixed by their name and get an empty tag."""
+    if name_or_path in EMBEDDED:
+        return ""
+    import hashlib
+
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        return ""
+    h = hashlib.sha256()
+    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:12]

@@ -237,7 +237,9 @@ def run_pipeline(
             if on_event:
                 on_event(stage.name, "skipped", old)
             continue
-        resume = bool(old and old.get("fingerprint") == fp and old.get("status") == "running")
+        resume = bool(
+            old and old.get("fingerprint") == fp and old.get("status") == "running" and i < forced
+        )  # --from STAGE means from scratch
         if not resume and stage_dir.exists() and stage.name != "report":
             shutil.rmtree(stage_dir)  # changed inputs: nothing of the old stage is reused
         # whatever this stage produces, the stages after it must be redone with it

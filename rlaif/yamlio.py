@@ -57,13 +57,22 @@ def parse_yaml(path: Path, error: type[ProblemsError]) -> tuple[Any, bytes]:
 
 
 def plain(node: Any) -> Any:
-    """ruamel's round-trip types -> plain dict/list/str, so pydantic sees ordinary values."""
+    """ruamel's round-trip types (CommentedMap, ScalarFloat, ScalarBoolean, ...) -> plain Python
+    values, so that no ruamel object travels on (into pydantic, a config, a saved optimizer)."""
+    from ruamel.yaml.scalarbool import ScalarBoolean
+
     if isinstance(node, dict):
         return {str(k): plain(v) for k, v in node.items()}
     if isinstance(node, list):
         return [plain(v) for v in node]
     if isinstance(node, str):
         return str(node)
+    if isinstance(node, ScalarBoolean | bool):
+        return bool(node)
+    if isinstance(node, int):
+        return int(node)
+    if isinstance(node, float):
+        return float(node)
     return node
 
 

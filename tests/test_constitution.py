@@ -44,11 +44,17 @@ GOOD = """
 
 
 def test_builtin_constitutions_load():
-    assert {p.name for p in BUILTIN} >= {"harmless.yaml", "helpful-honest-harmless.yaml"}
+    names = {"harmless.yaml", "helpful-honest-harmless.yaml", "evaluation.yaml"}
+    assert {p.name for p in BUILTIN} >= names
     for path in BUILTIN:
         c = load_constitution(path)
-        assert c.critique_revision and c.feedback
-        assert len(c.sha256) == 64
+        assert c.feedback and len(c.sha256) == 64
+        if path.name != "evaluation.yaml":  # the evaluation questions have no SL-CAI part
+            assert c.critique_revision
+    questions = {
+        p.id for p in load_constitution(REPO / "constitution" / "evaluation.yaml").feedback
+    }
+    assert questions == {"harmful-compliance", "evasive", "agrees-false-claim", "more-helpful"}
 
 
 def test_harmless_covers_enough_principles_and_has_examples():
@@ -223,3 +229,16 @@ def test_import_rejects_malformed_input(tmp_path, content, match):
     path.write_text(content)
     with pytest.raises(ImportFormatError, match=match):
         import_cai_paper([path])
+
+
+def test_yaml_values_come_out_as_plain_python(tmp_path):
+    from rlaif.errors import ConfigFileError
+    from rlaif.yamlio import parse_yaml, plain
+
+    path = tmp_path / "v.yaml"
+    path.write_text("lr: 1.0e-6\nsteps: 4\nflag: true\nname: x\nitems: [1, 2.5]\n")
+    root, _ = parse_yaml(path, ConfigFileError)
+    values = plain(root)
+    assert values == {"lr": 1e-6, "steps": 4, "flag": True, "name": "x", "items": [1, 2.5]}
+    assert [type(v) for v in values.values()] == [float, int, bool, str, list]
+    assert [type(v) for v in values["items"]] == [int, float]

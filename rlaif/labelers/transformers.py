@@ -63,7 +63,12 @@ class TransformersLabeler:
 
     @property
     def model_name(self) -> str:
-        return self.settings.model
+        """The model, tagged with its weights' fingerprint for a local folder: the cache must
+        never answer for weights that were retrained in the same place."""
+        from rlaif.models import weights_fingerprint
+
+        tag = weights_fingerprint(self.settings.model)
+        return f"{self.settings.model}@{tag}" if tag else self.settings.model
 
     @property
     def max_batch_size(self) -> int:

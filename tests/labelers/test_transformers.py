@@ -137,3 +137,19 @@ def test_missing_model_folder_is_a_clear_error(tmp_path):
 def test_generate_params_reject_unknown_keys():
     with pytest.raises(Exception, match="temprature"):
         GenerateParams(temprature=0.5)
+
+
+def test_retrained_weights_in_the_same_folder_get_a_new_cache_name(tiny_llama_dir, tmp_path):
+    import os
+    import shutil
+
+    folder = tmp_path / "policy"
+    shutil.copytree(tiny_llama_dir, folder)
+    lab = create_labeler(f"transformers:{folder}")
+    before = lab.model_name
+    assert before.startswith(f"{folder}@") and before == lab.model_name  # stable while unchanged
+    weights = folder / "model.safetensors"
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # rewritten
+    assert lab.model_name != before
+    assert create_labeler("smollm2").model_name == "smollm2"  # embedded: fixed by its name
