@@ -111,3 +111,16 @@ def test_shipped_run_recipes_are_valid(name):
 
     cfg = load_yaml_model(REPO / "recipes" / name, RunConfig, ConfigFileError)
     assert cfg.rl.algorithm == "ppo" and cfg.name
+
+
+def test_iterated_rl_cai_relabels_the_current_policy(tiny_llama_dir, tmp_path):
+    cfg = recipe(tiny_llama_dir, tmp_path, iterations=1,
+                 rl={"algorithm": "ppo", "settings": {"steps": 1, "batch_size": 2,
+                     "mini_batch_size": 1, "max_new_tokens": 4}})  # fmt: skip
+    names = [r["stage"] for r in run_pipeline(cfg, until="rl_2")]
+    assert names == ["sl_cai", "sft", "prefs", "rm", "rl", "prefs_2", "rm_2", "rl_2"]
+    prov = json.loads((cfg.root / "prefs_2" / "preferences.jsonl").read_text().splitlines()[0])
+    assert prov["provenance"]["policy"]["model"].startswith(str(cfg.root / "rl"))
+    rl2 = json.loads((cfg.root / "rl_2" / "rlaif_train.json").read_text())["config"]
+    assert rl2["model"] == str(cfg.root / "rl") and rl2["ref_model"] == str(cfg.root / "sft")
+    assert rl2["reward_model"] == str(cfg.root / "rm_2")
