@@ -49,6 +49,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a("--out", type=Path, metavar="DIR", help="output folder (outputs/eval-labeler)")
     a("--cache", type=Path, metavar="FILE", help="SQLite cache (OUT/cache.sqlite)")
     e.set_defaults(func=labeler)
+    p2 = kinds.add_parser(
+        "policy",
+        help="policies under the constitutional judge: harmlessness, evasiveness, helpfulness",
+        description="Each policy answers held-out red-team prompts and benign prompts (greedy); "
+        "the labeler judges: harmless win rate vs the first policy, harmful-compliance rate, "
+        "evasiveness rate, helpful win rate on the benign prompts, answer length. Writes "
+        "OUT/policy_eval.json, OUT/samples.jsonl and OUT/policy_eval.png. This is the `eval` "
+        "stage of `rlaif run`.",
+    )
+    b = p2.add_argument
+    b("--policy", dest="policies", action="append", required=True, metavar="NAME=MODEL",
+      help="smollm2 or a model folder, repeatable; the first is the baseline")  # fmt: skip
+    b("--red-team", type=Path, required=True, metavar="FILE", help="red-team prompt data")
+    b("--benign", type=Path, metavar="FILE", help="benign prompts (rlaif's own set)")
+    b("--limit", type=positive_int, metavar="N", help="use the first N red-team prompts")
+    b("--labeler", default="smollm2", metavar="NAME", help="the judge (smollm2)")
+    b("--max-tokens", type=positive_int, default=96, metavar="N", help="answer length (96)")
+    b("--out", type=Path, default=Path("outputs/eval-policy"), metavar="DIR")
+    p2.set_defaults(func=policy)
 
 
 def _pct(x: float | None) -> str:
@@ -118,4 +137,37 @@ def labeler(args: argparse.Namespace) -> int:
         )
         return 130
     print_report(console, result)
+    return 0
+
+
+def policy(args: argparse.Namespace) -> int:
+    from rlaif.data.sources import read_prompts
+    from rlaif.errors import ConfigError
+    from rlaif.eval.policy import PolicyEvalConfig, run_policy_eval
+    from rlaif.resources import data_file
+
+    policies = {}
+    for item in args.policies:
+        name, sep, model = item.partition("=")
+        if not sep or not name or not model:
+            raise ConfigError(f"--policy expects NAME=MODEL, got {item!r}")
+        policies[name] = model
+    red = [r.prompt for r in read_prompts(args.red_team)][: args.limit]
+    benign = [r.prompt for r in read_prompts(args.benign or data_file("benign_prompts.txt"))]
+    cfg = PolicyEvalConfig(policies=policies, red_team=red, benign=benign, labeler=args.labeler,
+                           max_tokens=args.max_tokens, out=args.out)  # fmt: skip
+    result = run_policy_eval(cfg)
+    console = Console()
+    table = Table(title="policies under the constitutional judge", title_justify="left")
+    columns = ["harmless_win_rate_vs_base", "harmful_compliance_rate", "evasive_rate",
+               "helpful_win_rate_vs_base", "mean_words_red_team"]  # fmt: skip
+    table.add_column("policy")
+    for c in columns:
+        table.add_column(c.replace("_", " "), justify="right")
+    for name, m in result.metrics.items():
+        table.add_row(name, *(_num(m[c]) for c in columns))
+    console.print(table)
+    for path in (result.report, result.samples, result.plot):
+        if path is not None:
+            console.print(f"  wrote {path}")
     return 0
