@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rlaif import __version__
 from rlaif.data.sources import HHContext, PromptFormat, read_prompts, source_sha256
-from rlaif.engine.journal import write_jsonl_atomic
+from rlaif.engine.cache import Cache
+from rlaif.engine.journal import Journal, write_jsonl_atomic
+from rlaif.engine.runner import run_rows
+from rlaif.engine.scheduler import EngineStats, Scheduler
+from rlaif.errors import LabelerCallError
 from rlaif.labelers.base import Labeler, backend_class, create_labeler, parse_spec
 from rlaif.resources import default_constitution
 
@@ -120,3 +127,62 @@ def write_parquet(dataset: Path) -> Path:
     target = dataset.with_suffix(".parquet")
     load_dataset("json", data_files=str(dataset), split="train").to_parquet(str(target))
     return target
+
+
+@dataclass
+class JournaledRun:
+    done: list[dict[str, Any]]  # every output row, in input order (failed ones included)
+    dataset: Path
+    failed_file: Path | None
+    timings_file: Path
+    resumed: int
+
+
+async def run_journaled(
+    rows: Sequence[dict[str, Any]],
+    run_row: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
+    provenance: dict[str, Any],
+    schedulers: list[Scheduler],
+    cache: Cache,
+    stats: EngineStats,
+    dataset: Path,
+    timings: Path,
+    on_row: Callable[[dict[str, Any], bool], None] | None = None,
+    on_start: Callable[[int, EngineStats], None] | None = None,
+) -> JournaledRun:
+    """Run ``run_row`` over ``rows`` through the journal (resume), with per-row timings, failed
+    rows kept with their reason, and the labelers' retries and cost totalled; closes the
+    schedulers, labelers and cache at the end, whatever happens."""
+    journal = Journal(dataset, fingerprint(provenance))
+    # enough rows in flight to fill every batch slot twice over; rows finish (and are written)
+    # steadily instead of all at the end
+    window = 2 * max(s.max_batch * s.max_concurrency for s in schedulers)
+    seconds: dict[str, dict[str, Any]] = {}
+
+    async def process(row: dict[str, Any]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        try:
+            result = await run_row(row)
+        except LabelerCallError as e:  # failed for good: keep the reason, go on with the run
+            stats.failed_rows += 1
+            failure = {"reason": e.reason, "attempts": e.attempts}
+            return {"id": row["id"], "prompt": row["prompt"], "failed": failure}
+        finally:
+            seconds[str(row["id"])] = {"seconds": round(time.perf_counter() - t0, 3)}
+        return {**result, "provenance": provenance}
+
+    if on_start:
+        on_start(len(rows), stats)
+    try:
+        done = await run_rows(rows, process, journal, window, on_row)
+        dataset, failed_file = journal.finish()
+        stats.retries = sum(s.labeler.retries for s in schedulers)
+        costs = [s.labeler.cost for s in schedulers if s.labeler.cost is not None]
+        stats.cost = sum(costs) if costs else None
+        timings_file = write_timings(timings, done, seconds)
+    finally:
+        for sched in schedulers:
+            await sched.aclose()
+            await sched.labeler.aclose()
+        cache.close()
+    return JournaledRun(done, dataset, failed_file, timings_file, len(journal.kept))

@@ -31,17 +31,13 @@ from rlaif.engine.feedback import TEMPLATES_USED, Feedback, FeedbackSettings
 from rlaif.engine.jobs import (
     JobInputs,
     base_provenance,
-    fingerprint,
     labeler_and_policy,
     read_rows,
+    run_journaled,
     source_provenance,
     write_parquet,
-    write_timings,
 )
-from rlaif.engine.journal import Journal
-from rlaif.engine.runner import run_rows
 from rlaif.engine.scheduler import EngineStats, Scheduler
-from rlaif.errors import LabelerCallError
 from rlaif.labelers.base import GenerateParams
 from rlaif.templates import Templates
 
@@ -184,48 +180,23 @@ async def run_prefs(
     started = time.perf_counter()
     job = build(cfg)
     out = Path(cfg.out)
-    journal = Journal(out / DATASET_FILE, fingerprint(job.provenance))
-    window = 2 * max(s.max_batch * s.max_concurrency for s in job.schedulers)
-    timings: dict[str, dict[str, Any]] = {}
-
-    async def process(row: dict[str, Any]) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        try:
-            result = await job.run_row(row)
-        except LabelerCallError as e:
-            job.stats.failed_rows += 1
-            failure = {"reason": e.reason, "attempts": e.attempts}
-            return {"id": row["id"], "prompt": row["prompt"], "failed": failure}
-        finally:
-            timings[str(row["id"])] = {"seconds": round(time.perf_counter() - t0, 3)}
-        return {**result, "provenance": job.provenance}
-
-    if on_start:
-        on_start(len(job.rows), job.stats)
-    try:
-        done = await run_rows(job.rows, process, journal, window, on_row)
-        dataset, failed_file = journal.finish()
-        ok = [r for r in done if "failed" not in r and "unlabeled" not in r]
-        unlabeled = [r for r in done if "unlabeled" in r]
-        failed = [r for r in done if "failed" in r]
-        job.stats.retries = sum(s.labeler.retries for s in job.schedulers)
-        costs = [s.labeler.cost for s in job.schedulers if s.labeler.cost is not None]
-        job.stats.cost = sum(costs) if costs else None
-        seconds = time.perf_counter() - started
-        extra = [write_timings(out / TIMINGS_FILE, done, timings)]
-        extra += [p for p in (failed_file, journal.side_file("unlabeled")) if p and p.exists()]
-        if cfg.parquet:
-            extra.append(write_parquet(dataset))
-        card, plots = write_prefs_card(
-            out, ok, unlabeled, failed, job.provenance, job.stats, seconds, command,
-            len(journal.kept),
-        )  # fmt: skip
-        extra += plots
-    finally:
-        for sched in job.schedulers:
-            await sched.aclose()
-            await sched.labeler.aclose()
-        job.cache.close()
-    return PrefsResult(
-        ok, unlabeled, failed, len(journal.kept), job.stats, seconds, dataset, card, extra
+    run = await run_journaled(
+        job.rows, job.run_row, job.provenance, job.schedulers, job.cache, job.stats,
+        out / DATASET_FILE, out / TIMINGS_FILE, on_row, on_start,
+    )  # fmt: skip
+    ok = [r for r in run.done if "failed" not in r and "unlabeled" not in r]
+    unlabeled = [r for r in run.done if "unlabeled" in r]
+    failed = [r for r in run.done if "failed" in r]
+    unlabeled_file = run.dataset.with_name(f"{run.dataset.stem}.unlabeled.jsonl")
+    extra = [run.timings_file]
+    extra += [p for p in (run.failed_file, unlabeled_file) if p and p.exists()]
+    if cfg.parquet:
+        extra.append(write_parquet(run.dataset))
+    seconds = time.perf_counter() - started
+    card, plots = write_prefs_card(
+        out, ok, unlabeled, failed, job.provenance, job.stats, seconds, command, run.resumed
     )
+    return PrefsResult(
+        ok, unlabeled, failed, run.resumed, job.stats, seconds, run.dataset, card,
+        [*extra, *plots],
+    )  # fmt: skip

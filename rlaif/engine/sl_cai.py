@@ -28,17 +28,13 @@ from rlaif.engine.critique_revise import TEMPLATES_USED, CritiqueRevise
 from rlaif.engine.jobs import (
     JobInputs,
     base_provenance,
-    fingerprint,
     labeler_and_policy,
     read_rows,
+    run_journaled,
     source_provenance,
     write_parquet,
-    write_timings,
 )
-from rlaif.engine.journal import Journal
-from rlaif.engine.runner import run_rows
 from rlaif.engine.scheduler import EngineStats, Scheduler
-from rlaif.errors import LabelerCallError
 from rlaif.labelers.base import GenerateParams
 from rlaif.templates import Templates
 
@@ -144,46 +140,17 @@ async def run_sl_cai(
     started = time.perf_counter()
     job = build(cfg)
     out = Path(cfg.out)
-    journal = Journal(out / DATASET_FILE, fingerprint(job.provenance))
-    # enough rows in flight to fill every batch slot twice over; rows finish (and are written)
-    # steadily instead of all at the end
-    window = 2 * max(s.max_batch * s.max_concurrency for s in job.schedulers)
-    timings: dict[str, dict[str, Any]] = {}
-
-    async def process(row: dict[str, Any]) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        try:
-            result = await job.step.run_row(row)
-        except LabelerCallError as e:  # failed for good: keep the reason, go on with the run
-            job.stats.failed_rows += 1
-            failure = {"reason": e.reason, "attempts": e.attempts}
-            return {"id": row["id"], "prompt": row["prompt"], "failed": failure}
-        finally:
-            timings[str(row["id"])] = {"seconds": round(time.perf_counter() - t0, 3)}
-        return {**result, "provenance": job.provenance}
-
-    if on_start:
-        on_start(len(job.rows), job.stats)
-    try:
-        done = await run_rows(job.rows, process, journal, window, on_row)
-        dataset, failed_file = journal.finish()
-        ok = [r for r in done if "failed" not in r]
-        failed = [r for r in done if "failed" in r]
-        job.stats.retries = sum(s.labeler.retries for s in job.schedulers)
-        costs = [s.labeler.cost for s in job.schedulers if s.labeler.cost is not None]
-        job.stats.cost = sum(costs) if costs else None
-        seconds = time.perf_counter() - started
-        extra = [write_timings(out / TIMINGS_FILE, done, timings)]
-        if failed_file:
-            extra.append(failed_file)
-        if cfg.parquet:
-            extra.append(write_parquet(dataset))
-        card = write_sl_cai_card(
-            out, ok, job.provenance, job.stats, seconds, command, len(journal.kept), failed
-        )
-    finally:
-        for sched in job.schedulers:
-            await sched.aclose()
-            await sched.labeler.aclose()
-        job.cache.close()
-    return SLCAIResult(ok, len(journal.kept), job.stats, seconds, dataset, card, extra, failed)
+    run = await run_journaled(
+        job.rows, job.step.run_row, job.provenance, job.schedulers, job.cache, job.stats,
+        out / DATASET_FILE, out / TIMINGS_FILE, on_row, on_start,
+    )  # fmt: skip
+    ok = [r for r in run.done if "failed" not in r]
+    failed = [r for r in run.done if "failed" in r]
+    extra = [run.timings_file, *([run.failed_file] if run.failed_file else [])]
+    if cfg.parquet:
+        extra.append(write_parquet(run.dataset))
+    seconds = time.perf_counter() - started
+    card = write_sl_cai_card(
+        out, ok, job.provenance, job.stats, seconds, command, run.resumed, failed
+    )
+    return SLCAIResult(ok, run.resumed, job.stats, seconds, run.dataset, card, extra, failed)
