@@ -20,6 +20,7 @@ import difflib
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -231,3 +232,48 @@ def run_main(cls: type[C], main: Any, argv: Sequence[str]) -> int:
         print(f"rlaif: error: {e}", file=sys.stderr)
         return e.exit_code
     return 0
+
+
+@dataclass
+class RunOptions:
+    """What every TRL-based trainer config adds: LoRA, and logging/saving defaults that suit
+    short runs (a log line per step, the model saved once at the end)."""
+
+    lora: bool = field(default=False, metadata={"help": "LoRA adapters (peft), merged at the end"})
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    logging_steps: float = 1
+    save_strategy: str = "no"
+
+
+def peft_config(cfg: Any, task_type: str = "CAUSAL_LM") -> Any:
+    if not cfg.lora:
+        return None
+    try:
+        from peft import LoraConfig
+    except ImportError:
+        raise ConfigError("lora: true needs peft: pip install 'rlaif[peft]'") from None
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules="all-linear",
+        task_type=task_type,
+    )
+
+
+def finish_training(
+    trainer: Any, cfg: Any, out: Path, tokenizer: Any, kind: str, title: str
+) -> Path:
+    """Train, then save the model (LoRA merged, so it loads without peft), the tokenizer, the
+    resolved settings and the plots in ``out``."""
+    trainer.train()
+    model = trainer.model
+    if getattr(cfg, "lora", False):
+        model = model.merge_and_unload()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    save_run_config(out, cfg, kind)
+    write_plots(out, title)
+    return out

@@ -23,32 +23,26 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # we chose the experimen
 from trl.experimental.online_dpo import OnlineDPOConfig
 
 from rlaif.train.common import (
+    RunOptions,
+    finish_training,
     fresh_metrics,
     load_jsonl_dataset,
     metrics_callback,
     model_path,
+    peft_config,
     run_main,
-    save_run_config,
-    write_plots,
 )
-from rlaif.train.sft import peft_config
 
 
 @dataclass
-class DPORunConfig(DPOConfig):
+class DPORunConfig(RunOptions, DPOConfig):
     model: str = field(default="outputs/run/sft", metadata={"help": "policy init and reference"})
     dataset: str = field(default="outputs/prefs/preferences.jsonl")
     output_dir: str | None = field(default="outputs/run/dpo")
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    logging_steps: float = 1
-    save_strategy: str = "no"
 
 
 @dataclass
-class OnlineDPORunConfig(OnlineDPOConfig):
+class OnlineDPORunConfig(RunOptions, OnlineDPOConfig):
     model: str = field(default="outputs/run/sft")
     prompts: str = field(default="rlaif/data/demo_prompts.txt")
     prompt_format: str = "auto"
@@ -59,12 +53,6 @@ class OnlineDPORunConfig(OnlineDPOConfig):
     judge_principles: int = 1
     judge_cache: str | None = None
     output_dir: str | None = field(default="outputs/run/online-dpo")
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    logging_steps: float = 1
-    save_strategy: str = "no"
 
 
 class JudgeReward:
@@ -84,18 +72,6 @@ class JudgeReward:
         return [*probs, *(1.0 - p for p in probs)]
 
 
-def _finish(trainer: Any, cfg: Any, out: Path, tok: Any, kind: str, title: str) -> Path:
-    trainer.train()
-    model = trainer.model
-    if cfg.lora:
-        model = model.merge_and_unload()
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    save_run_config(out, cfg, kind)
-    write_plots(out, title)
-    return out
-
-
 def main(cfg: DPORunConfig) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOTrainer
@@ -113,7 +89,7 @@ def main(cfg: DPORunConfig) -> Path:
         peft_config=peft_config(cfg),
         callbacks=[metrics_callback(out)],
     )
-    return _finish(trainer, cfg, out, tok, "dpo", "DPO")
+    return finish_training(trainer, cfg, out, tok, "dpo", "DPO")
 
 
 def main_online(cfg: OnlineDPORunConfig, judge: Any = None) -> Path:
@@ -146,7 +122,7 @@ def main_online(cfg: OnlineDPORunConfig, judge: Any = None) -> Path:
         peft_config=peft_config(cfg),
         callbacks=[metrics_callback(out)],
     )
-    return _finish(trainer, cfg, out, tok, "online-dpo", "online DPO")
+    return finish_training(trainer, cfg, out, tok, "online-dpo", "online DPO")
 
 
 if __name__ == "__main__":

@@ -22,14 +22,14 @@ from trl import GRPOConfig, RLOOConfig
 
 from rlaif.errors import ConfigError
 from rlaif.train.common import (
+    RunOptions,
+    finish_training,
     fresh_metrics,
     metrics_callback,
     model_path,
+    peft_config,
     run_main,
-    save_run_config,
-    write_plots,
 )
-from rlaif.train.sft import peft_config
 
 
 @dataclass
@@ -47,26 +47,18 @@ class _Rewards:
     constitution: str | None = None
     reward_principles: int = 1
     reward_cache: str | None = None
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
 
 
 @dataclass
-class GRPORunConfig(_Rewards, GRPOConfig):
+class GRPORunConfig(_Rewards, RunOptions, GRPOConfig):
     output_dir: str | None = field(default="outputs/run/grpo")
     beta: float = 0.04
-    logging_steps: float = 1
-    save_strategy: str = "no"
 
 
 @dataclass
-class RLOORunConfig(_Rewards, RLOOConfig):
+class RLOORunConfig(_Rewards, RunOptions, RLOOConfig):
     output_dir: str | None = field(default="outputs/run/rloo")
     beta: float = 0.05
-    logging_steps: float = 1
-    save_strategy: str = "no"
 
 
 def prompt_dataset(cfg: Any) -> Any:
@@ -131,15 +123,7 @@ def _train(cfg: Any, trainer_cls: Any, kind: str, title: str) -> Path:
         peft_config=peft_config(cfg),
         callbacks=[metrics_callback(out)],
     )
-    trainer.train()
-    model = trainer.model
-    if cfg.lora:
-        model = model.merge_and_unload()
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    save_run_config(out, cfg, kind)
-    write_plots(out, title)
-    return out
+    return finish_training(trainer, cfg, out, tok, kind, title)
 
 
 def main(cfg: GRPORunConfig) -> Path:

@@ -28,15 +28,15 @@ from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from rlaif.errors import ConfigError
 from rlaif.train.common import (
+    RunOptions,
+    finish_training,
     fresh_metrics,
     load_jsonl_dataset,
     metrics_callback,
     model_path,
+    peft_config,
     run_main,
-    save_run_config,
-    write_plots,
 )
-from rlaif.train.sft import peft_config
 
 LABEL = "preference_prob"
 
@@ -87,7 +87,7 @@ class SoftLabelRewardTrainer(RewardTrainer):
 
 
 @dataclass
-class RewardRunConfig(RewardConfig):
+class RewardRunConfig(RunOptions, RewardConfig):
     model: str = field(default="outputs/run/sft", metadata={"help": "the SFT checkpoint"})
     dataset: str = field(
         default="outputs/prefs/preferences.jsonl", metadata={"help": "AI preference pairs"}
@@ -95,12 +95,6 @@ class RewardRunConfig(RewardConfig):
     output_dir: str | None = field(default="outputs/run/rm")
     soft_labels: bool = field(default=True, metadata={"help": "train on preference_prob"})
     eval_split: float = field(default=0.1, metadata={"help": "held-out share for accuracy"})
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    logging_steps: float = 1
-    save_strategy: str = "no"
 
 
 def split_dataset(cfg: RewardRunConfig) -> tuple[Any, Any]:
@@ -130,9 +124,7 @@ def main(cfg: RewardRunConfig) -> Path:
     if held_out is not None and cfg.eval_strategy == "no":
         cfg.eval_strategy = "steps" if cfg.max_steps > 0 else "epoch"
         cfg.eval_steps = cfg.eval_steps or max(1, cfg.max_steps)
-    peft = peft_config(cfg)
-    if peft is not None:
-        peft.task_type = "SEQ_CLS"
+    peft = peft_config(cfg, task_type="SEQ_CLS")
     trainer = SoftLabelRewardTrainer(
         model=model,
         processing_class=tok,
@@ -143,15 +135,8 @@ def main(cfg: RewardRunConfig) -> Path:
         peft_config=peft,
         callbacks=[metrics_callback(out)],
     )
-    trainer.train()  # evaluates the held-out split on its eval schedule (last step included)
-    model = trainer.model
-    if cfg.lora:
-        model = model.merge_and_unload()
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    save_run_config(out, cfg, "rm")
-    write_plots(out, "reward model")
-    return out
+    # training evaluates the held-out split on its eval schedule (the last step included)
+    return finish_training(trainer, cfg, out, tok, "rm", "reward model")
 
 
 if __name__ == "__main__":

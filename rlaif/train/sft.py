@@ -20,18 +20,19 @@ from trl import SFTConfig
 
 from rlaif.errors import ConfigError
 from rlaif.train.common import (
+    RunOptions,
+    finish_training,
     fresh_metrics,
     load_jsonl_dataset,
     metrics_callback,
     model_path,
+    peft_config,
     run_main,
-    save_run_config,
-    write_plots,
 )
 
 
 @dataclass
-class SFTRunConfig(SFTConfig):
+class SFTRunConfig(RunOptions, SFTConfig):
     model: str = field(default="smollm2", metadata={"help": "smollm2 or a local model folder"})
     dataset: str = field(
         default="outputs/sl-cai/sl_cai.jsonl", metadata={"help": "SL-CAI rows with `messages`"}
@@ -39,12 +40,6 @@ class SFTRunConfig(SFTConfig):
     output_dir: str | None = field(default="outputs/run/sft")
     mix_dataset: str | None = field(default=None, metadata={"help": "extra rows with `messages`"})
     mix_ratio: float = field(default=0.0, metadata={"help": "extra rows per SL-CAI row"})
-    lora: bool = field(default=False, metadata={"help": "train LoRA adapters (needs peft)"})
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    logging_steps: float = 1
-    save_strategy: str = "no"
 
 
 def build_dataset(cfg: SFTRunConfig) -> Any:
@@ -64,22 +59,6 @@ def build_dataset(cfg: SFTRunConfig) -> Any:
     return ds
 
 
-def peft_config(cfg: Any) -> Any:
-    if not cfg.lora:
-        return None
-    try:
-        from peft import LoraConfig
-    except ImportError:
-        raise ConfigError("lora: true needs peft: pip install 'rlaif[peft]'") from None
-    return LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules="all-linear",
-        task_type="CAUSAL_LM",
-    )
-
-
 def main(cfg: SFTRunConfig) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
@@ -95,15 +74,7 @@ def main(cfg: SFTRunConfig) -> Path:
         peft_config=peft_config(cfg),
         callbacks=[metrics_callback(out)],
     )
-    trainer.train()
-    model = trainer.model
-    if cfg.lora:  # a merged model loads anywhere, with or without peft
-        model = model.merge_and_unload()
-    model.save_pretrained(out)
-    trainer.processing_class.save_pretrained(out)
-    save_run_config(out, cfg, "sft")
-    write_plots(out, "SFT")
-    return out
+    return finish_training(trainer, cfg, out, trainer.processing_class, "sft", "SFT")
 
 
 if __name__ == "__main__":
