@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 def _pyplot():  # type: ignore[no-untyped-def]
@@ -20,6 +21,14 @@ def _pyplot():  # type: ignore[no-untyped-def]
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def histogram(values: Sequence[float], path: Path, title: str, xlabel: str, bins: int = 20) -> Path:
     """A histogram of values in [0, 1]."""
     plt = _pyplot()
@@ -29,11 +38,7 @@ def histogram(values: Sequence[float], path: Path, title: str, xlabel: str, bins
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("count")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def reliability_diagram(
@@ -62,11 +67,7 @@ def reliability_diagram(
     counts.set_xlabel("confidence")
     counts.set_ylabel("count")
     counts.set_xlim(low, 1)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def line_plot(
@@ -82,11 +83,7 @@ def line_plot(
     ax.set_xlabel(xlabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def grouped_bars(groups: dict[str, dict[str, float]], path: Path, title: str) -> Path:
@@ -105,8 +102,4 @@ def grouped_bars(groups: dict[str, dict[str, float]], path: Path, title: str) ->
     ax.set_ylim(0, 1)
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)

@@ -140,3 +140,17 @@ def load_yaml_model(path: str | Path, model: type[M], error: type[ProblemsError]
     if not isinstance(root, CommentedMap):
         raise error(path, [(1, "expected a YAML mapping of keys")])
     return validate_yaml(model, root, path, error)
+
+
+def parse_key_values(pairs: Sequence[str], flag: str) -> dict[str, Any]:
+    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}``: ``KEY=VALUE`` flags (``--set``,
+    ``--labeler-set``), each value read as YAML (numbers, booleans, lists)."""
+    from rlaif.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {pair!r}")
+        out[key.strip()] = YAML(typ="safe").load(value) if value.strip() else ""
+    return out

@@ -22,7 +22,7 @@ from rlaif.engine.sl_cai import DATASET_FILE as SL_CAI_FILE
 from rlaif.engine.sl_cai import SLCAIConfig, SLCAIResult, run_sl_cai
 from rlaif.errors import ConfigError, ConfigFileError
 from rlaif.labelers.base import run_sync
-from rlaif.yamlio import parse_yaml, validate_yaml
+from rlaif.yamlio import parse_key_values, parse_yaml, validate_yaml
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -157,19 +157,6 @@ _NOT_SETTINGS = {"config", "func", "command", "kind", "argv"}
 _FEEDBACK_FLAGS = {"principles", "both_orders", "cot", "clamp", "scoring", "votes"}
 
 
-def parse_settings(pairs: list[str], flag: str) -> dict[str, Any]:
-    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}``; values are read as YAML scalars/lists."""
-    from ruamel.yaml import YAML
-
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"{flag} expects KEY=VALUE, got {pair!r}")
-        out[key.strip()] = YAML(typ="safe").load(value) if value.strip() else ""
-    return out
-
-
 def feedback_flags(flags: dict[str, Any]) -> dict[str, Any]:
     """Pop the feedback flags out of ``flags`` as ``FeedbackSettings`` fields."""
     out = {k: flags.pop(k) for k in list(flags) if k in _FEEDBACK_FLAGS}
@@ -184,7 +171,7 @@ def config_from_args(
     flags = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS and v is not None}
     for flag, key in (("labeler_set", "labeler_settings"), ("policy_set", "policy_settings")):
         if flag in flags:
-            flags[key] = parse_settings(flags.pop(flag), "--" + flag.replace("_", "-"))
+            flags[key] = parse_key_values(flags.pop(flag), "--" + flag.replace("_", "-"))
     feedback = feedback_flags(flags)
     if args.config is None:
         if feedback:

@@ -31,19 +31,6 @@ C = TypeVar("C")
 METRICS_FILE = "metrics.jsonl"
 
 
-def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """``["a=1", "b.c=x"]`` -> ``{"a": 1, "b.c": "x"}``; values are read as YAML."""
-    from ruamel.yaml import YAML
-
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
-        out[key.strip()] = YAML(typ="safe").load(value) if value.strip() else ""
-    return out
-
-
 def load_recipe(
     cls: type[C], path: str | Path | None, overrides: Sequence[str] = (), **defaults: Any
 ) -> C:
@@ -51,7 +38,8 @@ def load_recipe(
     keys neither sets."""
     from transformers import HfArgumentParser
 
-    from rlaif.yamlio import line_of, parse_yaml, plain  # ruamel: only where recipes are read
+    # ruamel: only where recipes are read (the GPU check imports this module without it)
+    from rlaif.yamlio import line_of, parse_key_values, parse_yaml, plain
 
     values: dict[str, Any] = {}
     root: Any = None
@@ -62,7 +50,7 @@ def load_recipe(
         if not hasattr(root, "items"):
             raise ConfigFileError(path, [(1, "expected a YAML mapping of settings")])
         values = plain(root)
-    sets = parse_overrides(overrides)
+    sets = parse_key_values(overrides, "--set")
     names = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     problems = []
     for key in [*values, *sets]:
