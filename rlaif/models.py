@@ -185,3 +185,10 @@ def weights_fingerprint(name_or_path: str) -> str:
         st = f.stat()
         h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()[:12]
+
+
+def cache_name(name_or_path: str) -> str:
+    """The name a local backend gives its model for cache keys and provenance: the model,
+    tagged with ``weights_fingerprint`` when it is a local folder."""
+    tag = weights_fingerprint(name_or_path)
+    return f"{name_or_path}@{tag}" if tag else name_or_path

@@ -54,12 +54,11 @@ class VLLMLabeler:
 
     @property
     def model_name(self) -> str:
-        """The model, tagged with its weights' fingerprint for a local folder: the cache must
-        never answer for weights that were retrained in the same place."""
-        from rlaif.models import weights_fingerprint
+        """Tagged with the weights' fingerprint for a local folder: the cache must never answer
+        for weights that were retrained in the same place."""
+        from rlaif.models import cache_name
 
-        tag = weights_fingerprint(self.settings.model)
-        return f"{self.settings.model}@{tag}" if tag else self.settings.model
+        return cache_name(self.settings.model)
 
     @property
     def max_batch_size(self) -> int:
