@@ -85,6 +85,20 @@ class ModelNotFoundError(RlaifError):
     """A model could not be found locally (rlaif never downloads weights at run time)."""
 
 
+class TrainingDivergedError(RlaifError):
+    """A training run produced a non-finite loss (or another watched metric): it stops at that
+    step with this error instead of writing a model trained on NaNs. The last checkpoint, if any,
+    is left in place so the run can resume with other settings."""
+
+    def __init__(self, step: int, keys: list[str]):
+        self.step = step
+        self.keys = keys
+        super().__init__(
+            f"training diverged at step {step}: {', '.join(keys)} not finite "
+            "(lower the learning rate, check the data, or train in fp32)"
+        )
+
+
 class BackendUnavailableError(RlaifError):
     """A backend's optional dependency is not installed."""
 

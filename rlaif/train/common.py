@@ -118,6 +118,23 @@ def append_metrics(out_dir: str | Path, record: dict[str, Any], name: str = METR
         f.write(json.dumps(clean) + "\n")
 
 
+# logged keys whose non-finite value means the run is broken, not a metric to leave blank
+LOSS_KEYS = ("loss", "train_loss", "loss/policy", "loss/value", "loss/total", "eval_loss")
+
+
+def raise_if_nonfinite(record: dict[str, Any], step: int) -> None:
+    """Stop a run whose loss went NaN/inf: ``TrainingDivergedError`` naming the step and keys."""
+    from rlaif.errors import TrainingDivergedError
+
+    bad = [
+        k
+        for k in LOSS_KEYS
+        if isinstance(record.get(k), float | int) and not math.isfinite(record[k])
+    ]
+    if bad:
+        raise TrainingDivergedError(step, bad)
+
+
 def read_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(out_dir) / METRICS_FILE
     if not path.exists():
