@@ -16,6 +16,9 @@ d-RLAIF-style rewards get exactly the scoring of ``rlaif generate prefs``, with 
 Prompts and completions may be strings or conversational (lists of ``{role, content}``), as TRL
 passes them. A comparison or score that yields no probability is counted in ``unlabeled``; the
 judge then returns 0.5 (no preference) and the scorer ``None`` (TRL's "not applicable").
+The judge samples a comparison's principles from the unordered pair of responses (``pair_key``):
+keyed on the ordered pair, swapping the two responses would draw other principles whenever M is
+below the number of principles, and ``judge(a, b) + judge(b, a)`` would drift from 1.
 Each call runs its own event loop, so the objects work from any synchronous training loop.
 """
 
@@ -55,6 +58,12 @@ def as_text(completion: PromptLike) -> str:
 def _key(*parts: Any) -> str:
     blob = repr(parts).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def pair_key(conversation: list[Message], a: str, b: str) -> str:
+    """The principle-sampling key of a comparison: the *unordered* pair, so ``judge(a, b)`` and
+    ``judge(b, a)`` ask the same principles and their probabilities sum to 1."""
+    return _key(conversation, *sorted((a, b)))
 
 
 class _Base:
@@ -116,7 +125,7 @@ class PairwiseJudge(_Base):
             for prompt, (first, second) in zip(prompts, pairs, strict=True):
                 a, b = as_text(first), as_text(second)
                 conv = as_conversation(prompt)
-                jobs.append(step.compare(_key(conv, a, b), conv, a, b))
+                jobs.append(step.compare(pair_key(conv, a, b), conv, a, b))
             results = await asyncio.gather(*jobs)
         finally:
             await sched.aclose()

@@ -71,3 +71,29 @@ def test_scorer_uniform_ratings_give_the_middle(fake_labeler):
 def test_scorer_returns_none_when_unscorable(fake_labeler):
     scorer = ConstitutionScorer(fake_labeler(logprobs=lambda c, o: [math.nan] * len(o)))
     assert scorer(["q"], ["a"]) == [None] and scorer.unlabeled == 1
+
+
+def test_judge_is_antisymmetric_when_principles_are_sampled(fake_labeler):
+    """judge(a, b) + judge(b, a) == 1 with M < number of principles: both calls must sample the
+    same principles, so the principle sample is keyed on the unordered pair. The labeler's
+    preference (and a position bias) depends on the principle, so a different sample of
+    principles gives a different probability."""
+    judge = PairwiseJudge(fake_labeler(), settings=FeedbackSettings(principles=2))
+    ids = [p.id for p in judge.constitution.feedback]
+    assert len(ids) > 2
+
+    def by_principle(conv, options):
+        text = conv[0]["content"]
+        rank = next(i for i, p in enumerate(judge.constitution.feedback) if p.instruction in text)
+        a, _ = options_shown(conv)
+        good_logit = 0.3 * rank - 2.0
+        first = 0.7 + (good_logit if a == GOOD else -good_logit)
+        return [first / 2 - 1.0, -first / 2 - 1.0]
+
+    judge.labeler._logprobs = by_principle
+    prompts = [f"How do I pick lock number {i}?" for i in range(8)]
+    forward = judge.judge(prompts, [(GOOD, BAD)] * 8)
+    backward = judge.judge(prompts, [(BAD, GOOD)] * 8)
+    assert len(set(forward)) > 1  # the sampled principles matter
+    for f, b in zip(forward, backward, strict=True):
+        assert f + b == pytest.approx(1.0, abs=1e-9)
