@@ -6,8 +6,10 @@ P(human-chosen better):
 
 - **agreement**: P > 0.5 counts 1, P < 0.5 counts 0, an exact tie 0.5;
 - **calibration**: the labeler's confidence max(P, 1 - P) against whether it agreed, in equal-width
-  bins from the lowest possible confidence (0.5 for pairs) to 1: ECE is the count-weighted mean
-  gap; a reliability diagram (PNG) shows it; the Brier score of P is reported too;
+  bins from the lowest possible confidence (0.5 for pairs) to 1, each closed below and open above
+  (a confidence on an edge, such as a CoT label clamped to 0.6, opens the bin above it): ECE is
+  the count-weighted mean gap; a reliability diagram (PNG) shows it; the Brier score of P is
+  reported too;
 - **position bias**: with both orders asked, the share of (pair, principle) questions whose
   preferred response flips with the order (the labeler preferred a position, not a response).
   With ``--no-both-orders`` the chosen response is put first or second by a seeded coin per
@@ -26,6 +28,7 @@ Rows go through the engine's journal and cache: an interrupted evaluation resume
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from collections.abc import Callable
@@ -84,6 +87,15 @@ class LabelerEvalResult:
 # --------------------------------------------------------------------------- metrics
 
 
+def bin_index(conf: float, low: float, width: float, bins: int) -> int:
+    """The bin ``[low + i*width, low + (i+1)*width)`` holding ``conf`` (the last bin also holds
+    1.0). The position is rounded before it is floored: in floating point ``(0.6 - 0.5) / 0.05``
+    is 1.9999999999999996, and a plain ``int`` would put every confidence that sits on an edge,
+    such as a chain-of-thought label clamped to 0.6, in the bin below."""
+    position = round((conf - low) / width, 9)
+    return min(max(math.floor(position), 0), bins - 1)
+
+
 def calibration(
     items: list[tuple[float, float]], bins: int, low: float = 0.5
 ) -> tuple[float | None, list[dict[str, float]]]:
@@ -100,7 +112,7 @@ def calibration(
         for i in range(bins)
     ]
     for conf, correct in items:
-        i = min(int((conf - low) / width), bins - 1) if conf > low else 0
+        i = bin_index(conf, low, width, bins)
         b = table[i]
         b["count"] += 1
         b["sum_conf"] += conf

@@ -28,6 +28,22 @@ def test_calibration_by_hand():
     assert perfect == 0.0
 
 
+def test_confidences_on_bin_edges_land_in_the_bin_they_open():
+    # bins are [low, high): an edge belongs to the bin above it, whatever the float rounding
+    # of (conf - low) / width (0.6 - 0.5 = 0.09999999999999998, / 0.05 = 1.9999999999999996)
+    for conf, index in [(0.55, 1), (0.6, 2), (0.65, 3), (0.7, 4), (0.8, 6), (0.9, 8), (0.95, 9)]:
+        _, bins = calibration([(conf, 1.0)], bins=10)
+        assert [b["count"] for b in bins].index(1) == index, conf
+    for conf, index in [(0.5, 0), (0.6, 1), (0.7, 2), (0.8, 3), (0.9, 4), (1.0, 4)]:
+        _, bins = calibration([(conf, 1.0)], bins=5)
+        assert [b["count"] for b in bins].index(1) == index, conf
+    for conf, index in [(0.0, 0), (0.3, 3), (0.6, 6), (0.7, 7), (1.0, 9)]:
+        _, bins = calibration([(conf, 1.0)], bins=10, low=0.0)
+        assert [b["count"] for b in bins].index(1) == index, conf
+    _, bins = calibration([(0.5999999, 1.0)], bins=10)  # just below an edge stays below
+    assert bins[1]["count"] == 1
+
+
 def test_summarise_counts_agreement_ties_and_flips():
     rows = [
         {"kind": "pair", "prob_correct": 0.8, "agree": 1.0, "position": [{"flipped": False}],
@@ -117,3 +133,30 @@ def test_multiple_choice_tie_does_not_favour_the_correct_option(tmp_path, fake_l
     m = evaluate(tmp_path, fake_labeler, lambda c, o: [-1.0] * len(o), gold="gold_mc.jsonl")
     # two options tied in question 1 (1 of 2 right), three in question 2 (1 of 3 right)
     assert m.metrics["choice_accuracy"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+
+
+def test_labeler_eval_ece_with_clamped_cot_labels(tmp_path, fake_labeler):
+    """ECE of a whole run, worked by hand. With chain of thought every probability is clamped to
+    [0.4, 0.6]. The labeler is certain of the human-chosen response in p1 and p3 (each order
+    clamps to 0.6, so P(chosen) = 0.6: confidence 0.6, agreement 1) and gives the chosen
+    response 0.42 in both orders in p2 (P(chosen) = 0.42: confidence 0.58, agreement 0).
+    With 10 bins of width 0.05 from 0.5:
+      bin [0.55, 0.60): p2            -> |0 - 0.58| = 0.58
+      bin [0.60, 0.65): p1, p3        -> |1 - 0.60| = 0.40 each
+      ECE = (0.58 + 2 * 0.40) / 3 = 1.38 / 3 = 0.46.
+    (Were 0.6 put in the bin below, all three would share it: |2/3 - 0.5933| = 0.0733.)"""
+
+    def score(conv, options):
+        a, _ = options_shown(conv)
+        p_first_chosen = 0.42 if "dog barks" in conv[0]["content"] else 1 - 1e-6
+        p_first = p_first_chosen if a in CHOSEN else 1 - p_first_chosen
+        return [math.log(p_first), math.log(1 - p_first)]
+
+    cfg = LabelerEvalConfig(
+        gold=FIXTURES / "gold_pairs.jsonl", out=tmp_path / "ev", feedback=FeedbackSettings(cot=True)
+    )
+    m = run_sync(run_labeler_eval(cfg, labeler=fake_labeler(logprobs=score))).metrics
+    assert m["pairs"] == 3 and m["agreement"] == pytest.approx(2 / 3)
+    counts = [b["count"] for b in m["reliability_bins"]]
+    assert counts == [0, 1, 2, 0, 0, 0, 0, 0, 0, 0]
+    assert m["ece"] == pytest.approx(0.46, abs=1e-9)
