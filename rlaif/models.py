@@ -9,6 +9,9 @@ load that afterwards (well under a second). ``save_pretrained`` refuses a GGUF-q
 the quantizer and ``quantization_config`` are dropped first: the weights are already dequantized
 float32, so nothing is lost. The folder is written under a temporary name and renamed into place,
 behind a file lock, so a crash or two concurrent processes never leave a half-written cache.
+
+``tiny-random`` is a built-in 2-layer random Llama with the embedded tokenizer, for smoke tests and
+multi-process recipes: built once, seeded, into the same cache by the same locked rename.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import importlib.util
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,18 +97,35 @@ def _require_gguf(model: EmbeddedModel) -> Path:
     return gguf
 
 
-def ensure_converted(model: EmbeddedModel) -> Path:
-    """Return the safetensors folder for ``model``, converting the GGUF on first use."""
-    target = converted_dir(model)
+def _build_once(target: Path, build: Callable[[Path], None], what: str) -> Path:
+    """Return ``target``, calling ``build(tmp)`` first if it is not complete yet. The folder is
+    written under a temporary name and renamed into place behind a file lock, so a crash or two
+    concurrent processes never leave (or read) a half-written folder."""
     if is_converted(target):
         return target
-    gguf = _require_gguf(model)
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / f".{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if is_converted(target):  # another process finished while we waited
             return target
-        log.info("converting %s to safetensors in %s (once, ~20 s)", gguf.name, target)
+        log.info("building %s in %s (once)", what, target)
+        tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        build(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    return target
+
+
+def ensure_converted(model: EmbeddedModel) -> Path:
+    """Return the safetensors folder for ``model``, converting the GGUF on first use (~20 s)."""
+    target = converted_dir(model)
+    if is_converted(target):
+        return target
+    gguf = _require_gguf(model)
+
+    def convert(tmp: Path) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -112,14 +133,64 @@ def ensure_converted(model: EmbeddedModel) -> Path:
         lm.hf_quantizer = None  # weights are already dequantized; let save_pretrained proceed
         if hasattr(lm.config, "quantization_config"):
             del lm.config.quantization_config
-        tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         lm.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    return target
+
+    return _build_once(target, convert, f"{gguf.name} as safetensors")
+
+
+# ---------------------------------------------------------------- tiny-random
+
+TINY_RANDOM = "tiny-random"
+TINY_RANDOM_TITLE = "2-layer random Llama, SmolLM2 tokenizer (smoke tests, multi-process recipes)"
+# Bump when the architecture or the seed below changes: the folder name carries it, so an old
+# build is never mistaken for the new one.
+_TINY_RANDOM_VERSION = 1
+
+
+def tiny_random_dir() -> Path:
+    """Where the tiny random model lives; keyed by its recipe version and the tokenizer's."""
+    model = EMBEDDED["smollm2"]
+    tok_version = importlib.metadata.version(model.distribution) if gguf_path(model) else "missing"
+    return cache_root() / "models" / f"{TINY_RANDOM}-v{_TINY_RANDOM_VERSION}-{tok_version}"
+
+
+def ensure_tiny_random() -> Path:
+    """Return the tiny random Llama's folder, building it on first use (about a second).
+
+    Deterministic: seeded with ``torch.manual_seed(0)`` inside a forked RNG (the caller's random
+    state is left alone), so every build on the same torch version has identical weights.
+    """
+    target = tiny_random_dir()
+    if is_converted(target):
+        return target
+    _require_gguf(EMBEDDED["smollm2"])
+
+    def build(tmp: Path) -> None:
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        tok = load_embedded_tokenizer("smollm2")
+        config = LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            tie_word_embeddings=True,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            lm = LlamaForCausalLM(config)
+        lm.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+
+    return _build_once(target, build, "the tiny random model")
 
 
 def load_embedded_tokenizer(name: str = "smollm2") -> Any:
@@ -138,10 +209,12 @@ def resolve_model(name_or_path: str) -> Path:
     """An embedded model name or a local folder -> a folder transformers can load offline."""
     if name_or_path in EMBEDDED:
         return ensure_converted(EMBEDDED[name_or_path])
+    if name_or_path == TINY_RANDOM:
+        return ensure_tiny_random()
     path = Path(name_or_path).expanduser()
     if path.is_dir() and (path / "config.json").is_file():
         return path
-    known = ", ".join(EMBEDDED)
+    known = ", ".join([*EMBEDDED, TINY_RANDOM])
     raise ModelNotFoundError(
         f"model '{name_or_path}' is neither an embedded model ({known}) nor a local folder with "
         "a config.json; rlaif never downloads weights, so save the model to disk first"
@@ -165,6 +238,19 @@ def list_models() -> list[dict[str, Any]]:
                 "install": None if gguf else INSTALL_HINT,
             }
         )
+    tiny = tiny_random_dir()
+    smollm2 = gguf_path(EMBEDDED["smollm2"])
+    rows.append(
+        {
+            "name": TINY_RANDOM,
+            "title": TINY_RANDOM_TITLE,
+            "installed": smollm2 is not None,  # it borrows the embedded tokenizer
+            "gguf": None,
+            "converted": is_converted(tiny),
+            "cache": str(tiny),
+            "install": None if smollm2 else INSTALL_HINT,
+        }
+    )
     return rows
 
 
@@ -173,7 +259,7 @@ def weights_fingerprint(name_or_path: str) -> str:
     the same folder again), so cached answers of the old weights are never served for the new
     ones. File names, sizes and modification times of the weight files: cheap, no hashing of
     gigabytes. Embedded models are fixed by their name and get an empty tag."""
-    if name_or_path in EMBEDDED:
+    if name_or_path in EMBEDDED or name_or_path == TINY_RANDOM:
         return ""
     import hashlib
 

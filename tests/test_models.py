@@ -82,3 +82,52 @@ def test_demo_on_real_smollm2_prints_answer_critique_revision(tmp_path):
     for r in rows:
         assert r["response"] and r["rounds"][0]["critique"] and r["revision"]
         assert r["provenance"]["policy"]["model"] == "smollm2"
+
+
+def _tiny_random_weights(cache_dir, monkeypatch):
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("RLAIF_CACHE_DIR", str(cache_dir))
+    path = resolve_model("tiny-random")
+    assert path.parent == cache_dir / "models"
+    return path, load_file(path / "model.safetensors")
+
+
+def test_tiny_random_is_built_once_deterministically_and_loads(tmp_path, monkeypatch):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    before = torch.random.get_rng_state()
+    first, a = _tiny_random_weights(tmp_path / "one", monkeypatch)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's RNG is untouched
+    second, b = _tiny_random_weights(tmp_path / "two", monkeypatch)
+    assert first != second
+    assert sorted(a) == sorted(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert a["model.embed_tokens.weight"].std().item() > 0.01  # random, not zeros
+    # a second resolve reuses the folder instead of rebuilding it
+    mtime = (second / "model.safetensors").stat().st_mtime_ns
+    assert resolve_model("tiny-random") == second
+    assert (second / "model.safetensors").stat().st_mtime_ns == mtime
+    assert not [p.name for p in second.parent.iterdir() if ".tmp-" in p.name]
+
+    lm = AutoModelForCausalLM.from_pretrained(second)
+    tok = AutoTokenizer.from_pretrained(second)
+    cfg = lm.config
+    assert (cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size) == (len(tok), 64, 128)
+    assert (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads) == (2, 4, 2)
+    assert cfg.tie_word_embeddings is True
+    assert tok.chat_template
+    rows = {r["name"]: r for r in list_models()}
+    assert rows["tiny-random"]["converted"] is True
+    assert rows["tiny-random"]["cache"] == str(second)
+
+
+def test_tiny_random_matches_the_test_fixture(tiny_llama_dir, tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import load_file
+
+    _, built = _tiny_random_weights(tmp_path, monkeypatch)
+    fixture = load_file(tiny_llama_dir / "model.safetensors")
+    assert sorted(built) == sorted(fixture)
+    assert all(torch.equal(built[k], fixture[k]) for k in built)
