@@ -10,8 +10,9 @@ TRL's RewardTrainer knows only hard labels (p = 1) and margins, so a small subcl
 column through its collator and replaces the loss; everything else (tokenisation of
 conversational pairs, metrics, saving) is TRL's. The model is
 ``AutoModelForSequenceClassification`` with ``num_labels=1`` loaded from the SFT checkpoint: the
-policy's body with a fresh scalar head. A held-out split (``eval_split``) reports pairwise accuracy
-(``eval_accuracy``: the share of held-out pairs where r(chosen) > r(rejected)).
+policy's body with a fresh scalar head. A held-out share of the prompts (``eval_split``; all pairs
+of a prompt fall on one side) reports pairwise accuracy (``eval_accuracy``: the share of held-out
+pairs where r(chosen) > r(rejected)).
 """
 
 from __future__ import annotations
@@ -97,16 +98,41 @@ class RewardRunConfig(RunOptions, RewardConfig):
     eval_split: float = field(default=0.1, metadata={"help": "held-out share for accuracy"})
 
 
+def prompt_groups(ds: Any) -> list[str]:
+    """The prompt of each pair, as a key: ``prompt_id``, else the ``<prompt id>`` part of an
+    ``id`` such as ``<prompt id>/<i>-<j>`` (``rlaif generate prefs``), else the prompt itself."""
+    import json
+
+    columns = set(ds.column_names)
+    if "prompt_id" in columns:
+        return [str(x) for x in ds["prompt_id"]]
+    if "id" in columns:
+        return [str(x).rsplit("/", 1)[0] for x in ds["id"]]
+    return [json.dumps(p, sort_keys=True) for p in ds["prompt"]]
+
+
 def split_dataset(cfg: RewardRunConfig) -> tuple[Any, Any]:
+    """Train and held-out pairs, split by prompt: with K > 2 responses per prompt several pairs
+    share a prompt, and a split per pair would score held-out pairs on prompts seen in training.
+    A share ``eval_split`` of the prompts (rounded up, at least one, never all) is held out."""
+    import math
+    import random
+
     ds = load_jsonl_dataset(cfg.dataset)
     needed = {"prompt", "chosen", "rejected"} | ({LABEL} if cfg.soft_labels else set())
     if not needed <= set(ds.column_names):
         raise ConfigError(f"{cfg.dataset}: needs columns {sorted(needed)}; has {ds.column_names}")
+    groups = prompt_groups(ds)
     ds = ds.select_columns(sorted(needed))
-    if cfg.eval_split <= 0 or len(ds) < 4:
+    prompts = sorted(set(groups))
+    if cfg.eval_split <= 0 or len(ds) < 4 or len(prompts) < 2:
         return ds, None
-    parts = ds.train_test_split(test_size=cfg.eval_split, seed=cfg.seed)
-    return parts["train"], parts["test"]
+    random.Random(cfg.seed).shuffle(prompts)
+    n_held = math.ceil(round(cfg.eval_split * len(prompts), 9))  # 0.3 * 10 = 3.0000000000000004
+    held = set(prompts[: min(n_held, len(prompts) - 1)])
+    train = [i for i, g in enumerate(groups) if g not in held]
+    test = [i for i, g in enumerate(groups) if g in held]
+    return ds.select(train), ds.select(test)
 
 
 def main(cfg: RewardRunConfig) -> Path:
