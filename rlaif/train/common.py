@@ -1,4 +1,4 @@
-"""What the trainers share: recipes, model paths, precision, metrics and plots. Not a base class.
+"""What the trainers share: recipes, model paths, precision, metrics, checkpoints, the final save.
 
 Each trainer is a config dataclass (extending TRL's config where one exists) plus ``main(cfg)``.
 This module only holds the plumbing they would otherwise repeat:
@@ -7,10 +7,30 @@ This module only holds the plumbing they would otherwise repeat:
   dataclass. Unknown keys are errors that name the file and line (with a did-you-mean), exactly
   like rlaif's pydantic configs; values are checked by ``transformers.HfArgumentParser``.
 - ``model_path``: ``smollm2`` means the embedded model (converted once, offline); anything else
-  is a local folder. Nothing is downloaded.
-- precision: bf16 on a GPU that supports it, fp32 elsewhere, unless the recipe says.
-- ``MetricsCallback`` / ``write_plots``: every logged step goes to ``metrics.jsonl`` in the output
-  folder, and PNG plots of loss, reward, KL and length are drawn from it at the end.
+  is resolved by ``rlaif.models.resolve_model``.
+- precision: every *trainable* model (SFT policy, the reward model being trained, the DPO / GRPO /
+  RLOO / online-DPO policy) is loaded in fp32 (``TRAINABLE_DTYPE``), whatever dtype its
+  checkpoint was saved in: transformers loads a checkpoint's own dtype by default, and a bf16
+  checkpoint trained in bf16 has no fp32 master weights (an update below bf16's resolution,
+  about 4e-3 relative, is lost). ``bf16: true`` (the default on a GPU that supports it) is then
+  mixed precision: the optimizer keeps fp32 weights and the forward/backward run under bf16
+  autocast. Frozen models follow the trainer: see each trainer's docstring.
+- ``MetricsCallback``: every logged step goes to ``metrics.jsonl`` in the output folder (main
+  process only), and a non-finite loss (or gradient norm, but under fp16 loss scaling) stops the
+  run on every process with ``TrainingDivergedError`` naming the step, before that step's
+  checkpoint is written (transformers' ``logging_nan_inf_filter``, which
+  would hide it, is off). PNG plots of loss, reward, KL and length are drawn at the end.
+- checkpoints and resume: a checkpoint every ``save_steps`` (``save_total_limit: 1`` keeps the
+  newest *complete* one: a checkpoint counts once its ``trainer_state.json``, written last, is
+  there). With ``resume: true`` (the default) a rerun of the same command continues from the
+  newest complete checkpoint in ``output_dir`` and ``metrics.jsonl`` keeps only the rows up to its
+  step; ``resume: false`` starts over and removes old checkpoints. Once the final model is saved
+  the checkpoint folders are removed: a finished run has nothing to resume.
+- ``finish_training``: the final model is saved once, through the trainer
+  (``trainer.save_model`` gathers ZeRO-3 / FSDP shards and writes on the main process). With
+  LoRA the trainer saves the adapter, then the main process merges it into a fresh fp32 copy of
+  the base model and writes that, so the output loads without peft. Tokenizer, settings and
+  plots are written by the main process only.
 """
 
 from __future__ import annotations
@@ -29,6 +49,7 @@ from rlaif.errors import ConfigError, ConfigFileError
 C = TypeVar("C")
 
 METRICS_FILE = "metrics.jsonl"
+TRAINABLE_DTYPE = "float32"  # see the module docstring: fp32 master weights, bf16 autocast
 
 
 def load_recipe(
@@ -122,14 +143,12 @@ def append_metrics(out_dir: str | Path, record: dict[str, Any], name: str = METR
 LOSS_KEYS = ("loss", "train_loss", "loss/policy", "loss/value", "loss/total", "eval_loss")
 
 
-def raise_if_nonfinite(record: dict[str, Any], step: int) -> None:
+def raise_if_nonfinite(record: dict[str, Any], step: int, keys: Sequence[str] = LOSS_KEYS) -> None:
     """Stop a run whose loss went NaN/inf: ``TrainingDivergedError`` naming the step and keys."""
     from rlaif.errors import TrainingDivergedError
 
     bad = [
-        k
-        for k in LOSS_KEYS
-        if isinstance(record.get(k), float | int) and not math.isfinite(record[k])
+        k for k in keys if isinstance(record.get(k), float | int) and not math.isfinite(record[k])
     ]
     if bad:
         raise TrainingDivergedError(step, bad)
@@ -192,14 +211,30 @@ def metrics_callback(out_dir: str | Path) -> Any:
 
     class MetricsCallback(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **_: Any) -> None:
-            if logs and state.is_world_process_zero:
+            if not logs:
+                return
+            if state.is_world_process_zero:
                 append_metrics(out_dir, {"step": state.global_step, **logs})
+            # the logged loss is gathered over processes: every process stops at the same step.
+            # A non-finite gradient norm has already made the weights NaN (clipping scales by
+            # it), except under fp16 loss scaling, which skips such steps on purpose.
+            keys = LOSS_KEYS if args.fp16 else (*LOSS_KEYS, "grad_norm")
+            raise_if_nonfinite(logs, state.global_step, keys)
 
     return MetricsCallback()
 
 
 def fresh_metrics(out_dir: str | Path) -> None:
     (Path(out_dir) / METRICS_FILE).unlink(missing_ok=True)
+
+
+def keep_metrics_until(out_dir: str | Path, step: int) -> None:
+    """Rows of steps after ``step`` belong to the run that stopped after that checkpoint."""
+    rows = read_metrics(out_dir)
+    kept = [r for r in rows if r.get("step", 0) <= step]
+    path = Path(out_dir) / METRICS_FILE
+    if rows:
+        path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
 
 
 def save_run_config(out_dir: str | Path, cfg: Any, kind: str) -> Path:
@@ -241,15 +276,21 @@ def run_main(cls: type[C], main: Any, argv: Sequence[str]) -> int:
 
 @dataclass
 class RunOptions:
-    """What every TRL-based trainer config adds: LoRA, and logging/saving defaults that suit
-    short runs (a log line per step, the model saved once at the end)."""
+    """What every TRL-based trainer config adds: LoRA, resume, and logging/saving defaults (a
+    log line per step, a checkpoint every ``save_steps`` of which only the newest is kept)."""
 
     lora: bool = field(default=False, metadata={"help": "LoRA adapters (peft), merged at the end"})
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
+    resume: bool = field(
+        default=True, metadata={"help": "continue from the newest checkpoint in output_dir"}
+    )
     logging_steps: float = 1
-    save_strategy: str = "no"
+    logging_nan_inf_filter: bool = False  # a NaN loss stops the run instead of being averaged away
+    save_strategy: str = "steps"
+    save_steps: float = 100
+    save_total_limit: int | None = 1
 
 
 def peft_config(cfg: Any, task_type: str = "CAUSAL_LM") -> Any:
@@ -268,17 +309,84 @@ def peft_config(cfg: Any, task_type: str = "CAUSAL_LM") -> Any:
     )
 
 
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+def checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
+    """``(step, folder)`` of the ``checkpoint-N`` folders in ``out_dir``, oldest first."""
+    found = []
+    for d in Path(out_dir).glob(f"{CHECKPOINT_PREFIX}*"):
+        tail = d.name[len(CHECKPOINT_PREFIX) :]
+        if d.is_dir() and tail.isdigit():
+            found.append((int(tail), d))
+    return sorted(found)
+
+
+def last_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint: transformers writes ``trainer_state.json`` last, so a
+    folder without it is a save that was killed half way."""
+    complete = [d for _, d in checkpoints(out_dir) if (d / "trainer_state.json").is_file()]
+    return complete[-1] if complete else None
+
+
+def remove_checkpoints(out_dir: str | Path, keep: Path | None = None) -> None:
+    import shutil
+
+    for _, d in checkpoints(out_dir):
+        if d != keep:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def start_or_resume(trainer: Any, cfg: Any, out: Path, kind: str) -> str | None:
+    """The checkpoint to resume from (None: from scratch), with ``metrics.jsonl`` and the
+    checkpoint folders made to match on the main process."""
+    resume = last_checkpoint(out) if getattr(cfg, "resume", False) else None
+    if trainer.is_world_process_zero():
+        remove_checkpoints(out, keep=resume)  # half-written ones, or all of them from scratch
+        if resume is None:
+            fresh_metrics(out)
+        else:
+            step = int(resume.name[len(CHECKPOINT_PREFIX) :])
+            keep_metrics_until(out, step)
+            print(f"{kind}: resuming after step {step} from {resume}", flush=True)
+    trainer.accelerator.wait_for_everyone()
+    return str(resume) if resume else None
+
+
 def finish_training(
-    trainer: Any, cfg: Any, out: Path, tokenizer: Any, kind: str, title: str
+    trainer: Any,
+    cfg: Any,
+    out: Path,
+    tokenizer: Any,
+    kind: str,
+    title: str,
+    load_base: Any = None,
 ) -> Path:
-    """Train, then save the model (LoRA merged, so it loads without peft), the tokenizer, the
-    resolved settings and the plots in ``out``."""
-    trainer.train()
-    model = trainer.model
-    if getattr(cfg, "lora", False):
-        model = model.merge_and_unload()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    save_run_config(out, cfg, kind)
-    write_plots(out, title)
+    """Train (resuming from the newest checkpoint), then save once (see the module docstring):
+    the model (LoRA merged into ``load_base()``, the fp32 base model, so it loads without
+    peft), the tokenizer, the resolved settings and the plots in ``out``."""
+    import shutil
+
+    trainer.train(resume_from_checkpoint=start_or_resume(trainer, cfg, out, kind))
+    lora = getattr(cfg, "lora", False)
+    adapter = out / "adapter"
+    trainer.save_model(str(adapter if lora else out))  # every process: gathers sharded weights
+    main_process = trainer.is_world_process_zero()
+    if main_process:
+        if lora:
+            from peft import PeftModel
+
+            if load_base is None:
+                raise ValueError("finish_training: LoRA needs load_base to merge the adapter")
+            merged = PeftModel.from_pretrained(load_base(), str(adapter)).merge_and_unload()
+            merged.save_pretrained(out)
+            shutil.rmtree(adapter, ignore_errors=True)
+        tokenizer.save_pretrained(out)
+        save_run_config(out, cfg, kind)
+        write_plots(out, title)
+        remove_checkpoints(out)  # finished: nothing to resume
+    state = trainer.accelerator.state
+    if state.num_processes > 1:
+        print(f"{kind}: process {state.process_index} of {state.num_processes} done", flush=True)
+    trainer.accelerator.wait_for_everyone()
     return out

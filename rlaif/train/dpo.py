@@ -7,6 +7,13 @@ functions. ``JudgeReward`` turns our constitutional pairwise judge into such a f
 passes the batch's prompts twice (``2 * prompts``: first completions, then second ones), the judge
 gives P(first better) for each pair, and the rewards are ``p`` and ``1 - p``, so TRL prefers the
 first completion exactly when the judge does.
+
+Precision: the policy is loaded in fp32 (master weights) and ``bf16: true`` means autocast
+(``rlaif.train.common``). The frozen reference is TRL's: a second copy of the policy built in the
+policy's dtype (fp32) and run under the same autocast, so at step 0 the policy's and the
+reference's log-probs are identical (DPO's implicit rewards and online DPO's KL are exactly 0);
+it costs a second fp32 copy, which ``lora: true`` avoids (the reference is the base with the
+adapter disabled).
 """
 
 from __future__ import annotations
@@ -23,9 +30,9 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # we chose the experimen
 from trl.experimental.online_dpo import OnlineDPOConfig
 
 from rlaif.train.common import (
+    TRAINABLE_DTYPE,
     RunOptions,
     finish_training,
-    fresh_metrics,
     load_jsonl_dataset,
     metrics_callback,
     model_path,
@@ -78,18 +85,21 @@ def main(cfg: DPORunConfig) -> Path:
 
     path = model_path(cfg.model)
     out = Path(cfg.output_dir or "outputs/run/dpo")
-    fresh_metrics(out)
+
+    def load() -> Any:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=TRAINABLE_DTYPE)
+
     tok = AutoTokenizer.from_pretrained(path)
     ds = load_jsonl_dataset(cfg.dataset).select_columns(["prompt", "chosen", "rejected"])
     trainer = DPOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(path),
+        model=load(),
         args=cfg,
         train_dataset=ds,
         processing_class=tok,
         peft_config=peft_config(cfg),
         callbacks=[metrics_callback(out)],
     )
-    return finish_training(trainer, cfg, out, tok, "dpo", "DPO")
+    return finish_training(trainer, cfg, out, tok, "dpo", "DPO", load)
 
 
 def main_online(cfg: OnlineDPORunConfig, judge: Any = None) -> Path:
@@ -100,7 +110,10 @@ def main_online(cfg: OnlineDPORunConfig, judge: Any = None) -> Path:
 
     path = model_path(cfg.model)
     out = Path(cfg.output_dir or "outputs/run/online-dpo")
-    fresh_metrics(out)
+
+    def load() -> Any:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=TRAINABLE_DTYPE)
+
     if judge is None:
         from rlaif.engine.feedback import FeedbackSettings
         from rlaif.engine.judge import PairwiseJudge
@@ -114,7 +127,7 @@ def main_online(cfg: OnlineDPORunConfig, judge: Any = None) -> Path:
         )
     tok = AutoTokenizer.from_pretrained(path, padding_side="left")
     trainer = OnlineDPOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(path),
+        model=load(),
         reward_funcs=[JudgeReward(judge)],
         args=cfg,
         train_dataset=prompt_dataset(cfg),
@@ -122,7 +135,7 @@ def main_online(cfg: OnlineDPORunConfig, judge: Any = None) -> Path:
         peft_config=peft_config(cfg),
         callbacks=[metrics_callback(out)],
     )
-    return finish_training(trainer, cfg, out, tok, "online-dpo", "online DPO")
+    return finish_training(trainer, cfg, out, tok, "online-dpo", "online DPO", load)
 
 
 if __name__ == "__main__":

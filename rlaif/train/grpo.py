@@ -9,6 +9,12 @@ Rewards (summed, weighted by TRL's ``reward_weights``):
 
 The KL penalty to the reference (the SFT model) is on by default here (``beta = 0.04``; TRL's
 GRPO default is 0). With vllm installed, ``use_vllm: true`` generates with vLLM (TRL's option).
+
+Precision: the policy is loaded in fp32 (master weights) and ``bf16: true`` means autocast
+(``rlaif.train.common``). The frozen reference is TRL's copy of the policy in the policy's dtype
+under the same autocast, so KL is exactly 0 while the policy equals it (``lora: true``: the base
+with the adapter disabled, no copy). The frozen reward model only scores, so on a ``bf16`` run it
+is loaded in bf16 (half the memory), otherwise in fp32.
 """
 
 from __future__ import annotations
@@ -22,9 +28,9 @@ from trl import GRPOConfig, RLOOConfig
 
 from rlaif.errors import ConfigError
 from rlaif.train.common import (
+    TRAINABLE_DTYPE,
     RunOptions,
     finish_training,
-    fresh_metrics,
     metrics_callback,
     model_path,
     peft_config,
@@ -79,7 +85,8 @@ def reward_functions(cfg: Any) -> tuple[list[Any], list[Any]]:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         path = model_path(cfg.reward_model)
-        rm = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+        dtype = "bfloat16" if getattr(cfg, "bf16", False) else "float32"  # frozen: scores only
+        rm = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
         tok = AutoTokenizer.from_pretrained(path)
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
@@ -110,11 +117,14 @@ def _train(cfg: Any, trainer_cls: Any, kind: str, title: str) -> Path:
 
     path = model_path(cfg.model)
     out = Path(cfg.output_dir or f"outputs/run/{kind}")
-    fresh_metrics(out)
+
+    def load() -> Any:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=TRAINABLE_DTYPE)
+
     funcs, tokenizers = reward_functions(cfg)
     tok = AutoTokenizer.from_pretrained(path, padding_side="left")
     trainer = trainer_cls(
-        model=AutoModelForCausalLM.from_pretrained(path),
+        model=load(),
         reward_funcs=funcs,
         args=cfg,
         train_dataset=prompt_dataset(cfg),
@@ -123,7 +133,7 @@ def _train(cfg: Any, trainer_cls: Any, kind: str, title: str) -> Path:
         peft_config=peft_config(cfg),
         callbacks=[metrics_callback(out)],
     )
-    return finish_training(trainer, cfg, out, tok, kind, title)
+    return finish_training(trainer, cfg, out, tok, kind, title, load)
 
 
 def main(cfg: GRPORunConfig) -> Path:

@@ -13,6 +13,9 @@ conversational pairs, metrics, saving) is TRL's. The model is
 policy's body with a fresh scalar head. A held-out share of the prompts (``eval_split``; all pairs
 of a prompt fall on one side) reports pairwise accuracy (``eval_accuracy``: the share of held-out
 pairs where r(chosen) > r(rejected)).
+
+The reward model being trained is loaded in fp32 (master weights) with ``bf16: true`` meaning
+autocast, like every trainer here (``rlaif.train.common``); it has no frozen reference.
 """
 
 from __future__ import annotations
@@ -29,9 +32,9 @@ from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from rlaif.errors import ConfigError
 from rlaif.train.common import (
+    TRAINABLE_DTYPE,
     RunOptions,
     finish_training,
-    fresh_metrics,
     load_jsonl_dataset,
     metrics_callback,
     model_path,
@@ -140,13 +143,19 @@ def main(cfg: RewardRunConfig) -> Path:
 
     path = model_path(cfg.model)
     out = Path(cfg.output_dir or "outputs/run/rm")
-    fresh_metrics(out)
     train, held_out = split_dataset(cfg)
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
-    model.config.pad_token_id = tok.pad_token_id
+
+    def load() -> Any:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, dtype=TRAINABLE_DTYPE
+        )
+        model.config.pad_token_id = tok.pad_token_id
+        return model
+
+    model = load()
     if held_out is not None and cfg.eval_strategy == "no":
         cfg.eval_strategy = "steps" if cfg.max_steps > 0 else "epoch"
         cfg.eval_steps = cfg.eval_steps or max(1, cfg.max_steps)
@@ -162,7 +171,7 @@ def main(cfg: RewardRunConfig) -> Path:
         callbacks=[metrics_callback(out)],
     )
     # training evaluates the held-out split on its eval schedule (the last step included)
-    return finish_training(trainer, cfg, out, tok, "rm", "reward model")
+    return finish_training(trainer, cfg, out, tok, "rm", "reward model", load)
 
 
 if __name__ == "__main__":

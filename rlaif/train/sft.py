@@ -5,8 +5,12 @@ column present TRL would read rows as prompt/completion pairs). The Constitution
 fine-tuned on revisions *and* on helpfulness samples so the model does not drift into evasive
 refusals; ``mix_dataset`` + ``mix_ratio`` add such rows (any JSONL/dataset with ``messages``).
 
-Run: ``rlaif train sft --config recipes/train/sft.yaml`` or, on several devices,
-``accelerate launch --config_file recipes/accelerate/ddp.yaml -m rlaif.train.sft --config ...``.
+The policy is trained in fp32 (master weights) whatever its checkpoint's dtype; ``bf16: true``
+adds bf16 autocast (``rlaif.train.common``). Checkpoints every ``save_steps``; a rerun resumes.
+
+Run: ``rlaif train sft --config recipes/train/sft.yaml``; on several processes
+``python -m torch.distributed.run --nproc_per_node N -m rlaif.train.sft --config ...`` (CPUs
+too) or ``accelerate launch --config_file recipes/accelerate/ddp.yaml -m rlaif.train.sft ...``.
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ from trl import SFTConfig
 
 from rlaif.errors import ConfigError
 from rlaif.train.common import (
+    TRAINABLE_DTYPE,
     RunOptions,
     finish_training,
-    fresh_metrics,
     load_jsonl_dataset,
     metrics_callback,
     model_path,
@@ -65,16 +69,19 @@ def main(cfg: SFTRunConfig) -> Path:
 
     path = model_path(cfg.model)
     out = Path(cfg.output_dir or "outputs/run/sft")
-    fresh_metrics(out)
+
+    def load() -> Any:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=TRAINABLE_DTYPE)
+
     trainer = SFTTrainer(
-        model=AutoModelForCausalLM.from_pretrained(path),
+        model=load(),
         processing_class=AutoTokenizer.from_pretrained(path),
         train_dataset=build_dataset(cfg),
         args=cfg,
         peft_config=peft_config(cfg),
         callbacks=[metrics_callback(out)],
     )
-    return finish_training(trainer, cfg, out, trainer.processing_class, "sft", "SFT")
+    return finish_training(trainer, cfg, out, trainer.processing_class, "sft", "SFT", load)
 
 
 if __name__ == "__main__":
