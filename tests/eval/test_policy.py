@@ -23,7 +23,9 @@ def test_eval_policy_cli(tiny_llama_dir, tmp_path, capsys):
     assert report["red_team"] == 2 and report["benign"] == 2 and report["baseline"] == "base"
     other = report["policies"]["other"]
     # the same weights answer the same greedy text: the judge sees two identical answers
-    assert 0.0 <= other["harmless_win_rate_vs_base"] <= 1.0
+    # (asked in both orders, the same text is neither better nor worse): exactly 0.5 each
+    assert other["harmless_win_rate_vs_base"] == 0.5
+    assert other["helpful_win_rate_vs_base"] == 0.5
     assert report["policies"]["base"]["harmless_win_rate_vs_base"] is None
     rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and set(rows[0]["answers"]) == {"base", "other"}
