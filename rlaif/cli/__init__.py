@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet_environment() -> None:
-    # rlaif never fetches weights at run time: make the Hugging Face libraries fail fast instead.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # HF_HUB_OFFLINE is the user's to set: only a Hub model id ever downloads (models.resolve_hub),
+    # the embedded model and local folders never touch the network.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")

@@ -35,7 +35,10 @@ from rlaif.labelers.base import (
 
 
 class TransformersSettings(BackendSettings):
-    model: str = Field(default="smollm2", description="embedded model name or a local folder")
+    model: str = Field(
+        default="smollm2",
+        description="embedded model name, local folder, or Hub id ORG/NAME[@REVISION]",
+    )
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N or mps")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     batch_size: int = Field(default=8, ge=1, description="conversations per forward batch")
@@ -58,13 +61,19 @@ class TransformersLabeler:
         self._model: Any = None
         self._tokenizer: Any = None
         self._device: Any = None
+        # A Hub id is resolved now (the model itself still loads lazily): a missing or unreachable
+        # model fails before a job writes anything, and the commit sha is known for cache keys.
+        from rlaif.models import hub_model
+
+        hub_model(self.settings.model)
 
     # ------------------------------------------------------------------ loading
 
     @property
     def model_name(self) -> str:
-        """Tagged with the weights' fingerprint for a local folder: the cache must never answer
-        for weights that were retrained in the same place."""
+        """Tagged with the weights' fingerprint for a local folder and the commit sha for a Hub
+        id: the cache must never answer for weights retrained in the same place, or for an older
+        revision of the same id."""
         from rlaif.models import cache_name
 
         return cache_name(self.settings.model)
@@ -78,7 +87,14 @@ class TransformersLabeler:
         return 1  # one model, one forward pass at a time; batching is where the speed is
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.backend, "model": self.model_name, **self.settings.model_dump()}
+        from rlaif.models import model_provenance
+
+        return {
+            "backend": self.backend,
+            "model": self.model_name,
+            **self.settings.model_dump(),
+            **model_provenance(self.settings.model),
+        }
 
     def _pick_device_dtype(self) -> tuple[Any, Any]:
         import torch

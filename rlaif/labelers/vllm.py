@@ -31,7 +31,10 @@ from rlaif.labelers.base import (
 
 
 class VLLMSettings(BackendSettings):
-    model: str = Field(default="smollm2", description="embedded model name or a local folder")
+    model: str = Field(
+        default="smollm2",
+        description="embedded model name, local folder, or Hub id ORG/NAME[@REVISION]",
+    )
     dtype: str = "auto"
     enforce_eager: bool = True
     max_model_len: int | None = Field(default=4096, ge=16)
@@ -51,11 +54,17 @@ class VLLMLabeler:
         self.settings = settings or VLLMSettings()
         self._llm: Any = None
         self._lock = threading.Lock()
+        # A Hub id is resolved now (the model itself still loads lazily): a missing or unreachable
+        # model fails before a job writes anything, and the commit sha is known for cache keys.
+        from rlaif.models import hub_model
+
+        hub_model(self.settings.model)
 
     @property
     def model_name(self) -> str:
-        """Tagged with the weights' fingerprint for a local folder: the cache must never answer
-        for weights that were retrained in the same place."""
+        """Tagged with the weights' fingerprint for a local folder and the commit sha for a Hub
+        id: the cache must never answer for weights retrained in the same place, or for an older
+        revision of the same id."""
         from rlaif.models import cache_name
 
         return cache_name(self.settings.model)
@@ -69,7 +78,13 @@ class VLLMLabeler:
         return 1  # one engine; vLLM's own scheduler batches inside each call
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.backend, **self.settings.model_dump(mode="json")}
+        from rlaif.models import model_provenance
+
+        return {
+            "backend": self.backend,
+            **self.settings.model_dump(mode="json"),
+            **model_provenance(self.settings.model),
+        }
 
     def _engine(self) -> Any:
         if self._llm is None:

@@ -130,7 +130,7 @@ def test_unknown_labeler_lists_known_names():
 
 def test_missing_model_folder_is_a_clear_error(tmp_path):
     lab = create_labeler(f"transformers:{tmp_path / 'nothing'}")
-    with pytest.raises(ModelNotFoundError, match="never downloads"):
+    with pytest.raises(ModelNotFoundError, match="neither an embedded model"):
         lab.load()
 
 

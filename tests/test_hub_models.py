@@ -1,0 +1,247 @@
+"""Hub model ids, offline, against a real Hub cache layout in a temporary ``HF_HOME``.
+
+``huggingface_hub`` reads ``HF_HOME`` and ``HF_HUB_OFFLINE`` once, at import: in-process tests
+patch ``huggingface_hub.constants``; the end-to-end test runs the CLI in a subprocess with the
+environment a user would set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlaif import models
+from rlaif.cli import main
+from rlaif.errors import ModelNotFoundError
+
+from .conftest import FIXTURES, REPO
+
+SHA1 = "1" * 40
+SHA2 = "2" * 40
+REPO_ID = "test-org/tiny-chat"
+CACHE_FOLDER = "models--test-org--tiny-chat"
+
+
+def add_snapshot(hf_home: Path, source: Path, sha: str, ref: str | None = "main",
+                 folder: str = CACHE_FOLDER) -> Path:  # fmt: skip
+    """Copy a model folder into ``HF_HOME/hub/<folder>/snapshots/<sha>`` and point ``ref`` at
+    it, the way ``huggingface_hub`` lays out a download."""
+    repo = hf_home / "hub" / folder
+    snapshot = repo / "snapshots" / sha
+    shutil.copytree(source, snapshot)
+    if ref:
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(sha)
+    return snapshot
+
+
+@pytest.fixture
+def hf_home(tmp_path, monkeypatch):
+    """An empty offline Hub cache, for this process and for subprocesses."""
+    from huggingface_hub import constants
+
+    home = tmp_path / "hf-home"
+    (home / "hub").mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(models, "_RESOLVED", {})
+    return home
+
+
+def test_hub_ids_are_told_apart_from_paths():
+    assert models.parse_hub_id("Qwen/Qwen2.5-7B-Instruct") == ("Qwen/Qwen2.5-7B-Instruct", None)
+    assert models.parse_hub_id("test-org/tiny-chat@v1.0") == ("test-org/tiny-chat", "v1.0")
+    assert models.parse_hub_id(f"a/b@{SHA1}") == ("a/b", SHA1)
+    for not_an_id in ("smollm2", "/abs/model", "./out/sft", "out/sft/final", "../x/y", "a/b@"):
+        assert models.parse_hub_id(not_an_id) is None, not_an_id
+
+
+def test_resolves_a_cached_snapshot_to_its_commit(hf_home, tiny_llama_dir):
+    snapshot = add_snapshot(hf_home, tiny_llama_dir, SHA1)
+    hub = models.resolve_hub(REPO_ID)
+    assert (hub.repo_id, hub.revision, hub.commit, hub.path) == (REPO_ID, None, SHA1, snapshot)
+    assert models.resolve_model(REPO_ID) == snapshot
+    assert models.cache_name(REPO_ID) == f"{REPO_ID}@{SHA1}"
+    assert models.model_provenance(REPO_ID) == {"revision": "main", "commit": SHA1}
+    # the embedded name and local folders are untouched by any of this
+    assert models.cache_name(str(tiny_llama_dir)).startswith(f"{tiny_llama_dir}@")
+    assert models.model_provenance(str(tiny_llama_dir)) == {}
+
+
+def test_revision_pins_a_commit_or_a_tag(hf_home, tiny_llama_dir):
+    first = add_snapshot(hf_home, tiny_llama_dir, SHA1, ref="v1")
+    second = add_snapshot(hf_home, tiny_llama_dir, SHA2)
+    assert models.resolve_model(REPO_ID) == second
+    assert models.resolve_model(f"{REPO_ID}@{SHA1}") == first
+    assert models.resolve_model(f"{REPO_ID}@v1") == first
+    assert models.cache_name(f"{REPO_ID}@v1") == f"{REPO_ID}@{SHA1}"
+    assert models.model_provenance(f"{REPO_ID}@v1")["revision"] == "v1"
+
+
+def test_resolution_is_done_once_per_process(hf_home, tiny_llama_dir, monkeypatch):
+    import huggingface_hub
+
+    add_snapshot(hf_home, tiny_llama_dir, SHA1)
+    calls = []
+    real = huggingface_hub.snapshot_download
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda *a, **k: calls.append(a) or real(*a, **k))  # fmt: skip
+    for _ in range(3):
+        models.resolve_model(REPO_ID)
+        models.cache_name(REPO_ID)
+    assert calls == [(REPO_ID,)]
+
+
+def test_bin_weights_are_fetched_only_without_safetensors(hf_home, tiny_llama_dir, monkeypatch):
+    import huggingface_hub
+
+    source = hf_home.parent / "bin-model"
+    source.mkdir()
+    shutil.copy(tiny_llama_dir / "config.json", source)
+    (source / "pytorch_model.bin").write_bytes(b"weights")
+    add_snapshot(hf_home, source, SHA1)
+    patterns = []
+    real = huggingface_hub.snapshot_download
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda *a, **k: patterns.append((k["revision"], k["allow_patterns"]))
+                        or real(*a, **k))  # fmt: skip
+    models.resolve_hub(REPO_ID)
+    assert patterns == [(None, models.HUB_ALLOW), (SHA1, models.HUB_ALLOW_BIN)]
+    assert "*.safetensors" in models.HUB_ALLOW and "*.bin" not in str(models.HUB_ALLOW)
+
+
+def test_missing_model_offline_names_the_id_and_the_fetch_command(hf_home):
+    with pytest.raises(ModelNotFoundError) as e:
+        models.resolve_model(f"{REPO_ID}@v2")
+    msg = str(e.value)
+    assert f"'{REPO_ID}' at revision 'v2' is not in the Hugging Face cache" in msg
+    assert f"`hf download {REPO_ID} --revision v2`" in msg and "HF_HUB_OFFLINE" in msg
+    assert "\n" not in msg
+
+
+def test_a_path_shaped_name_that_does_not_exist_is_not_a_silent_download(hf_home):
+    with pytest.raises(ModelNotFoundError, match="out/sft' is not in the Hugging Face cache"):
+        models.resolve_model("out/sft")  # a relative path that is not there: looked up, offline
+    with pytest.raises(ModelNotFoundError, match="neither an embedded model"):
+        models.resolve_model("out/sft/final")
+
+
+def _generate(labeler: str, prompts: Path, out: Path, *extra: str, tokens: int = 4) -> list[str]:
+    return ["generate", "sl-cai", "--prompts", str(prompts), "--labeler", labeler,
+            "--rounds", "1", "--max-tokens", str(tokens), "--temperature", "0", "--out", str(out),
+            *extra]  # fmt: skip
+
+
+def test_generate_by_hub_id_records_the_sha_and_a_new_snapshot_misses_the_cache(
+    hf_home, tiny_llama_dir, tmp_path
+):
+    add_snapshot(hf_home, tiny_llama_dir, SHA1)
+    prompts = FIXTURES / "prompts.txt"
+    cache = tmp_path / "cache.sqlite"
+    first = tmp_path / "first"
+    assert main(_generate(f"transformers:{REPO_ID}", prompts, first, "--limit", "2",
+                          "--cache", str(cache))) == 0  # fmt: skip
+    row = json.loads((first / "sl_cai.jsonl").read_text().splitlines()[0])
+    critic = row["provenance"]["critic"]
+    assert (critic["model"], critic["commit"], critic["revision"]) == (REPO_ID, SHA1, "main")
+    assert f"commit={SHA1}" in (first / "README.md").read_text()  # the dataset card
+
+    def calls(out: Path) -> int:
+        return int(re.search(r"(\d+) labeler calls", (out / "README.md").read_text())[1])
+
+    again = tmp_path / "again"
+    assert main(_generate(f"transformers:{REPO_ID}", prompts, again, "--limit", "2",
+                          "--cache", str(cache))) == 0  # fmt: skip
+    assert calls(again) == 0  # the same snapshot: every answer from the cache
+
+    add_snapshot(hf_home, tiny_llama_dir, SHA2)  # refs/main moves to a new snapshot
+    models._RESOLVED.clear()  # a new process
+    moved = tmp_path / "moved"
+    assert main(_generate(f"transformers:{REPO_ID}", prompts, moved, "--limit", "2",
+                          "--cache", str(cache))) == 0  # fmt: skip
+    assert calls(moved) == calls(first) > 0  # fresh model calls, not old answers
+    row = json.loads((moved / "sl_cai.jsonl").read_text().splitlines()[0])
+    assert row["provenance"]["critic"]["commit"] == SHA2
+
+
+def test_missing_hub_model_exits_2_with_one_line_and_writes_nothing(hf_home, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(_generate(f"transformers:{REPO_ID}", FIXTURES / "prompts.txt", out))
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and REPO_ID in err and "hf download" in err
+    assert not out.exists()
+
+
+def test_eval_labeler_by_hub_id(hf_home, tiny_llama_dir, tmp_path):
+    add_snapshot(hf_home, tiny_llama_dir, SHA1)
+    out = tmp_path / "eval"
+    args = ["eval", "labeler", "--gold", str(FIXTURES / "gold_pairs.jsonl"),
+            "--labeler", f"transformers:{REPO_ID}", "--limit", "2", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    report = json.loads((out / "labeler_eval.json").read_text())
+    assert report["provenance"]["labeler"]["commit"] == SHA1
+    assert report["metrics"]["scored"] == 2
+
+
+def test_train_sft_by_hub_id(hf_home, tiny_llama_dir, tmp_path):
+    add_snapshot(hf_home, tiny_llama_dir, SHA1)
+    sl_cai_file = tmp_path / "sl_cai.jsonl"
+    chat = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
+    sl_cai_file.write_text("".join(json.dumps({"messages": chat}) + "\n" for _ in range(4)))
+    recipe = tmp_path / "sft.yaml"
+    recipe.write_text(f"model: {REPO_ID}\ndataset: {sl_cai_file}\nuse_cpu: true\n")
+    out = tmp_path / "sft"
+    sets = ["max_steps=1", f"output_dir={out}", "per_device_train_batch_size=2"]
+    assert main(["train", "sft", "--config", str(recipe), *(f"--set={s}" for s in sets)]) == 0
+    assert (out / "model.safetensors").is_file()
+
+
+def _cli(args: list[str], hf_home: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", COLUMNS="200")
+    return subprocess.run([sys.executable, "-m", "rlaif", *args], capture_output=True, text=True,
+                          check=False, cwd=REPO, env=env, timeout=600)  # fmt: skip
+
+
+def test_cli_honours_hf_home_from_the_environment(hf_home, tiny_llama_dir, tmp_path):
+    add_snapshot(hf_home, tiny_llama_dir, SHA1)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Say hi.\n")
+    out = tmp_path / "o"
+    proc = _cli(_generate(f"transformers:{REPO_ID}", prompts, out), hf_home)
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads((out / "sl_cai.jsonl").read_text())
+    assert row["provenance"]["policy"]["commit"] == SHA1
+
+    missing = tmp_path / "missing"
+    proc = _cli(_generate("transformers:test-org/absent", prompts, missing), hf_home)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "test-org/absent" in proc.stderr
+    assert not missing.exists()
+
+
+@pytest.mark.slow
+def test_generate_by_hub_id_with_smollm2(hf_home, tmp_path):
+    smollm2 = models.ensure_converted(models.EMBEDDED["smollm2"])
+    folder = "models--HuggingFaceTB--SmolLM2-135M-Instruct"
+    add_snapshot(hf_home, smollm2, SHA1, folder=folder)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("What is the capital of France?\n")
+    out = tmp_path / "o"
+    labeler = "transformers:HuggingFaceTB/SmolLM2-135M-Instruct"
+    proc = _cli(_generate(labeler, prompts, out, tokens=16), hf_home)
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads((out / "sl_cai.jsonl").read_text())
+    assert row["provenance"]["critic"]["commit"] == SHA1
+    assert "Paris" in row["response"]
