@@ -100,3 +100,32 @@ def test_recipe_typo_names_the_line(tmp_path):
     cfg = load_recipe(sft.SFTRunConfig, None, ["max_steps=3", "learning_rate=0.001"])
     assert cfg.max_steps == 3 and cfg.learning_rate == 0.001
     assert cfg.bf16 is False  # no GPU here: fp32
+
+
+def test_reward_model_with_lora_keeps_its_trained_head(
+    tiny_llama_dir, prefs_file, tmp_path, monkeypatch
+):
+    """The merge loads a fresh base (whose scalar head is random) and the adapter: the head the
+    run trained must be the one written."""
+    pytest.importorskip("peft")
+    trained = {}
+    original = reward.finish_training
+
+    def spy(trainer, *args):
+        out = original(trainer, *args)
+        trained.update({n: p.detach().clone() for n, p in trainer.model.named_parameters()})
+        return out
+
+    monkeypatch.setattr(reward, "finish_training", spy)
+    cfg = load_recipe(
+        reward.RewardRunConfig, None, model=str(tiny_llama_dir), dataset=str(prefs_file),
+        eval_split=0, lora=True, lora_r=4, learning_rate=1e-2, **common(tmp_path, "rm-lora"),
+    )  # fmt: skip
+    out = reward.main(cfg)
+    from transformers import AutoModelForSequenceClassification
+
+    rm = AutoModelForSequenceClassification.from_pretrained(out)
+    head = trained["base_model.model.score.modules_to_save.default.weight"]
+    assert not torch.equal(head, trained["base_model.model.score.original_module.weight"])
+    assert torch.equal(rm.score.weight, head)
+    assert not (out / "adapter").exists() and not any("lora" in n for n, _ in rm.named_parameters())
