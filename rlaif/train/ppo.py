@@ -72,6 +72,7 @@ from rlaif.train.ppo_core import (
     param_groups,
     ppo_losses,
     token_logprobs,
+    token_rewards,
     whiten,
 )
 from rlaif.train.ppo_rollout import (
@@ -98,6 +99,7 @@ __all__ = [
     "ppo_losses",
     "rollout",
     "token_logprobs",
+    "token_rewards",
     "whiten",
 ]
 
@@ -242,17 +244,26 @@ def keep_metrics_until(out: Path, step: int) -> None:
 
 def main(cfg: PPORunConfig, reward_fn: RewardFn | None = None) -> Path:
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
     from transformers import AutoTokenizer
 
     from rlaif.eval.hacking import Monitor, Thresholds, repetition_penalties
 
+    # a run before this one in the same process (``rlaif run``: SFT, then PPO) leaves accelerate's
+    # global state at its own precision; the process group itself is kept
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
         mixed_precision="bf16" if cfg.bf16 else "no",
-        cpu=cfg.use_cpu,
+        # without an accelerator, accelerate runs torchrun's processes as a gloo group only when
+        # told cpu=True (else each process would train alone, as if it were the only one)
+        cpu=cfg.use_cpu or not torch.accelerator.is_available(),
         log_with=cfg.report_to or None,
         project_dir=cfg.output_dir,
     )
+    if accelerator.is_main_process:
+        print(f"ppo: {accelerator.num_processes} process(es) on {accelerator.device.type}, "
+              f"mixed precision {accelerator.mixed_precision}", flush=True)  # fmt: skip
     out = Path(cfg.output_dir)
     resumed = load_checkpoint(out, cfg.steps) if cfg.resume else None
     start = resumed["step"] + 1 if resumed else 1
@@ -315,9 +326,7 @@ def main(cfg: PPORunConfig, reward_fn: RewardFn | None = None) -> Path:
             penalty = repetition_penalties(roll["texts"], cfg.repetition_penalty)
             scores = scores - torch.tensor(penalty, device=device)
         kl, kl_k3 = kl_estimates(roll["logp"], roll["ref_logp"], roll["mask"])
-        rewards = -kl_ctl.beta * kl
-        last = (roll["mask"].sum(1).long() - 1).clamp(min=0)
-        rewards[torch.arange(len(last), device=device), last] += scores
+        rewards = token_rewards(kl, scores, roll["mask"], kl_ctl.beta)
         advantages, returns = gae(rewards, roll["values"], roll["mask"], cfg.gamma, cfg.lam)
         advantages = whiten(advantages, roll["mask"], reduce=total)
         stats = optimise(accelerator, model, optimizer, roll, advantages, returns, cfg)

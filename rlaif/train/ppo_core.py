@@ -85,6 +85,17 @@ def kl_estimates(
     return k1, k3
 
 
+def token_rewards(
+    kl: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """Per-token rewards: ``-beta * kl`` on every valid token, plus the sequence's score on its
+    last valid token (the EOS when it ended; the last sampled token when it ran out)."""
+    rewards = -beta * kl * mask
+    last = (mask.sum(1).long() - 1).clamp(min=0)
+    rewards[torch.arange(len(last), device=rewards.device), last] += scores
+    return rewards
+
+
 def ppo_losses(
     new_logp: torch.Tensor,
     old_logp: torch.Tensor,
