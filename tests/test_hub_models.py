@@ -136,6 +136,25 @@ def test_a_path_shaped_name_that_does_not_exist_is_not_a_silent_download(hf_home
         models.resolve_model("out/sft/final")
 
 
+def test_vllm_gets_the_snapshot_folder_and_the_sha(hf_home, tiny_llama_dir, monkeypatch):
+    import types
+
+    from rlaif.labelers.base import create_labeler
+
+    snapshot = add_snapshot(hf_home, tiny_llama_dir, SHA1)
+    seen = {}
+    fake = types.ModuleType("vllm")
+    fake.LLM = lambda **kwargs: seen.update(kwargs) or "engine"
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    lab = create_labeler(f"vllm:{REPO_ID}@main")
+    assert lab.model_name == f"{REPO_ID}@{SHA1}"
+    assert (lab.describe()["model"], lab.describe()["commit"]) == (f"{REPO_ID}@main", SHA1)
+    lab.load()
+    assert seen["model"] == str(snapshot)
+    with pytest.raises(ModelNotFoundError, match="test-org/absent"):
+        create_labeler("vllm:test-org/absent")
+
+
 def _generate(labeler: str, prompts: Path, out: Path, *extra: str, tokens: int = 4) -> list[str]:
     return ["generate", "sl-cai", "--prompts", str(prompts), "--labeler", labeler,
             "--rounds", "1", "--max-tokens", str(tokens), "--temperature", "0", "--out", str(out),
