@@ -16,9 +16,10 @@ Stages, in order (each writes ``<out>/<stage>/`` and a ``manifest.json`` there):
 
 **Skipping and resuming.** A stage's fingerprint hashes its resolved settings, the hashes of its
 input files and its upstream stages' fingerprints. A finished stage whose fingerprint matches is
-skipped; a stage that was interrupted resumes (the data stages through their journals and cache,
-PPO from its last checkpoint; the TRL trainers restart); a stage whose inputs changed reruns from
-scratch, and so does everything after it. ``--from STAGE`` reruns from a stage on; ``--until
+skipped; a stage that was interrupted keeps its folder and resumes (the data stages through their
+journals and cache, every trainer from the newest checkpoint in it: PPO's, and the TRL trainers'
+``checkpoint-N`` written every ``save_steps``); a stage whose inputs changed reruns from scratch,
+and so does everything after it. ``--from STAGE`` reruns from a stage on; ``--until
 STAGE`` stops after one.
 """
 

@@ -124,3 +124,36 @@ def test_iterated_rl_cai_relabels_the_current_policy(tiny_llama_dir, tmp_path):
     rl2 = json.loads((cfg.root / "rl_2" / "rlaif_train.json").read_text())["config"]
     assert rl2["model"] == str(cfg.root / "rl") and rl2["ref_model"] == str(cfg.root / "sft")
     assert rl2["reward_model"] == str(cfg.root / "rm_2")
+
+
+def test_interrupted_sft_stage_resumes_from_its_checkpoint(tiny_llama_dir, tmp_path, monkeypatch):
+    from rlaif.train import common, sft
+
+    cfg = recipe(tiny_llama_dir, tmp_path, sft={"max_steps": 4, "save_steps": 1,
+                 "per_device_train_batch_size": 2})  # fmt: skip
+    original = common.metrics_callback
+
+    def killed_after_checkpoint_2(out_dir):
+        base = original(out_dir)
+
+        class Kill(type(base)):
+            def on_save(self, args, state, control, **_):
+                if state.global_step == 2:
+                    raise KeyboardInterrupt
+
+        return Kill()
+
+    monkeypatch.setattr(sft, "metrics_callback", killed_after_checkpoint_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg, until="sft")
+    root = cfg.root
+    assert read_manifest(root / "sft")["status"] == "running"
+    assert [s for s, _ in common.checkpoints(root / "sft")] == [2]
+    monkeypatch.undo()
+    resumed = {r["stage"]: r for r in run_pipeline(cfg, until="sft")}
+    assert resumed["sl_cai"]["skipped"] is True
+    assert resumed["sft"]["resumed"] is True and resumed["sft"]["status"] == "done"
+    # kept, not wiped: steps 1-2 from before the kill, 3-4 after it
+    steps = [r["step"] for r in common.read_metrics(root / "sft") if "loss" in r]
+    assert steps == [1, 2, 3, 4]
+    assert common.checkpoints(root / "sft") == [] and (root / "sft" / "model.safetensors").exists()
