@@ -27,7 +27,7 @@ def safetensors_dtypes(folder):
 
 
 def test_bf16_checkpoint_trains_fp32_master_weights_under_autocast(
-    tiny_llama_dir, sl_cai_file, tmp_path
+    tiny_llama_dir, sl_cai_file, tmp_path, monkeypatch
 ):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -39,7 +39,21 @@ def test_bf16_checkpoint_trains_fp32_master_weights_under_autocast(
     assert safetensors_dtypes(bf16_dir) == {"BF16"}
     cfg = sft_cfg(bf16_dir, sl_cai_file, tmp_path / "out", max_steps=1, bf16=True,
                   learning_rate=1e-5)  # fmt: skip
+    seen = {}
+    finish = sft.finish_training
+
+    def spy(trainer, *args):
+        seen["params"] = {p.dtype for p in trainer.model.parameters()}
+        layer = trainer.model.model.layers[0].mlp.down_proj
+        hook = layer.register_forward_hook(lambda m, i, o: seen.update(out=o.dtype))
+        try:
+            return finish(trainer, *args)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(sft, "finish_training", spy)
     out = sft.main(cfg)
+    assert seen == {"params": {torch.float32}, "out": torch.bfloat16}  # fp32 weights, autocast
     assert safetensors_dtypes(out) == {"F32"}  # the optimizer updated fp32 weights
     before = AutoModelForCausalLM.from_pretrained(bf16_dir, dtype=torch.float32).state_dict()
     after = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).state_dict()

@@ -76,6 +76,33 @@ def test_dpo_on_preferences(tiny_llama_dir, prefs_file, tmp_path):
     assert (out / "loss.png").is_file()
 
 
+def test_dpo_on_a_bf16_checkpoint_starts_at_the_reference(tiny_llama_dir, prefs_file, tmp_path):
+    """bf16 autocast, fp32 policy: the reference is built like the policy and runs under the same
+    autocast, so before the first update the policy's log-probs equal the reference's exactly."""
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    bf16_dir = tmp_path / "bf16"
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.bfloat16)
+    model.save_pretrained(bf16_dir)
+    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(bf16_dir)
+    cfg = load_recipe(
+        dpo.DPORunConfig, None, model=str(bf16_dir), dataset=str(prefs_file),
+        output_dir=str(tmp_path / "dpo"), per_device_train_batch_size=3,
+        **{**COMMON, "max_steps": 1, "bf16": True},
+    )  # fmt: skip
+    out = dpo.main(cfg)
+    (row,) = [r for r in read_metrics(out) if "loss" in r]
+    assert row["rewards/chosen"] == 0.0 and row["rewards/rejected"] == 0.0
+    assert row["loss"] == pytest.approx(math.log(2), abs=1e-6)  # -log sigma(0)
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}  # noqa: SIM118
+
+
 class ScriptedJudge:
     """Prefers the longer completion; records what it was asked."""
 
