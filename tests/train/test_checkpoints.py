@@ -171,3 +171,40 @@ def test_defaults_checkpoint_and_resume():
     cfg = load_recipe(sft.SFTRunConfig, None)
     assert (cfg.save_strategy, cfg.save_steps, cfg.save_total_limit) == ("steps", 100, 1)
     assert cfg.resume is True and cfg.logging_nan_inf_filter is False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["rm", "dpo", "grpo"])
+def test_every_trl_trainer_resumes_after_a_kill(
+    kind, tiny_llama_dir, prefs_file, prompts_file, tmp_path, monkeypatch, capsys
+):
+    from rlaif.train import dpo, grpo, reward
+
+    base = {"max_steps": 3, "save_steps": 1, "use_cpu": True, "report_to": [], "bf16": False,
+            "output_dir": str(tmp_path / kind), "model": str(tiny_llama_dir)}  # fmt: skip
+    if kind == "rm":
+        module, cls, main = reward, reward.RewardRunConfig, reward.main
+        extra = {"dataset": str(prefs_file), "per_device_train_batch_size": 2, "eval_split": 0}
+    elif kind == "dpo":
+        module, cls, main = dpo, dpo.DPORunConfig, dpo.main
+        extra = {"dataset": str(prefs_file), "per_device_train_batch_size": 2}
+    else:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        rm = tmp_path / "rm"
+        AutoModelForSequenceClassification.from_pretrained(
+            tiny_llama_dir, num_labels=1
+        ).save_pretrained(rm)
+        AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(rm)
+        module, cls, main = grpo, grpo.GRPORunConfig, grpo.main
+        extra = {"prompts": str(prompts_file), "reward_model": str(rm),
+                 "per_device_train_batch_size": 4, "num_generations": 2,
+                 "max_completion_length": 4}  # fmt: skip
+    monkeypatch.setattr(module, "metrics_callback", stopping_metrics_callback(2))
+    with pytest.raises(KeyboardInterrupt):
+        main(load_recipe(cls, None, **base, **extra))
+    monkeypatch.undo()
+    out = main(load_recipe(cls, None, **base, **extra))
+    assert f"{kind}: resuming after step 2 from {out / 'checkpoint-2'}" in capsys.readouterr().out
+    assert [r["step"] for r in read_metrics(out) if "loss" in r] == [1, 2, 3]
+    assert common.checkpoints(out) == [] and (out / "model.safetensors").is_file()
