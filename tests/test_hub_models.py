@@ -264,3 +264,48 @@ def test_generate_by_hub_id_with_smollm2(hf_home, tmp_path):
     row = json.loads((out / "sl_cai.jsonl").read_text())
     assert row["provenance"]["critic"]["commit"] == SHA1
     assert "Paris" in row["response"]
+
+
+_RECORD_LOOKUPS = """
+import atexit, socket
+_seen = []
+_real = socket.getaddrinfo
+def _lookup(*args, **kwargs):
+    _seen.append(str(args[0]))
+    return _real(*args, **kwargs)
+socket.getaddrinfo = _lookup
+atexit.register(lambda: open({out!r}, "w").write("\\n".join(_seen)))
+"""
+
+
+def test_built_in_models_never_touch_the_network_without_hf_hub_offline(tmp_path):
+    """With HF_HUB_OFFLINE unset, training the built-in model looks up no host at all (no
+    telemetry, no download counts, no Hub calls): every name lookup in the process is
+    recorded."""
+    site = tmp_path / "site"
+    site.mkdir()
+    lookups = tmp_path / "lookups.txt"
+    (site / "sitecustomize.py").write_text(_RECORD_LOOKUPS.format(out=str(lookups)))
+    data = tmp_path / "sl_cai.jsonl"
+    chat = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
+    data.write_text("".join(json.dumps({"messages": chat}) + "\n" for _ in range(4)))
+    recipe = tmp_path / "sft.yaml"
+    recipe.write_text(f"model: tiny-random\ndataset: {data}\nuse_cpu: true\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HOME=str(tmp_path / "hf"), PYTHONPATH=str(site))
+    args = [
+        "train",
+        "sft",
+        "--config",
+        str(recipe),
+        "--set",
+        "max_steps=1",
+        "--set",
+        f"output_dir={tmp_path / 'out'}",
+        "--set",
+        "per_device_train_batch_size=2",
+    ]
+    proc = subprocess.run([sys.executable, "-m", "rlaif", *args], capture_output=True, text=True,
+                          check=False, cwd=REPO, env=env, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert lookups.read_text() == ""
