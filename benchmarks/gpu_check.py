@@ -6,10 +6,21 @@ Meant for one 10-minute call on one GPU (see ``gpu_check.sh``): the model is bui
 rlaif writes (SL-CAI ``messages``, preference pairs, prompts). Trainers whose libraries are missing
 on the machine (TRL, datasets) are reported as skipped, not hidden.
 
-tokens/s counts the tokens of the training batches (prompt + response, both sides of a pair) and,
-for the RL trainers, the generated tokens, divided by the wall time of the steps after the first
-(the first step pays for compilation and warm-up). Peak memory is
-``torch.cuda.max_memory_allocated`` over the trainer's run.
+tokens/s is defined the same way for every trainer, so the rows compare:
+
+- **tokens of a step**: the tokens of the sequences one optimiser step trains on, prompt + response
+  (both sides of a pair), each sequence counted once however many passes the step makes over it
+  (PPO's epochs, mini-batches). For the online trainers (GRPO, RLOO, online DPO, PPO) the
+  response is the sampled completion, counted at the generation budget (``--gen`` tokens; a
+  random-init model practically never samples EOS before it).
+- **time of a step**: the wall time between the ends of consecutive optimiser steps, so it holds
+  everything the training loop does for a step: batching, generation and scoring for the online
+  trainers, the optimisation, logging. The first step pays for warm-up and is not timed: with N
+  steps, N - 1 steps are timed.
+- **tokens/s** = tokens of a step x timed steps / their wall time.
+
+PPO also reports the share of its step spent in the optimisation (``optimise_s_per_step``). Peak
+memory is ``torch.cuda.max_memory_allocated`` over the trainer's run.
 
     python benchmarks/gpu_check.py --save-tokenizer .bench/tokenizer      # here, once
     python benchmarks/gpu_check.py --tokenizer .bench/tokenizer --size 0.5b --out $OUT
@@ -105,63 +116,81 @@ def write_data(work: Path) -> dict[str, Path]:
     return files
 
 
-class StepTimer:
-    """A TrainerCallback that times each optimiser step."""
+def step_end() -> float:
+    """The clock at the end of an optimiser step (after the GPU has finished its work)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+class StepClock:
+    """A TrainerCallback that notes when each optimiser step ends."""
 
     def __init__(self) -> None:
         from transformers import TrainerCallback
 
-        timer = self
+        ends = self.ends = []
 
         class _CB(TrainerCallback):
-            def on_step_begin(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
-                timer._t0 = time.perf_counter()
-
             def on_step_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                timer.times.append(time.perf_counter() - timer._t0)
+                ends.append(step_end())
 
-        self.times: list[float] = []
-        self._t0 = 0.0
         self.callback = _CB()
 
 
-def tokens_per_example(tokenizer_dir: Path, kind: str) -> int:
+def tokens_per_example(tokenizer_dir: Path, kind: str, gen: int) -> float:
+    """Mean tokens of one training example of ``kind`` over the benchmark's prompts: an SFT
+    conversation, a preference pair (both sides), or a prompt with a ``gen``-token completion."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
 
-    def n(messages: list[dict[str, str]]) -> int:
-        return len(tok.apply_chat_template(messages, tokenize=True))
+    def n(messages: list[dict[str, str]], **kw: bool) -> int:
+        text = tok.apply_chat_template(messages, tokenize=False, **kw)
+        return len(tok(text, add_special_tokens=False)["input_ids"])
 
-    user = [{"role": "user", "content": PROMPTS[0]}]
-    safe = [*user, {"role": "assistant", "content": SAFE}]
-    unsafe = [*user, {"role": "assistant", "content": UNSAFE}]
-    return {"sft": n(safe), "pair": n(safe) + n(unsafe), "prompt": n(user)}[kind]
+    counts = []
+    for prompt in PROMPTS:
+        user = [{"role": "user", "content": prompt}]
+        safe = [*user, {"role": "assistant", "content": SAFE}]
+        unsafe = [*user, {"role": "assistant", "content": UNSAFE}]
+        counts.append(
+            {
+                "sft": n(safe),
+                "pair": n(safe) + n(unsafe),
+                "online": n(user, add_generation_prompt=True) + gen,
+            }[kind]
+        )
+    return sum(counts) / len(counts)
 
 
-def run_trainer(name: str, fn, steps: int) -> dict:  # type: ignore[no-untyped-def]
+def run_trainer(name: str, fn) -> dict:  # type: ignore[no-untyped-def]
+    """Run one trainer; ``fn`` returns the clock at the end of each step, the tokens of a step
+    and any extra fields. Times the steps after the first (see the module docstring)."""
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     try:
-        times, tokens_per_step = fn()
+        ends, tokens_per_step, extra = fn()
     except ImportError as e:
         return {"trainer": name, "status": f"skipped: {e}"}
     except Exception as e:  # report and go on: one broken trainer must not hide the others
         traceback.print_exc()
         return {"trainer": name, "status": f"failed: {type(e).__name__}: {e}"[:300]}
-    steady = times[1:] or times
-    seconds = sum(steady)
+    timed = len(ends) - 1
+    seconds = ends[-1] - ends[0] if timed > 0 else 0.0
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
     return {
         "trainer": name,
         "status": "ok",
-        "steps": len(times),
-        "s_per_step": round(seconds / len(steady), 3),
-        "tokens_per_s": round(tokens_per_step * len(steady) / seconds, 1) if seconds else None,
+        "steps": len(ends),
+        "timed_steps": timed,
+        "timed_s": round(seconds, 4),
+        "s_per_step": round(seconds / timed, 3) if timed > 0 else None,
+        "tokens_per_step": round(tokens_per_step, 1),
+        "tokens_per_s": round(tokens_per_step * timed / seconds, 1) if seconds > 0 else None,
+        **extra,
         "peak_gib": round(peak, 2) if peak is not None else None,
         "wall_s": round(time.perf_counter() - started, 1),
     }
@@ -172,11 +201,16 @@ def main() -> int:
     ap.add_argument("--tokenizer", type=Path, default=Path(".bench/tokenizer"))
     ap.add_argument("--save-tokenizer", type=Path, metavar="DIR")
     ap.add_argument("--size", choices=sorted(SIZES), default="0.5b")
-    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=4, help="per trainer; the first is not timed")
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--gen", type=int, default=64, help="tokens generated per completion")
     ap.add_argument("--only", nargs="*", help="run only these trainers")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "outputs/gpu-check")))
     args = ap.parse_args()
+    if args.steps < 2:
+        ap.error("--steps must be at least 2: the first step is warm-up and not timed")
+    if args.batch < 4 or args.batch % 4:
+        ap.error("--batch must be a multiple of 4 (GRPO's groups of 4, PPO's 2 mini-batches)")
     if args.save_tokenizer:
         from rlaif.models import load_embedded_tokenizer
 
@@ -193,8 +227,8 @@ def main() -> int:
     b, steps = args.batch, args.steps
     common = {"max_steps": steps, "use_cpu": not gpu, "bf16": gpu, "report_to": [],
               "save_strategy": "no", "logging_steps": 1}  # fmt: skip
-    per = {k: tokens_per_example(args.tokenizer, k) for k in ("sft", "pair", "prompt")}
-    gen = 64
+    gen = args.gen
+    per = {k: tokens_per_example(args.tokenizer, k, gen) for k in ("sft", "pair", "online")}
 
     def trl_run(module: str, config: str, main: str, extra: dict, tokens: int, **kw):  # type: ignore[no-untyped-def]
         import importlib
@@ -204,14 +238,14 @@ def main() -> int:
         from rlaif.train import common as train_common
 
         mod = importlib.import_module(module)
-        timer = StepTimer()
+        clock = StepClock()
         cfg = train_common.load_recipe(
             getattr(mod, config), None, output_dir=str(work / "out" / config), **common, **extra
         )
         original = transformers.Trainer.__init__
 
         def with_timer(self, *a, **k):  # type: ignore[no-untyped-def]
-            k["callbacks"] = [*(k.get("callbacks") or []), timer.callback]
+            k["callbacks"] = [*(k.get("callbacks") or []), clock.callback]
             original(self, *a, **k)
 
         transformers.Trainer.__init__ = with_timer
@@ -219,7 +253,7 @@ def main() -> int:
             getattr(mod, main)(cfg, **kw)
         finally:
             transformers.Trainer.__init__ = original
-        return timer.times, tokens
+        return clock.ends, tokens, {}
 
     def ppo_run():  # type: ignore[no-untyped-def]
         from rlaif.train import ppo
@@ -228,14 +262,18 @@ def main() -> int:
             model=str(model), reward_model=str(rm_dir()), prompts=str(data["prompts"]),
             output_dir=str(work / "out" / "ppo"), steps=steps, batch_size=b,
             mini_batch_size=b // 2, max_new_tokens=gen, bf16=gpu, use_cpu=not gpu,
+            save_steps=0, resume=False,  # like the TRL runs: no checkpoints inside the timing
         )  # fmt: skip
-        times = []
+        # a PPO step (rollout, scoring, optimisation, logging) ends with its optimisation
+        ends: list[float] = []
+        optimising: list[float] = []
         real_optimise = ppo.optimise
 
         def timed(*a, **k):  # type: ignore[no-untyped-def]
-            t0 = time.perf_counter()
+            t0 = step_end()
             out = real_optimise(*a, **k)
-            times.append(time.perf_counter() - t0)
+            ends.append(step_end())
+            optimising.append(ends[-1] - t0)
             return out
 
         ppo.optimise = timed
@@ -243,7 +281,9 @@ def main() -> int:
             ppo.main(cfg)
         finally:
             ppo.optimise = real_optimise
-        return times, b * (per["prompt"] + gen) * cfg.ppo_epochs
+        share = optimising[1:]
+        extra = {"optimise_s_per_step": round(sum(share) / len(share), 3) if share else None}
+        return ends, b * per["online"], extra
 
     def rm_dir() -> Path:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -275,15 +315,15 @@ def main() -> int:
                                 "per_device_train_batch_size": b}, b * per["pair"]),
         "grpo": lambda: trl_run("rlaif.train.grpo", "GRPORunConfig", "main",
                                 {**group, "model": str(model), "reward_model": str(rm_dir())},
-                                b * (per["prompt"] + gen)),
+                                b * per["online"]),
         "rloo": lambda: trl_run("rlaif.train.grpo", "RLOORunConfig", "main_rloo",
                                 {**group, "model": str(model), "reward_model": str(rm_dir())},
-                                b * (per["prompt"] + gen)),
+                                b * per["online"]),
         "online-dpo": lambda: trl_run("rlaif.train.dpo", "OnlineDPORunConfig", "main_online",
                                       {"model": str(model), "prompts": str(data["prompts"]),
                                        "per_device_train_batch_size": b // 2,
                                        "max_new_tokens": gen},
-                                      b * (per["prompt"] + gen), judge=LengthJudge()),
+                                      b * per["online"], judge=LengthJudge()),
         "ppo (ours)": ppo_run,
     }  # fmt: skip
     results = []
@@ -291,20 +331,25 @@ def main() -> int:
         if args.only and name.split()[0] not in args.only:
             continue
         print(f"--- {name}", flush=True)
-        results.append(run_trainer(name, fn, steps))
+        results.append(run_trainer(name, fn))
         print(json.dumps(results[-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    report = {"device": device, "size": args.size, "batch": b, "steps": steps, "results": results}
+    report = {"device": device, "size": args.size, "batch": b, "steps": steps, "gen": gen,
+              "results": results}  # fmt: skip
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2))
-    print(f"\n{device}, random-init Llama {args.size}, batch {b}, {steps} steps each")
-    print(f"{'trainer':<18}{'status':<10}{'s/step':>9}{'tokens/s':>11}{'peak GiB':>10}")
+    print(
+        f"\n{device}, random-init Llama {args.size}, batch {b}, {steps} steps each "
+        f"(the last {steps - 1} timed), {gen} generated tokens per completion"
+    )
+    print(f"{'trainer':<18}{'status':<10}{'s/step':>9}{'tokens/step':>13}{'tokens/s':>11}"
+          f"{'peak GiB':>10}")  # fmt: skip
     for r in results:
         if r["status"] != "ok":
             print(f"{r['trainer']:<18}{r['status']}")
             continue
         peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
-        print(f"{r['trainer']:<18}{'ok':<10}{r['s_per_step']:>9.3f}{r['tokens_per_s']:>11.1f}"
-              f"{peak:>10}")  # fmt: skip
+        print(f"{r['trainer']:<18}{'ok':<10}{r['s_per_step']:>9.3f}{r['tokens_per_step']:>13.0f}"
+              f"{r['tokens_per_s']:>11.1f}{peak:>10}")  # fmt: skip
     shutil.rmtree(work, ignore_errors=True)
     return (
         0 if all(r["status"] == "ok" or r["status"].startswith("skipped") for r in results) else 1
