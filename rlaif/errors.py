@@ -82,7 +82,8 @@ class LabelerNotFoundError(ConfigError):
 
 
 class ModelNotFoundError(RlaifError):
-    """A model could not be found locally (rlaif never downloads weights at run time)."""
+    """A model name is not built in, not a local folder, and not a Hub id that can be fetched
+    (offline and not cached, or no such repo or revision)."""
 
 
 class TrainingDivergedError(RlaifError):
