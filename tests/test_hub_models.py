@@ -129,6 +129,31 @@ def test_missing_model_offline_names_the_id_and_the_fetch_command(hf_home):
     assert "\n" not in msg
 
 
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        ("RepositoryNotFoundError", "'test-org/tiny-chat' was not found on the Hugging Face Hub"),
+        ("RevisionNotFoundError", "'test-org/tiny-chat' has no revision 'v9'"),
+        ("GatedRepoError", "'test-org/tiny-chat' is gated: accept its terms"),
+    ],
+)
+def test_hub_answers_become_one_line_errors(hf_home, monkeypatch, error, expected):
+    import types
+
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    response = types.SimpleNamespace(headers={}, request=None, status_code=404)
+
+    def refuse(*args, **kwargs):
+        raise getattr(errors, error)("404 Client Error\nmore lines", response=response)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
+    with pytest.raises(ModelNotFoundError) as e:
+        models.resolve_model(f"{REPO_ID}@v9")
+    assert expected in str(e.value) and "\n" not in str(e.value)
+
+
 def test_a_path_shaped_name_that_does_not_exist_is_not_a_silent_download(hf_home):
     with pytest.raises(ModelNotFoundError, match="out/sft' is not in the Hugging Face cache"):
         models.resolve_model("out/sft")  # a relative path that is not there: looked up, offline
