@@ -20,21 +20,25 @@ TRL removed its PPO trainer (1.13), so this is ours. It follows the recipe of th
    ``max(-A r, -A clip(r, 1 - eps, 1 + eps))`` with ``r = pi / pi_old`` and ``eps = 0.2``, plus a
    clipped value loss weighted by ``vf_coef``. AdamW decays the body's weight matrices only.
 
-The module parts where the work does: ``ppo_core`` holds the tensor arithmetic (GAE, whitening,
-KL estimators, losses), ``ppo_rollout`` the models, their precision and the sampling, and
-``rlaif.eval.hacking`` the reward-hacking monitors; this file is the loop, the optimisation and
-the checkpoints. Names used elsewhere (``gae``, ``ppo_losses``, ``rollout``...) are re-exported.
+The trainer is split where its parts meet: ``ppo_core`` holds the tensor arithmetic (GAE,
+whitening, KL estimators, losses), ``ppo_rollout`` the models, their precision and the sampling,
+and ``rlaif.eval.hacking`` the reward-hacking monitors; this file is the loop, the optimisation
+and the checkpoints. Names used elsewhere (``gae``, ``ppo_losses``, ``rollout``...) are
+re-exported here.
 
 Precision: fp32 weights always, bf16 autocast for the compute with ``bf16: true``, the same
 context for every log-prob (details in ``ppo_rollout``). Processes: ``accelerate`` handles the
-devices -- one CPU, one GPU, or DDP across many, each process rolling out its own prompts. A
-run on two CPU processes::
+devices -- one CPU, one GPU, or DDP across many, each process rolling out its own prompts. Two
+processes on a CPU (gloo), and the same on GPUs::
 
-    python -m torch.distributed.run --nproc_per_node 2 -m rlaif.train.ppo \\
+    python -m torch.distributed.run --standalone --nproc_per_node 2 -m rlaif.train.ppo \\
         --config recipes/train/ppo-tiny.yaml
+    accelerate launch --config_file recipes/accelerate/ddp.yaml -m rlaif.train.ppo \\
+        --config recipes/train/ppo.yaml
 
-The weights are gathered with ``accelerator.get_state_dict`` on every process (ZeRO-3 and FSDP
-shard them) and written once, by the main process.
+The weights are gathered with ``accelerator.get_state_dict`` on every process and written once,
+by the main process. The rollout's ``generate`` and the optimizer checkpoint assume each process
+holds whole parameters (one device or DDP), not ZeRO-3/FSDP shards.
 
 Every step appends reward, KL (k1 and k3), beta, response length, losses, clip fraction and
 approximate KL to ``metrics.jsonl``; a non-finite loss stops the run with
