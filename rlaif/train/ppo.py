@@ -181,6 +181,13 @@ class PPORunConfig:
 CHECKPOINT = "checkpoint"
 
 
+def has_accelerator() -> bool:
+    """A GPU (or another accelerator torch knows) on this machine."""
+    if hasattr(torch, "accelerator"):  # torch >= 2.6
+        return torch.accelerator.is_available()
+    return torch.cuda.is_available() or torch.backends.mps.is_available()
+
+
 def gathered_weights(accelerator: Any, model: Any) -> tuple[dict, dict]:
     """The policy's and the value head's full state dicts. Every process must call this:
     under ZeRO-3 or FSDP ``get_state_dict`` gathers the shards with a collective."""
@@ -261,7 +268,7 @@ def main(cfg: PPORunConfig, reward_fn: RewardFn | None = None) -> Path:
         mixed_precision="bf16" if cfg.bf16 else "no",
         # without an accelerator, accelerate runs torchrun's processes as a gloo group only when
         # told cpu=True (else each process would train alone, as if it were the only one)
-        cpu=cfg.use_cpu or not torch.accelerator.is_available(),
+        cpu=cfg.use_cpu or not has_accelerator(),
         log_with=cfg.report_to or None,
         project_dir=cfg.output_dir,
     )
