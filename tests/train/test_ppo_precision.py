@@ -150,3 +150,19 @@ def test_rollout_ignores_the_checkpoint_generation_config(bf16_dir):
     width = enc["input_ids"].size(1)
     assert merged[:, width:].shape == rolls[0]["completion"].shape
     assert not torch.equal(merged[:, width:], rolls[0]["completion"])
+
+
+def test_dropout_is_off_in_rollout_and_optimisation(tiny_llama_dir, prompts_file, tmp_path):
+    """A checkpoint with attention dropout 0.5: at lr 0 the new log-probs of the optimisation
+    equal the rollout's old ones (ratio 1, nothing clipped) only when dropout is off in both."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tmp_path / "dropout"
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attention_dropout=0.5)
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(path)
+    cfg = load_recipe(ppo.PPORunConfig, TINY_RECIPE, sets(
+        model=path, prompts=prompts_file, output_dir=tmp_path / "ppo", learning_rate=0,
+        max_new_tokens=6))  # fmt: skip
+    rows = read_metrics(ppo.main(cfg))
+    assert [(r["approx_kl"], r["clipfrac"]) for r in rows] == [(0.0, 0.0), (0.0, 0.0)]
