@@ -213,6 +213,15 @@ def load_embedded_tokenizer(name: str = "smollm2") -> Any:
     return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
 
 
+def no_usage_pings() -> None:
+    """Only a Hub model id ever reaches the network (``resolve_hub``); HF_HUB_OFFLINE stays the
+    user's to set. So no usage pings either: the Hub's telemetry and datasets' download counts
+    are off unless the user turns them on. Call before huggingface_hub or datasets is imported:
+    both read these variables once."""
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("HF_UPDATE_DOWNLOAD_COUNTS", "0")
+
+
 def resolve_model(name_or_path: str) -> Path:
     """An embedded model name, a local folder or a Hub id -> a folder transformers can load.
 

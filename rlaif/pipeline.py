@@ -106,6 +106,17 @@ class RunConfig(BaseModel):
         return value
 
 
+def hub_commits_of(cfg: RunConfig) -> dict[str, str]:
+    """The commit each Hub id among the run's local models resolves to (none: ``{}``)."""
+    from rlaif.train.common import MODEL_KEYS, hub_commits
+
+    names = [cfg.base_model, *(cfg.rl.settings.get(k) for k in MODEL_KEYS)]
+    backend, _, model = cfg.labeler.partition(":")
+    if backend in ("transformers", "vllm"):
+        names.append(model)
+    return hub_commits(names)
+
+
 def stage_keys(section: str, algorithm: str) -> list[str]:
     """The settings a stage section may hold: its config's fields."""
     import dataclasses
@@ -215,6 +226,9 @@ def run_pipeline(
     resolved = {stage.name: stage.settings() for stage in stages_}
     forced = names.index(start) if start else len(names)
     last = names.index(until) if until else len(names) - 1
+    # a Hub id names a branch that moves: the commit it resolves to now is part of every
+    # fingerprint, so a new snapshot of the base model or labeler reruns the stages
+    hub = hub_commits_of(cfg)
     root = cfg.root
     root.mkdir(parents=True, exist_ok=True)
     fingerprints: dict[str, str] = {}
@@ -227,6 +241,7 @@ def run_pipeline(
             "inputs": {str(p): _file_hash(p) for p in stage.inputs},
             "upstream": [fingerprints[n] for n in names[:i]],
             "rlaif": __version__,
+            **({"hub": hub} if hub else {}),
         })  # fmt: skip
         fingerprints[stage.name] = fp
         old = read_manifest(stage_dir)

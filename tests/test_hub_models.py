@@ -249,6 +249,25 @@ def test_train_sft_by_hub_id(hf_home, tiny_llama_dir, tmp_path):
     sets = ["max_steps=1", f"output_dir={out}", "per_device_train_batch_size=2"]
     assert main(["train", "sft", "--config", str(recipe), *(f"--set={s}" for s in sets)]) == 0
     assert (out / "model.safetensors").is_file()
+    record = json.loads((out / "rlaif_train.json").read_text())
+    assert record["config"]["model"] == REPO_ID
+    assert record["hub_commits"] == {REPO_ID: SHA1}
+
+
+def test_a_run_fingerprints_the_commit_its_hub_models_resolve_to(hf_home, tiny_llama_dir):
+    """``rlaif run`` skips a finished stage only while the Hub ids still name the same commit."""
+    from rlaif.pipeline import RunConfig, hub_commits_of
+
+    add_snapshot(hf_home, tiny_llama_dir, SHA1)
+    cfg = RunConfig(name="hub", base_model=REPO_ID, labeler=f"transformers:{REPO_ID}",
+                    prompts=FIXTURES / "red_team.txt")  # fmt: skip
+    assert hub_commits_of(cfg) == {REPO_ID: SHA1}
+    add_snapshot(hf_home, tiny_llama_dir, SHA2)  # refs/main moves
+    models._RESOLVED.clear()  # a new process
+    assert hub_commits_of(cfg) == {REPO_ID: SHA2}
+    # API labelers' model names are never taken for Hub ids, nor are built-in models
+    local = RunConfig(name="x", labeler="openai:meta-llama/Llama-3-8B", prompts=cfg.prompts)
+    assert hub_commits_of(local) == {}
 
 
 def _cli(args: list[str], hf_home: Path) -> subprocess.CompletedProcess:
@@ -303,10 +322,14 @@ atexit.register(lambda: open({out!r}, "w").write("\\n".join(_seen)))
 """
 
 
-def test_built_in_models_never_touch_the_network_without_hf_hub_offline(tmp_path):
+@pytest.mark.parametrize(
+    "entry", [["rlaif", "train", "sft"], ["rlaif.train.sft"]], ids=["cli", "torchrun-entry"]
+)
+def test_built_in_models_never_touch_the_network_without_hf_hub_offline(tmp_path, entry):
     """With HF_HUB_OFFLINE unset, training the built-in model looks up no host at all (no
     telemetry, no download counts, no Hub calls): every name lookup in the process is
-    recorded."""
+    recorded. Both through the CLI and through ``python -m rlaif.train.sft``, the entry point
+    that torchrun and accelerate launch use."""
     site = tmp_path / "site"
     site.mkdir()
     lookups = tmp_path / "lookups.txt"
@@ -319,8 +342,6 @@ def test_built_in_models_never_touch_the_network_without_hf_hub_offline(tmp_path
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(HF_HOME=str(tmp_path / "hf"), PYTHONPATH=str(site))
     args = [
-        "train",
-        "sft",
         "--config",
         str(recipe),
         "--set",
@@ -330,7 +351,7 @@ def test_built_in_models_never_touch_the_network_without_hf_hub_offline(tmp_path
         "--set",
         "per_device_train_batch_size=2",
     ]
-    proc = subprocess.run([sys.executable, "-m", "rlaif", *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", *entry, *args], capture_output=True, text=True,
                           check=False, cwd=REPO, env=env, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert lookups.read_text() == ""

@@ -36,11 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet_environment() -> None:
-    # HF_HUB_OFFLINE is the user's to set: only a Hub model id ever downloads (models.resolve_hub),
-    # the embedded model and local folders never touch the network. So no usage pings either
-    # (the Hub's telemetry, datasets' download counts); a user may still turn them on.
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    os.environ.setdefault("HF_UPDATE_DOWNLOAD_COUNTS", "0")
+    from rlaif.models import no_usage_pings
+
+    no_usage_pings()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")

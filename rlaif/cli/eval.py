@@ -36,7 +36,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a("--gold-format", choices=["auto", "hh-rlhf", "pairs", "multiple-choice"],
       help="format of --gold (auto: from the keys of each row)")  # fmt: skip
     a("--limit", type=positive_int, metavar="N", help="use the first N gold rows")
-    a("--labeler", metavar="NAME", help="smollm2 (default), transformers:PATH, openai:MODEL, ...")
+    a(
+        "--labeler",
+        metavar="NAME",
+        help="smollm2 (default), transformers:PATH|ORG/NAME[@REV], openai:MODEL, ...",
+    )
     a("--labeler-set", dest="labeler_set", action="append", metavar="KEY=VALUE",
       help="a labeler setting, repeatable (values are YAML)")  # fmt: skip
     a("--constitution", type=Path, metavar="FILE", help="constitution YAML (harmless.yaml)")

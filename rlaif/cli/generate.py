@@ -86,8 +86,9 @@ def add_input_arguments(s: argparse.ArgumentParser, out_default: str) -> None:
     a("--limit", type=positive_int, metavar="N", help="use the first N prompts")
     a("--constitution", type=Path, metavar="FILE", help="constitution YAML (harmless.yaml)")
     a("--templates", type=Path, metavar="DIR", help="Jinja templates overriding prompts/*.j2")
-    a("--labeler", metavar="NAME", help="the AI labeler: smollm2 (default), transformers:PATH, "
-      "openai:MODEL, anthropic:MODEL, vllm:PATH")  # fmt: skip
+    a("--labeler", metavar="NAME", help="the AI labeler: smollm2 (default), "
+      "transformers:PATH|ORG/NAME[@REV], vllm:PATH|ORG/NAME[@REV], openai:MODEL, "
+      "anthropic:MODEL")  # fmt: skip
     a("--labeler-set", dest="labeler_set", action="append", metavar="KEY=VALUE",
       help="a labeler setting, repeatable: base_url=http://127.0.0.1:8000/v1, concurrency=64, "
       "batch_size=16 (values are YAML)")  # fmt: skip

@@ -173,7 +173,7 @@ PLOT_GROUPS: dict[str, tuple[str, ...]] = {
         "accuracy",
         "rewards/margins",
     ),
-    "kl": ("kl", "objective/kl", "beta"),
+    "kl": ("kl", "kl_k3", "objective/kl", "beta"),
     "length": ("completions/mean_length", "response_length", "num_tokens"),
     "monitors": (
         "monitor/length_ratio",
@@ -237,6 +237,22 @@ def keep_metrics_until(out_dir: str | Path, step: int) -> None:
         path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
 
 
+# the settings of any trainer that name a model
+MODEL_KEYS = ("model", "ref_model", "reward_model")
+
+
+def hub_commits(names: Any) -> dict[str, str]:
+    """``{hub id: commit sha}`` for the names that are Hub ids (resolved once per process)."""
+    from rlaif.models import hub_model
+
+    out = {}
+    for name in names:
+        hub = hub_model(name) if isinstance(name, str) else None
+        if hub is not None:
+            out[name] = hub.commit
+    return out
+
+
 def save_run_config(out_dir: str | Path, cfg: Any, kind: str) -> Path:
     """The resolved settings beside the checkpoint, for provenance."""
     values = {}
@@ -248,9 +264,13 @@ def save_run_config(out_dir: str | Path, cfg: Any, kind: str) -> Path:
             values[f.name] = v
         elif isinstance(v, list | tuple) and all(isinstance(x, int | float | str) for x in v):
             values[f.name] = list(v)
+    record: dict[str, Any] = {"trainer": kind, "config": values}
+    hub = hub_commits(values.get(k) for k in MODEL_KEYS)
+    if hub:
+        record["hub_commits"] = hub  # the snapshot each Hub id was trained from
     path = Path(out_dir) / "rlaif_train.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"trainer": kind, "config": values}, indent=2), encoding="utf-8")
+    path.write_text(json.dumps(record, indent=2), encoding="utf-8")
     return path
 
 
