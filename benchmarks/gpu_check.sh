@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every trainer a few steps on a ~0.5B random-init Llama on one GPU: tokens/s and peak memory.
 #
-# Fits one 10-minute call of the `device` tool (no internet there, no vllm; torch, transformers,
-# peft and accelerate installed). Prepare here, once:
+# Runs in under ten minutes on a GPU host without internet access (no vllm needed; torch,
+# transformers, peft and accelerate installed). Prepare on a machine with the project, once:
 #     .venv/bin/python benchmarks/gpu_check.py --save-tokenizer .bench/tokenizer
 #     .venv/bin/pip download --no-deps -d .bench/wheels trl datasets   # if the GPU host lacks them
 # then run with `.bench/tokenizer` (and `.bench/wheels`) carried:
