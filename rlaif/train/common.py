@@ -228,12 +228,17 @@ def fresh_metrics(out_dir: str | Path) -> None:
     (Path(out_dir) / METRICS_FILE).unlink(missing_ok=True)
 
 
-def keep_metrics_until(out_dir: str | Path, step: int) -> None:
-    """Rows of steps after ``step`` belong to the run that stopped after that checkpoint."""
-    rows = read_metrics(out_dir)
-    kept = [r for r in rows if r.get("step", 0) <= step]
-    path = Path(out_dir) / METRICS_FILE
-    if rows:
+def keep_metrics_until(
+    out_dir: str | Path, step: int, names: Sequence[str] = (METRICS_FILE,)
+) -> None:
+    """Rows of steps after ``step`` belong to the run that stopped after that checkpoint: each
+    JSONL log in ``names`` keeps only the rows up to it."""
+    for name in names:
+        path = Path(out_dir) / name
+        if not path.exists():
+            continue
+        rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        kept = [r for r in rows if r.get("step", 0) <= step]
         path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
 
 

@@ -61,7 +61,9 @@ import torch
 from rlaif.errors import ConfigError
 from rlaif.eval.hacking import LabelerJudges
 from rlaif.train.common import (
+    METRICS_FILE,
     append_metrics,
+    keep_metrics_until,
     model_path,
     raise_if_nonfinite,
     run_main,
@@ -89,6 +91,8 @@ from rlaif.train.ppo_rollout import (
     rm_reward,
     rollout,
 )
+
+WARNINGS_FILE = "warnings.jsonl"
 
 __all__ = [
     "AdaptiveKL",
@@ -242,17 +246,6 @@ def load_checkpoint(out: Path, steps: int) -> dict | None:
     return state if 0 < state["step"] < steps else None
 
 
-def keep_metrics_until(out: Path, step: int) -> None:
-    """Metrics (and warnings) of steps after ``step`` belong to a run that stopped: drop them."""
-    for name in ("metrics.jsonl", "warnings.jsonl"):
-        path = out / name
-        if not path.exists():
-            continue
-        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-        kept = [r for r in rows if r.get("step", 0) <= step]
-        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-
-
 def main(cfg: PPORunConfig, reward_fn: RewardFn | None = None) -> Path:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -280,7 +273,8 @@ def main(cfg: PPORunConfig, reward_fn: RewardFn | None = None) -> Path:
     start = resumed["step"] + 1 if resumed else 1
     set_seed(cfg.seed * 7919 + start + accelerator.process_index)
     if accelerator.is_main_process:
-        keep_metrics_until(out, resumed["step"] if resumed else 0)
+        # metrics and warnings of steps after the checkpoint belong to the run that stopped
+        keep_metrics_until(out, resumed["step"] if resumed else 0, (METRICS_FILE, WARNINGS_FILE))
     if cfg.report_to:
         accelerator.init_trackers("rlaif-ppo")
     path = model_path(cfg.model)
@@ -377,7 +371,7 @@ def main(cfg: PPORunConfig, reward_fn: RewardFn | None = None) -> Path:
                     flush=True,
                 )
             for w in monitor.warnings[n_warn:]:
-                append_metrics(out, {"warning": w["monitor"], **w}, "warnings.jsonl")
+                append_metrics(out, {"warning": w["monitor"], **w}, WARNINGS_FILE)
                 print(f"ppo warning at step {step}: {w['monitor']} {w['value']} is "
                       f"{w['side']} {w['threshold']}", flush=True)  # fmt: skip
         if cfg.report_to:
