@@ -173,32 +173,34 @@ def ensure_tiny_random() -> Path:
     if is_converted(target):
         return target
     _require_gguf(EMBEDDED["smollm2"])
+    return _build_once(target, build_tiny_random, "the tiny random model")
 
-    def build(tmp: Path) -> None:
-        import torch
-        from transformers import LlamaConfig, LlamaForCausalLM
 
-        tok = load_embedded_tokenizer("smollm2")
-        config = LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
-            tie_word_embeddings=True,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-        )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            lm = LlamaForCausalLM(config)
-        lm.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+def build_tiny_random(path: Path, tokenizer: Any = None) -> None:
+    """Write the tiny random Llama (and the embedded tokenizer, or ``tokenizer``) to ``path``:
+    the model behind ``tiny-random``, and the test suite's tiny model."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    return _build_once(target, build, "the tiny random model")
+    tok = tokenizer if tokenizer is not None else load_embedded_tokenizer("smollm2")
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        lm = LlamaForCausalLM(config)
+    lm.save_pretrained(path)
+    tok.save_pretrained(path)
 
 
 def load_embedded_tokenizer(name: str = "smollm2") -> Any:

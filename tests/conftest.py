@@ -32,29 +32,12 @@ def smollm2_tokenizer():
 
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
-    """A 2-layer random Llama saved with the SmolLM2 tokenizer (and its chat template)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """A 2-layer random Llama saved with the SmolLM2 tokenizer (and its chat template): the
+    built-in ``tiny-random`` model, built into a temporary folder."""
+    from rlaif.models import build_tiny_random
 
-    tok = smollm2_tokenizer
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
     path = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
+    build_tiny_random(path, smollm2_tokenizer)
     return path
 
 
