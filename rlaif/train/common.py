@@ -111,6 +111,18 @@ def gpu_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
+def causal_lm_loader(path: str) -> Any:
+    """A loader of the trainable causal LM at ``path`` in fp32 (see the module docstring): the
+    trainer's model, and with LoRA the fresh base that ``finish_training`` merges into."""
+
+    def load() -> Any:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(path, dtype=TRAINABLE_DTYPE)
+
+    return load
+
+
 def load_jsonl_dataset(path: str | Path) -> Any:
     from datasets import load_dataset
 

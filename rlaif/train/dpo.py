@@ -30,8 +30,8 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # we chose the experimen
 from trl.experimental.online_dpo import OnlineDPOConfig
 
 from rlaif.train.common import (
-    TRAINABLE_DTYPE,
     RunOptions,
+    causal_lm_loader,
     finish_training,
     load_jsonl_dataset,
     metrics_callback,
@@ -80,14 +80,12 @@ class JudgeReward:
 
 
 def main(cfg: DPORunConfig) -> Path:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from trl import DPOTrainer
 
     path = model_path(cfg.model)
     out = Path(cfg.output_dir or "outputs/run/dpo")
-
-    def load() -> Any:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=TRAINABLE_DTYPE)
+    load = causal_lm_loader(path)
 
     tok = AutoTokenizer.from_pretrained(path)
     ds = load_jsonl_dataset(cfg.dataset).select_columns(["prompt", "chosen", "rejected"])
@@ -103,16 +101,14 @@ def main(cfg: DPORunConfig) -> Path:
 
 
 def main_online(cfg: OnlineDPORunConfig, judge: Any = None) -> Path:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from trl.experimental.online_dpo import OnlineDPOTrainer
 
     from rlaif.train.grpo import prompt_dataset
 
     path = model_path(cfg.model)
     out = Path(cfg.output_dir or "outputs/run/online-dpo")
-
-    def load() -> Any:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=TRAINABLE_DTYPE)
+    load = causal_lm_loader(path)
 
     if judge is None:
         from rlaif.engine.feedback import FeedbackSettings

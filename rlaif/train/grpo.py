@@ -28,8 +28,8 @@ from trl import GRPOConfig, RLOOConfig
 
 from rlaif.errors import ConfigError
 from rlaif.train.common import (
-    TRAINABLE_DTYPE,
     RunOptions,
+    causal_lm_loader,
     finish_training,
     metrics_callback,
     model_path,
@@ -113,13 +113,11 @@ def reward_functions(cfg: Any) -> tuple[list[Any], list[Any]]:
 
 
 def _train(cfg: Any, trainer_cls: Any, kind: str, title: str) -> Path:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     path = model_path(cfg.model)
     out = Path(cfg.output_dir or f"outputs/run/{kind}")
-
-    def load() -> Any:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=TRAINABLE_DTYPE)
+    load = causal_lm_loader(path)
 
     funcs, tokenizers = reward_functions(cfg)
     tok = AutoTokenizer.from_pretrained(path, padding_side="left")

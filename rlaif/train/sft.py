@@ -24,8 +24,8 @@ from trl import SFTConfig
 
 from rlaif.errors import ConfigError
 from rlaif.train.common import (
-    TRAINABLE_DTYPE,
     RunOptions,
+    causal_lm_loader,
     finish_training,
     load_jsonl_dataset,
     metrics_callback,
@@ -64,14 +64,12 @@ def build_dataset(cfg: SFTRunConfig) -> Any:
 
 
 def main(cfg: SFTRunConfig) -> Path:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from trl import SFTTrainer
 
     path = model_path(cfg.model)
     out = Path(cfg.output_dir or "outputs/run/sft")
-
-    def load() -> Any:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=TRAINABLE_DTYPE)
+    load = causal_lm_loader(path)
 
     trainer = SFTTrainer(
         model=load(),
