@@ -186,7 +186,7 @@ def run_trainer(name: str, fn) -> dict:  # type: ignore[no-untyped-def]
         "status": "ok",
         "steps": len(ends),
         "timed_steps": timed,
-        "timed_s": round(seconds, 4),
+        "timed_s": round(seconds, 6),  # precise enough to recompute tokens_per_s from it
         "s_per_step": round(seconds / timed, 3) if timed > 0 else None,
         "tokens_per_step": round(tokens_per_step, 1),
         "tokens_per_s": round(tokens_per_step * timed / seconds, 1) if seconds > 0 else None,

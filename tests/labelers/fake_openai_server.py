@@ -51,7 +51,7 @@ class FakeOpenAIServer:
         self.permanent: str | None = None  # set to "500" to fail every request
         self.fail_if: Any = None  # request -> bool: these requests always get a 500
         self.echo_prefill = False  # anthropic: start the answer with the assistant prefill
-        self.votes_served = 0
+        self.votes_served: Counter[str] = Counter()  # per question (the conversation)
         self.in_flight = 0
         self.peak_in_flight = 0
         self._lock = threading.Lock()
@@ -154,13 +154,15 @@ class FakeOpenAIServer:
 
 def _anthropic_message(server: FakeOpenAIServer, request: dict[str, Any]) -> dict[str, Any]:
     """Anthropic Messages format. After an assistant prefill, it votes: "(A)" three times in four,
-    "(B)" otherwise (a cyclic counter, so any 8 votes split 6:2)."""
+    "(B)" otherwise (a cyclic counter per question, so any 8 votes on one question split 6:2,
+    however requests for several questions interleave)."""
     messages = request["messages"]
     last = messages[-1]
     if last["role"] == "assistant":
+        question = json.dumps(messages, sort_keys=True)
         with server._lock:
-            k = server.votes_served
-            server.votes_served += 1
+            k = server.votes_served[question]
+            server.votes_served[question] += 1
         text = " (A)" if k % 4 != 3 else " (B)"
         if server.echo_prefill:
             text = last["content"] + text
