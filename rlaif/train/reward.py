@@ -98,7 +98,7 @@ class RewardRunConfig(RunOptions, RewardConfig):
     )
     output_dir: str | None = field(default="outputs/run/rm")
     soft_labels: bool = field(default=True, metadata={"help": "train on preference_prob"})
-    eval_split: float = field(default=0.1, metadata={"help": "held-out share for accuracy"})
+    eval_split: float = field(default=0.1, metadata={"help": "prompts held out (share)"})
 
 
 def prompt_groups(ds: Any) -> list[str]:
