@@ -108,13 +108,26 @@ class LabelerCallError(RlaifError):
     """A labeler request failed for good: not retryable, or still failing after the last retry.
 
     The engine marks the row failed with ``reason`` and goes on; a rerun retries such rows.
+    ``permanent`` says the endpoint itself cannot serve any request (a rejected key, an unknown
+    model or URL, nothing listening): the engine then stops the run instead (``EndpointError``).
     """
 
-    def __init__(self, reason: str, attempts: int, retryable: bool):
+    def __init__(self, reason: str, attempts: int, retryable: bool, permanent: bool = False):
         self.reason = reason
         self.attempts = attempts
         self.retryable = retryable
+        self.permanent = permanent
         super().__init__(f"{reason} (after {attempts} attempt{'s' if attempts != 1 else ''})")
+
+
+class EndpointError(RlaifError):
+    """A run stopped because its labeler endpoint is unusable: a permanent failure (401/403,
+    404, connection refused after its retries) or the last K rows all failed (the circuit
+    breaker). Trying row after row would only spend time; rows already written stay in the
+    journal, so the same command resumes once the endpoint is fixed. Exit code 4, distinct from
+    3 (a run that finished with some rows failed)."""
+
+    exit_code = 4
 
 
 class LabelerResponseError(RlaifError):

@@ -40,6 +40,7 @@ from rlaif.labelers.reliability import (
     ApiSettings,
     Verdict,
     classify_sdk_error,
+    estimate_tokens,
     read_api_key,
 )
 
@@ -71,7 +72,7 @@ class AnthropicLabeler(ApiLabelerMixin):
         )
         self._client: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._caller = ApiCaller(settings, classify_anthropic)
+        self._caller = ApiCaller(settings, classify_anthropic, (self._key,))
         self.unparsed_votes = 0
 
     def describe(self) -> dict[str, Any]:
@@ -113,7 +114,8 @@ class AnthropicLabeler(ApiLabelerMixin):
                 raise LabelerResponseError("response without content")
             return response
 
-        return await self._caller.call(attempt, kwargs.get("max_tokens", 0))
+        tokens = estimate_tokens(conversation) + kwargs.get("max_tokens", 0)
+        return await self._caller.call(attempt, tokens)
 
     async def generate(
         self, conversations: Sequence[Conversation], params: GenerateParams

@@ -41,6 +41,7 @@ from rlaif.labelers.reliability import (
     ApiSettings,
     Verdict,
     classify_sdk_error,
+    estimate_tokens,
     read_api_key,
 )
 
@@ -69,7 +70,7 @@ class OpenAILabeler(ApiLabelerMixin):
         self._clients: list[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inflight = [0] * len(self._urls)
-        self._caller = ApiCaller(settings, classify_openai)
+        self._caller = ApiCaller(settings, classify_openai, (self._key,))
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -112,7 +113,8 @@ class OpenAILabeler(ApiLabelerMixin):
                 raise LabelerResponseError("response without choices")
             return response
 
-        return await self._caller.call(attempt, kwargs.get("max_tokens", 0))
+        tokens = estimate_tokens(kwargs["messages"]) + kwargs.get("max_tokens", 0)
+        return await self._caller.call(attempt, tokens)
 
     async def generate(
         self, conversations: Sequence[Conversation], params: GenerateParams

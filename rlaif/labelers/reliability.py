@@ -3,12 +3,25 @@
 API calls fail in ordinary ways: 429 with a Retry-After, 5xx, dropped connections, timeouts,
 garbage bodies. ``with_retries`` retries what is transient, with exponential backoff and full
 jitter (a random delay up to the cap, so many clients do not retry in lockstep), and honours the
-server's Retry-After when it gives one. What is not transient (400, 401, 404) fails at once. A call
-that still fails after the last retry raises ``LabelerCallError``; the engine marks the row failed
-and the run goes on.
+server's Retry-After (or ``retry-after-ms``) when it gives one, up to ``max_retry_after``. What is
+not transient (400, 401, 404) fails at once. A call that still fails after the last retry raises
+``LabelerCallError``; the engine marks the row failed and the run goes on.
+
+Some failures say the endpoint itself is unusable, whatever the row: 401/403 (the key), 404 (the
+model or the URL), and a connection that cannot be made at all (nothing listening, unknown host).
+Their verdict is ``permanent``; a refused connection is retried only ``connect_retries`` times (a
+server that is restarting comes back within a second or two; a wrong port never does). The
+labeler only classifies; stopping the run is the engine's decision.
+
+Reasons keep the server's own error body (a user needs "model 'gpt-5o' does not exist", not
+"HTTP 404"), one line, cut at 500 characters, with the API key and anything shaped like a key
+redacted, since reasons are written to failed-row files and printed.
 
 ``RateLimiter`` keeps a client under requests/min and tokens/min budgets with two token buckets,
-so a run does not provoke the 429s it would then have to retry.
+so a run does not provoke the 429s it would then have to retry. A request is charged its prompt
+tokens plus ``max_tokens`` before it is sent, as providers count it; the prompt tokens are an
+estimate from characters (``estimate_tokens``: 4 characters a token, plus 4 per message), since
+the provider's tokenizer is not at hand.
 
 Backends supply ``classify(exc) -> Verdict`` for their SDK's exceptions; ``classify_sdk_error``
 covers the exception family that the openai and anthropic SDKs share. ``ApiSettings`` and
@@ -19,8 +32,11 @@ backend module keeps only what differs about its API.
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import os
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -43,6 +59,12 @@ class RetrySettings(BaseModel):
     base_delay: float = Field(default=0.5, ge=0.0, description="seconds before the first retry")
     max_delay: float = Field(default=30.0, ge=0.0)
     timeout: float = Field(default=120.0, gt=0.0, description="seconds per attempt")
+    connect_retries: int = Field(
+        default=2, ge=0, description="retries of a connection that cannot be made at all"
+    )
+    max_retry_after: float = Field(
+        default=60.0, ge=0.0, description="longest server-asked wait (Retry-After) honoured"
+    )
 
 
 @dataclass(frozen=True)
@@ -50,6 +72,20 @@ class Verdict:
     retryable: bool
     reason: str
     retry_after: float | None = None
+    permanent: bool = False  # the endpoint cannot serve any request: the run should stop
+
+
+def retry_after_from(headers: Any) -> float | None:
+    """The server's wait, from ``retry-after-ms`` (OpenAI; more precise) or ``Retry-After``."""
+    if not headers:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    return parse_retry_after(headers.get("retry-after"))
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -67,8 +103,8 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 def backoff_delay(attempt: int, settings: RetrySettings, retry_after: float | None) -> float:
-    if retry_after is not None:  # the server knows best
-        return retry_after
+    if retry_after is not None:  # the server knows best, within reason
+        return min(retry_after, settings.max_retry_after)
     cap = min(settings.max_delay, settings.base_delay * (2**attempt))
     return random.uniform(0.0, cap)
 
@@ -98,11 +134,46 @@ async def with_retries(
                 else classify(exc)
             )
             attempt += 1
-            if not verdict.retryable or attempt > settings.max_retries:
-                raise LabelerCallError(verdict.reason, attempt, verdict.retryable) from exc
+            limit = settings.connect_retries if verdict.permanent else settings.max_retries
+            if not verdict.retryable or attempt > limit:
+                raise LabelerCallError(
+                    verdict.reason, attempt, verdict.retryable, verdict.permanent
+                ) from exc
             if on_retry:
                 on_retry(verdict)
             await asyncio.sleep(backoff_delay(attempt - 1, settings, verdict.retry_after))
+
+
+def estimate_tokens(messages: Any) -> int:
+    """Prompt tokens of a chat request, estimated from characters (4 a token, 4 per message)."""
+    chars = sum(len(str(m.get("content", ""))) for m in messages)
+    return math.ceil(chars / 4) + 4 * len(messages)
+
+
+_KEYLIKE = re.compile(r"(sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+\S+|(?<=[?&]key=)[^&\s\"']+)")
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """``text`` without the given secrets or anything shaped like an API key."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return _KEYLIKE.sub("[redacted]", text)
+
+
+def server_says(body: Any, text: str | None = None, limit: int = 500) -> str:
+    """The server's error body as one line (compact JSON or text), cut at ``limit``."""
+    if body is None or body == {}:
+        said = text or ""
+    elif isinstance(body, str):
+        said = body
+    else:
+        try:
+            said = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+        except (TypeError, ValueError):
+            said = str(body)
+    said = " ".join(said.split())
+    return said if len(said) <= limit else said[: limit - 3] + "..."
 
 
 class RateLimiter:
@@ -188,9 +259,20 @@ def read_api_key(env: str, key_file: Path | None, required: bool) -> str:
 class ApiCaller:
     """Rate limit, then call with retries; counts retries, tokens and cost for the run's summary."""
 
-    def __init__(self, settings: ApiSettings, classify: Callable[[BaseException], Verdict]):
+    def __init__(
+        self,
+        settings: ApiSettings,
+        classify: Callable[[BaseException], Verdict],
+        secrets: tuple[str, ...] = (),
+    ):
         self.settings = settings
-        self.classify = classify
+        self.secrets = tuple(s for s in secrets if s and s != NO_KEY)
+
+        def classify_redacted(exc: BaseException) -> Verdict:
+            v = classify(exc)
+            return Verdict(v.retryable, redact(v.reason, self.secrets), v.retry_after, v.permanent)
+
+        self.classify = classify_redacted
         self.limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
         self.retries = 0
         self.prompt_tokens = 0
@@ -255,14 +337,42 @@ def classify_sdk_error(
     """Retry or not, for the exception family the openai and anthropic SDKs share."""
     if isinstance(exc, LabelerResponseError):
         return Verdict(True, f"bad response: {exc}")
+    url = _request_url(exc)
     if isinstance(exc, sdk.APIStatusError):
         status = exc.status_code
         headers: Any = getattr(exc.response, "headers", None)
-        retry_after = parse_retry_after(headers.get("retry-after")) if headers else None
         transient = status in transient_status or status >= 500
-        return Verdict(transient, f"HTTP {status} from server", retry_after)
-    if isinstance(exc, sdk.APITimeoutError | sdk.APIConnectionError):
-        return Verdict(True, f"connection problem: {type(exc).__name__}")
+        said = server_says(getattr(exc, "body", None), _response_text(exc.response))
+        reason = f"HTTP {status} from {url}: {said}" if said else f"HTTP {status} from {url}"
+        permanent = status in PERMANENT_STATUS
+        return Verdict(transient, reason, retry_after_from(headers), permanent)
+    if isinstance(exc, sdk.APITimeoutError):
+        return Verdict(True, f"timed out: {url}")
+    if isinstance(exc, sdk.APIConnectionError):
+        cause = exc.__cause__
+        if cause is not None and any(c.__name__ == "ConnectError" for c in type(cause).__mro__):
+            # no connection at all: nothing listens there, or the host is unknown
+            return Verdict(True, f"cannot connect to {url}: {cause}", permanent=True)
+        return Verdict(True, f"connection problem with {url}: {cause or exc}")
     if isinstance(exc, sdk.APIResponseValidationError | ValueError):
         return Verdict(True, f"unparsable response: {type(exc).__name__}")
     return Verdict(False, f"{type(exc).__name__}: {exc}")
+
+
+# the key (401, 403) or the model/URL (404) is wrong: no request to this endpoint can succeed
+PERMANENT_STATUS = (401, 403, 404)
+
+
+def _request_url(exc: BaseException) -> str:
+    request = getattr(exc, "request", None)
+    try:
+        return str(request.url) if request is not None else "server"
+    except RuntimeError:  # an SDK error built without a request
+        return "server"
+
+
+def _response_text(response: Any) -> str | None:
+    try:
+        return response.text if response is not None else None
+    except Exception:  # a streamed or closed body: the status line has to do
+        return None

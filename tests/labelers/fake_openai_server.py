@@ -2,8 +2,10 @@
 
 It answers ``POST /v1/chat/completions`` on 127.0.0.1 with a deterministic reply (an echo of the
 last message), and, at a set rate or on a script, fails the way real servers do: 429 with
-Retry-After, 500, a hang past the client's timeout, malformed JSON, or a body cut short. Real
-HTTP over loopback, so the openai SDK's whole stack is exercised; only the model is fake.
+Retry-After, 500, a hang past the client's timeout, malformed JSON, or a body cut short; and, for
+the fail-fast tests, the permanent answers "401" (the key, echoed in the message as careless
+servers do), "403" and "404" (an unknown model). Real HTTP over loopback, so the openai SDK's
+whole stack is exercised; only the model is fake.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class FakeOpenAIServer:
         script: list[str] | None = None,
         seed: int = 0,
         retry_after: str = "0",
+        retry_after_ms: str | None = None,
         hang_seconds: float = 2.0,
         latency: float = 0.0,
     ):
@@ -43,12 +46,13 @@ class FakeOpenAIServer:
         self.script = list(script or [])  # faults to serve first, in order ("ok" = no fault)
         self.rng = random.Random(seed)
         self.retry_after = retry_after
+        self.retry_after_ms = retry_after_ms
         self.hang_seconds = hang_seconds
         self.latency = latency
         self.served: Counter[str] = Counter()
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
-        self.permanent: str | None = None  # set to "500" to fail every request
+        self.permanent: str | None = None  # "500", "401", ...: fail every request that way
         self.fail_if: Any = None  # request -> bool: these requests always get a 500
         self.echo_prefill = False  # anthropic: start the answer with the assistant prefill
         self.votes_served: Counter[str] = Counter()  # per question (the conversation)
@@ -129,7 +133,31 @@ class FakeOpenAIServer:
                     time.sleep(server.latency)
                 if fault == "429":
                     err = b'{"error": {"message": "slow down", "type": "rate_limit"}}'
-                    return self._send(429, err, {"Retry-After": server.retry_after})
+                    wait = {"Retry-After": server.retry_after}
+                    if server.retry_after_ms is not None:
+                        wait["retry-after-ms"] = server.retry_after_ms
+                    return self._send(429, err, wait)
+                if fault == "401":
+                    key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                    key = key or self.headers.get("x-api-key", "")
+                    err = {
+                        "error": {
+                            "message": f"Incorrect API key provided: {key}.",
+                            "type": "invalid_request_error",
+                            "code": "invalid_api_key",
+                        }
+                    }
+                    return self._send(401, json.dumps(err).encode())
+                if fault == "403":
+                    return self._send(403, b'{"error": {"message": "not allowed in your region"}}')
+                if fault == "404":
+                    err = {
+                        "error": {
+                            "message": f"The model `{request.get('model')}` does not exist",
+                            "type": "invalid_request_error",
+                        }
+                    }
+                    return self._send(404, json.dumps(err).encode())
                 if fault == "500":
                     return self._send(500, b'{"error": {"message": "boom"}}')
                 if fault == "400":

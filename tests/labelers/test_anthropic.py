@@ -93,3 +93,17 @@ def test_feedback_step_votes_over_http():
     assert [j.prob_first for j in result.judgements] == [0.75, 0.75]
     assert result.prob_a == pytest.approx(0.5) and result.position_consistent is False
     assert len(server.requests) == 16
+
+
+def test_a_rejected_key_is_permanent_with_the_servers_message_and_no_key(monkeypatch):
+    secret = "sk-ant-PLANTED-key-0011"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", secret)
+    with FakeOpenAIServer() as server:
+        server.permanent = "401"
+        lab = labeler(server)
+        with pytest.raises(LabelerCallError) as err:
+            run_sync(lab.generate([[USER]], GenerateParams()))
+    assert len(server.requests) == 1 and err.value.permanent
+    assert err.value.reason.startswith(f"HTTP 401 from {server.root_url}/v1/messages: ")
+    assert "Incorrect API key provided: [redacted]." in err.value.reason
+    assert secret not in str(err.value)

@@ -132,3 +132,49 @@ def test_concurrency_is_bounded_by_the_scheduler():
 
         asyncio.run(main())
     assert len(server.requests) == 12 and server.peak_in_flight == 4
+
+
+def test_the_token_limiter_is_charged_prompt_plus_max_tokens():
+    charged = []
+    with FakeOpenAIServer() as server:
+        lab = labeler(server.url, tokens_per_minute=1_000_000)
+
+        async def record(tokens=0):
+            charged.append(tokens)
+
+        lab._caller.limiter.acquire = record
+        conv = [{"role": "user", "content": "x" * 2000}]
+        run_sync(lab.generate([conv], GenerateParams(max_tokens=4)))
+    assert charged == [2000 // 4 + 4 + 4]  # 500 prompt tokens + 4 for the message + max_tokens
+
+
+@pytest.mark.parametrize(
+    ("fault", "said"),
+    [
+        ("401", "Incorrect API key provided: [redacted]."),
+        ("403", "not allowed in your region"),
+        ("404", "The model `fake-model` does not exist"),
+    ],
+)
+def test_key_model_and_url_errors_are_permanent_with_the_servers_message(fault, said, monkeypatch):
+    secret = "sk-PLANTED-openai-key-77aa"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    with FakeOpenAIServer() as server:
+        server.permanent = fault
+        lab = labeler(server.url)
+        with pytest.raises(LabelerCallError) as err:
+            run_sync(lab.generate([CONV], GenerateParams()))
+    assert len(server.requests) == 1  # not retried
+    assert err.value.permanent and not err.value.retryable
+    assert err.value.reason.startswith(f"HTTP {fault} from {server.url}/chat/completions: ")
+    assert said in err.value.reason and secret not in str(err.value)
+
+
+def test_a_transient_server_error_is_not_permanent_and_keeps_the_body():
+    with FakeOpenAIServer() as server:
+        server.permanent = "500"
+        lab = labeler(server.url, retry={**FAST_RETRY, "max_retries": 1})
+        with pytest.raises(LabelerCallError) as err:
+            run_sync(lab.generate([CONV], GenerateParams()))
+    assert not err.value.permanent and err.value.attempts == 2
+    assert err.value.reason == f'HTTP 500 from {server.url}/chat/completions: {{"message":"boom"}}'

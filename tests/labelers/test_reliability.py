@@ -96,3 +96,48 @@ def test_no_limits_means_no_waiting():
         return time.perf_counter() - start
 
     assert asyncio.run(go()) < 0.1
+
+
+def test_retry_after_ms_wins_and_server_waits_are_capped():
+    from rlaif.labelers.reliability import retry_after_from
+
+    assert retry_after_from({"retry-after-ms": "250", "retry-after": "1"}) == 0.25
+    assert retry_after_from({"retry-after": "3"}) == 3.0
+    assert retry_after_from({"retry-after-ms": "soon", "retry-after": "2"}) == 2.0
+    assert retry_after_from({}) is None
+    s = RetrySettings(max_retry_after=5.0)
+    assert backoff_delay(0, s, 3600.0) == 5.0 and backoff_delay(0, s, 2.0) == 2.0
+
+
+def test_a_permanent_transient_failure_gets_only_connect_retries():
+    calls = []
+
+    async def refused():
+        calls.append(1)
+        raise ConnectionRefusedError("nothing listens")
+
+    s = RetrySettings(max_retries=6, connect_retries=2, base_delay=0.001, max_delay=0.002)
+    verdict = Verdict(True, "cannot connect to http://x", permanent=True)
+    with pytest.raises(LabelerCallError) as err:
+        asyncio.run(with_retries(refused, s, lambda e: verdict))
+    assert len(calls) == 3 and err.value.attempts == 3
+    assert err.value.permanent and err.value.reason == "cannot connect to http://x"
+
+
+def test_redact_and_server_body():
+    from rlaif.labelers.reliability import redact, server_says
+
+    said = server_says({"error": {"message": "bad key sk-abcdef123456", "code": "x"}})
+    assert said == '{"error":{"message":"bad key sk-abcdef123456","code":"x"}}'
+    assert redact(said) == '{"error":{"message":"bad key [redacted]","code":"x"}}'
+    assert redact("key MYSECRET0 rejected", ("MYSECRET0",)) == "key [redacted] rejected"
+    assert redact("Authorization: Bearer abc.def") == "Authorization: [redacted]"
+    assert server_says(None, "line one\n  line two") == "line one line two"
+    assert server_says("x" * 600) == "x" * 497 + "..."
+
+
+def test_prompt_tokens_are_estimated_from_characters():
+    from rlaif.labelers.reliability import estimate_tokens
+
+    messages = [{"role": "system", "content": "a" * 10}, {"role": "user", "content": "b" * 30}]
+    assert estimate_tokens(messages) == 10 + 8  # ceil(40 / 4) + 4 per message
