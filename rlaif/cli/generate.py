@@ -106,6 +106,12 @@ def add_input_arguments(s: argparse.ArgumentParser, out_default: str) -> None:
         help="conversations per batch for local backends (the backend's own default)",
     )
     a("--concurrency", type=positive_int, metavar="N", help="API requests in flight")
+    a(
+        "--breaker",
+        type=positive_int,
+        metavar="K",
+        help="stop the run (exit 4) when K rows in a row have failed (20)",
+    )
     a("--out", type=Path, metavar="DIR", help=f"output folder ({out_default})")
     a("--cache", type=Path, metavar="FILE", help="SQLite cache (OUT/cache.sqlite)")
     a("--parquet", action="store_const", const=True, help="also write the dataset as parquet")

@@ -3,6 +3,13 @@
 ``generate sl-cai`` and ``generate prefs`` read the same prompt data, take the same labeler and
 policy specs and write the same kind of output folder (dataset, card, cache, timings). Their
 config models extend ``JobInputs`` so a flag means the same thing in both.
+
+A failed labeler call fails its row, and the run goes on: one bad prompt should not cost the
+others. A dead endpoint is different: a rejected key, a wrong model or URL, or nothing listening
+fails every row the same way, so the first such failure (``LabelerCallError.permanent``, as the
+labeler classified it) stops the run with ``EndpointError``, and so do ``breaker`` rows in a row
+that failed after their retries (the circuit breaker: an endpoint that answers only errors).
+Rows written so far stay in the journal, and the same command resumes after the fix.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from rlaif.engine.cache import Cache
 from rlaif.engine.journal import Journal, write_jsonl_atomic
 from rlaif.engine.runner import run_rows
 from rlaif.engine.scheduler import EngineStats, Scheduler
-from rlaif.errors import LabelerCallError
+from rlaif.errors import EndpointError, LabelerCallError
 from rlaif.labelers.base import Labeler, backend_class, create_labeler, parse_spec
 from rlaif.resources import default_constitution
 
@@ -49,6 +56,9 @@ class JobInputs(BaseModel):
     batch_size: int | None = Field(default=None, ge=1)
     concurrency: int | None = Field(default=None, ge=1)
     cache: Path | None = None
+    breaker: int = Field(
+        default=20, ge=1, description="stop the run when this many rows in a row have failed"
+    )
 
 
 def read_rows(cfg: JobInputs) -> list[dict[str, Any]]:
@@ -129,6 +139,9 @@ def write_parquet(dataset: Path) -> Path:
     return target
 
 
+_RESUME = "rows written so far are kept: fix it and run the same command again to resume"
+
+
 @dataclass
 class JournaledRun:
     done: list[dict[str, Any]]  # every output row, in input order (failed ones included)
@@ -149,6 +162,7 @@ async def run_journaled(
     timings: Path,
     on_row: Callable[[dict[str, Any], bool], None] | None = None,
     on_start: Callable[[int, EngineStats], None] | None = None,
+    breaker: int = 20,
 ) -> JournaledRun:
     """Run ``run_row`` over ``rows`` through the journal (resume), with per-row timings, failed
     rows kept with their reason, and the labelers' retries and cost totalled; closes the
@@ -158,17 +172,27 @@ async def run_journaled(
     # steadily instead of all at the end
     window = 2 * max(s.max_batch * s.max_concurrency for s in schedulers)
     seconds: dict[str, dict[str, Any]] = {}
+    failed_in_a_row = 0
 
     async def process(row: dict[str, Any]) -> dict[str, Any]:
+        nonlocal failed_in_a_row
         t0 = time.perf_counter()
         try:
             result = await run_row(row)
         except LabelerCallError as e:  # failed for good: keep the reason, go on with the run
+            if e.permanent:
+                raise EndpointError(f"labeler endpoint unusable: {e}; {_RESUME}") from e
             stats.failed_rows += 1
+            failed_in_a_row += 1
+            if failed_in_a_row >= breaker:
+                raise EndpointError(
+                    f"the last {failed_in_a_row} rows all failed, the last with: {e}; {_RESUME}"
+                ) from e
             failure = {"reason": e.reason, "attempts": e.attempts}
             return {"id": row["id"], "prompt": row["prompt"], "failed": failure}
         finally:
             seconds[str(row["id"])] = {"seconds": round(time.perf_counter() - t0, 3)}
+        failed_in_a_row = 0
         return {**result, "provenance": provenance}
 
     if on_start:

@@ -182,7 +182,7 @@ async def run_prefs(
     out = Path(cfg.out)
     run = await run_journaled(
         job.rows, job.run_row, job.provenance, job.schedulers, job.cache, job.stats,
-        out / DATASET_FILE, out / TIMINGS_FILE, on_row, on_start,
+        out / DATASET_FILE, out / TIMINGS_FILE, on_row, on_start, cfg.breaker,
     )  # fmt: skip
     ok = [r for r in run.done if "failed" not in r and "unlabeled" not in r]
     unlabeled = [r for r in run.done if "unlabeled" in r]

@@ -130,6 +130,8 @@ class Scheduler:
             return await asyncio.shield(self._inflight[keys[0]])
         self._start()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        # a row that stopped waiting (the run is stopping) leaves its error unread: mark it read
+        future.add_done_callback(_mark_retrieved)
         self._inflight[keys[0]] = future
         self._queues.setdefault(group, []).append(_Pending(list(messages), keys, future))
         assert self._wakeup is not None
@@ -230,6 +232,11 @@ class Scheduler:
         for p, scores in zip(batch, results, strict=True):
             if not p.future.done():
                 p.future.set_result([float(x) for x in scores])
+
+
+def _mark_retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _as_dict(c: Completion) -> dict[str, Any]:

@@ -142,7 +142,7 @@ async def run_sl_cai(
     out = Path(cfg.out)
     run = await run_journaled(
         job.rows, job.step.run_row, job.provenance, job.schedulers, job.cache, job.stats,
-        out / DATASET_FILE, out / TIMINGS_FILE, on_row, on_start,
+        out / DATASET_FILE, out / TIMINGS_FILE, on_row, on_start, cfg.breaker,
     )  # fmt: skip
     ok = [r for r in run.done if "failed" not in r]
     failed = [r for r in run.done if "failed" in r]

@@ -129,3 +129,89 @@ def test_cost_is_accounted_from_the_price_table(tmp_path, capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert f"cost by the price table: ${expected:.4f}" in out
     assert f"${expected:.4f}" in (tmp_path / "out" / "README.md").read_text()
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:  # bound, then closed: nothing listens there afterwards
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_dead_endpoint_stops_the_run_within_seconds_with_one_line(tmp_path, capsys):
+    import time
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("one\ntwo\n")
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    start = time.perf_counter()
+    args = ["generate", "sl-cai", "--prompts", str(prompts), "--labeler", "openai:x",
+            "--labeler-set", f"base_url={url}", "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(args) == 4
+    seconds = time.perf_counter() - start
+    err = capsys.readouterr().err.strip().splitlines()
+    assert seconds < 10, seconds
+    assert len(err) == 1, err
+    assert err[0].startswith(f"rlaif: error: labeler endpoint unusable: cannot connect to {url}")
+    assert "run the same command again" in err[0]
+
+
+def test_a_rejected_key_stops_after_the_first_calls_with_the_servers_message(
+    tmp_path, monkeypatch, capsys
+):
+    secret = "sk-PLANTED-rejected-key-4b3a2c"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    with FakeOpenAIServer() as server:
+        server.permanent = "401"
+        cfg = write_job(tmp_path, server.url, 200, retries=3)
+        assert main(["generate", "sl-cai", "--config", str(cfg)]) == 4
+        assert server.headers[0]["authorization"] == f"Bearer {secret}"  # the key was sent
+        calls = len(server.requests)
+    # 200 rows, 16 in flight: the run stops with the first answers, not after 200 rows x 1 call
+    assert 1 <= calls <= 16, calls
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1, err
+    assert f"HTTP 401 from {server.url}/chat/completions" in err[0]
+    assert "Incorrect API key provided: [redacted]" in err[0]  # the server's own message
+    assert "invalid_api_key" in err[0]
+    assert secret not in captured.out and secret not in captured.err
+    for path in (p for p in (tmp_path / "out").rglob("*") if p.is_file()):
+        assert secret.encode() not in path.read_bytes(), path
+    assert rows(tmp_path) == []
+
+
+def test_an_unknown_model_stops_the_run_and_a_rerun_after_the_fix_resumes(tmp_path, capsys):
+    with FakeOpenAIServer() as server:
+        server.script = ["ok"] * 12 + ["404"] * 1000  # 4 rows' 3 calls, then the model is gone
+        cfg = write_job(tmp_path, server.url, 30, retries=2)
+        cfg.write_text(cfg.read_text().replace("concurrency: 16", "concurrency: 1"))
+        assert main(["generate", "sl-cai", "--config", str(cfg)]) == 4
+        err = capsys.readouterr().err
+        assert "HTTP 404" in err and "The model `fake-model` does not exist" in err
+        # 12 answers, then the first 404 stopped it (one more call may have left meanwhile)
+        first = len(server.requests)
+        assert 13 <= first <= 14, first
+        server.script = []
+        assert main(["generate", "sl-cai", "--config", str(cfg)]) == 0
+        # the 12 answers came from the journal and the cache: only the other 78 calls were made
+        assert len(server.requests) - first == 30 * 3 - 12
+    assert [r["id"] for r in rows(tmp_path)] == [f"line-{i}" for i in range(1, 31)]
+
+
+def test_the_circuit_breaker_stops_a_run_whose_rows_all_fail(tmp_path, capsys):
+    with FakeOpenAIServer() as server:
+        server.permanent = "500"
+        cfg = write_job(tmp_path, server.url, 100, retries=1)
+        cfg.write_text(
+            cfg.read_text().replace("concurrency: 16", "concurrency: 2") + "breaker: 5\n"
+        )
+        assert main(["generate", "sl-cai", "--config", str(cfg)]) == 4
+        err = capsys.readouterr().err
+        assert "the last 5 rows all failed" in err and '"message":"boom"' in err
+        # 5 rows failed (2 attempts each) plus at most the 2 calls in flight when it stopped
+        assert 10 <= len(server.requests) <= 14, len(server.requests)
+        server.permanent = None
+        assert main(["generate", "sl-cai", "--config", str(cfg)]) == 0
+    assert len(rows(tmp_path)) == 100
