@@ -142,6 +142,11 @@ def write_parquet(dataset: Path) -> Path:
 _RESUME = "rows written so far are kept: fix it and run the same command again to resume"
 
 
+def endpoint_unusable(e: LabelerCallError) -> EndpointError:
+    """The error that stops a run at a permanent labeler failure (``e.permanent``)."""
+    return EndpointError(f"labeler endpoint unusable: {e}; {_RESUME}")
+
+
 @dataclass
 class JournaledRun:
     done: list[dict[str, Any]]  # every output row, in input order (failed ones included)
@@ -181,7 +186,7 @@ async def run_journaled(
             result = await run_row(row)
         except LabelerCallError as e:  # failed for good: keep the reason, go on with the run
             if e.permanent:
-                raise EndpointError(f"labeler endpoint unusable: {e}; {_RESUME}") from e
+                raise endpoint_unusable(e) from e
             stats.failed_rows += 1
             failed_in_a_row += 1
             if failed_in_a_row >= breaker:

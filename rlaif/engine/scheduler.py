@@ -14,6 +14,10 @@ can; otherwise it queues the request. A single worker drains the queue into batc
 The scheduler knows backends only through these two numbers of the ``Labeler`` protocol. Two
 identical requests in flight at once are sent only once.
 
+After a permanent failure (``LabelerCallError.permanent``: a rejected key, an unknown model or
+URL, nothing listening) nothing more is sent: queued and new requests fail with the same error at
+once, so a dead endpoint costs the calls already in flight and no more while the run stops.
+
 Option scoring (``await scheduler.option_logprobs(messages, options)``, the soft labels of
 RL-CAI) goes through the same queue, cache and batching; requests are grouped by what they ask
 for (generation with given parameters, or scores of given options), since a backend call answers
@@ -30,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlaif.engine.cache import Cache, request_key
+from rlaif.errors import LabelerCallError
 from rlaif.labelers.base import Completion, Conversation, GenerateParams, Labeler
 
 
@@ -80,6 +85,7 @@ class Scheduler:
         self._worker: asyncio.Task[None] | None = None
         self._slots: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._dead: LabelerCallError | None = None  # the endpoint failed permanently
 
     # ------------------------------------------------------------------ public
 
@@ -126,6 +132,8 @@ class Scheduler:
         return await self._enqueue(("options", tuple(options)), messages, [key])
 
     async def _enqueue(self, group: _Group, messages: Conversation, keys: list[str]) -> Any:
+        if self._dead is not None:
+            raise self._dead
         if keys[0] in self._inflight:  # the same request is already on its way
             return await asyncio.shield(self._inflight[keys[0]])
         self._start()
@@ -164,6 +172,10 @@ class Scheduler:
             self._wakeup.clear()
             while self._queues:
                 await self._slots.acquire()
+                if self._dead is not None:  # send nothing more to a dead endpoint
+                    self._fail_queued(self._dead)
+                    self._slots.release()
+                    break
                 # give every row that is ready a chance to enqueue before the batch is cut
                 for _ in range(3):
                     await asyncio.sleep(0)
@@ -171,6 +183,13 @@ class Scheduler:
                 task = asyncio.create_task(self._dispatch(group, batch))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+
+    def _fail_queued(self, error: Exception) -> None:
+        for queue in self._queues.values():
+            for p in queue:
+                if not p.future.done():
+                    p.future.set_exception(error)
+        self._queues.clear()
 
     def _take_batch(self) -> tuple[_Group, list[_Pending]]:
         # the group holding the oldest request goes first
@@ -199,6 +218,8 @@ class Scheduler:
                 p.future.cancel()
             raise
         except Exception as e:  # every waiting row gets the error; the worker keeps going
+            if isinstance(e, LabelerCallError) and e.permanent and self._dead is None:
+                self._dead = e
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(e)

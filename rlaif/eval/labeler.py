@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rlaif.constitution import load_constitution
 from rlaif.engine.cache import Cache
 from rlaif.engine.feedback import TEMPLATES_USED, Feedback, FeedbackSettings, normalised
-from rlaif.engine.jobs import base_provenance, fingerprint, make_labeler
+from rlaif.engine.jobs import base_provenance, endpoint_unusable, fingerprint, make_labeler
 from rlaif.engine.journal import Journal
 from rlaif.engine.runner import run_rows
 from rlaif.engine.scheduler import EngineStats, Scheduler
@@ -304,6 +304,8 @@ async def run_labeler_eval(
         try:
             return await job.run_row(by_id[row["id"]])
         except LabelerCallError as e:
+            if e.permanent:  # a dead endpoint fails every row: stop, as the dataset jobs do
+                raise endpoint_unusable(e) from e
             stats.failed_rows += 1
             return {"id": row["id"], "failed": {"reason": e.reason, "attempts": e.attempts}}
 

@@ -164,3 +164,32 @@ def test_minus_infinity_survives_the_cache(fake_labeler):
 
     first, second, hits = asyncio.run(main())
     assert first == second == [0.0, -math.inf] and hits == 1
+
+
+def test_after_a_permanent_failure_nothing_more_is_sent(fake_labeler):
+    from rlaif.errors import LabelerCallError
+
+    class DeadEndpoint(fake_labeler):
+        max_batch_size = 1
+        max_concurrency = 2
+
+        async def generate(self, conversations, params):
+            self.batches.append(len(conversations))
+            await asyncio.sleep(0.01)
+            raise LabelerCallError("HTTP 401 from http://x: bad key", 1, False, permanent=True)
+
+    lab = DeadEndpoint()
+    sched = Scheduler(lab, Cache(None))
+
+    async def main():
+        out = await asyncio.gather(
+            *(sched.generate(conv(f"q{i}"), P) for i in range(10)), return_exceptions=True
+        )
+        with pytest.raises(LabelerCallError, match="bad key"):  # a new request fails at once
+            await sched.generate(conv("later"), P)
+        await sched.aclose()
+        return out
+
+    out = asyncio.run(main())
+    assert all(isinstance(e, LabelerCallError) and e.permanent for e in out)
+    assert lab.batches == [1, 1]  # the 2 in flight when the first failed; the other 8 never sent
