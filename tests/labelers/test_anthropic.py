@@ -107,3 +107,18 @@ def test_a_rejected_key_is_permanent_with_the_servers_message_and_no_key(monkeyp
     assert err.value.reason.startswith(f"HTTP 401 from {server.root_url}/v1/messages: ")
     assert "Incorrect API key provided: [redacted]." in err.value.reason
     assert secret not in str(err.value)
+
+
+def test_a_refused_connection_is_permanent():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    lab = create_labeler(
+        "anthropic:fake-claude", base_url=f"http://127.0.0.1:{port}", retry=FAST_RETRY
+    )
+    with pytest.raises(LabelerCallError) as err:
+        run_sync(lab.generate([[USER]], GenerateParams()))
+    assert err.value.permanent and err.value.attempts == 3  # connect_retries 2, not max_retries 6
+    assert err.value.reason.startswith(f"cannot connect to http://127.0.0.1:{port}/v1/messages: ")

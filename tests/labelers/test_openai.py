@@ -178,3 +178,32 @@ def test_a_transient_server_error_is_not_permanent_and_keeps_the_body():
             run_sync(lab.generate([CONV], GenerateParams()))
     assert not err.value.permanent and err.value.attempts == 2
     assert err.value.reason == f'HTTP 500 from {server.url}/chat/completions: {{"message":"boom"}}'
+
+
+def test_retry_after_ms_is_honoured_and_a_long_retry_after_is_capped():
+    with FakeOpenAIServer(script=["429", "ok"], retry_after="30", retry_after_ms="50") as server:
+        lab = labeler(server.url)
+        start = time.perf_counter()
+        run_sync(lab.generate([CONV], GenerateParams()))
+        took = time.perf_counter() - start
+    assert len(server.requests) == 2 and 0.05 <= took < 5  # waited 50 ms, not 30 s
+    with FakeOpenAIServer(script=["429", "ok"], retry_after="3600") as server:
+        lab = labeler(server.url, retry={**FAST_RETRY, "max_retry_after": 0.2})
+        start = time.perf_counter()
+        run_sync(lab.generate([CONV], GenerateParams()))
+        took_capped = time.perf_counter() - start
+    assert len(server.requests) == 2 and 0.2 <= took_capped < 5  # the cap, not an hour
+
+
+def test_a_refused_connection_is_permanent_after_connect_retries():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once the socket is closed
+    url = f"http://127.0.0.1:{port}/v1"
+    lab = labeler(url, retry={**FAST_RETRY, "connect_retries": 2})
+    with pytest.raises(LabelerCallError) as err:
+        run_sync(lab.generate([CONV], GenerateParams()))
+    assert err.value.permanent and err.value.attempts == 3  # not max_retries (6) + 1
+    assert err.value.reason.startswith(f"cannot connect to {url}/chat/completions: ")
