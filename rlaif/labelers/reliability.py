@@ -150,7 +150,9 @@ def estimate_tokens(messages: Any) -> int:
     return math.ceil(chars / 4) + 4 * len(messages)
 
 
-_KEYLIKE = re.compile(r"(sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+\S+|(?<=[?&]key=)[^&\s\"']+)")
+_KEYLIKE = re.compile(
+    r"((?<![A-Za-z0-9])sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+\S+|(?<=[?&]key=)[^&\s\"']+)"
+)
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:

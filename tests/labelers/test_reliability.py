@@ -132,6 +132,8 @@ def test_redact_and_server_body():
     assert redact(said) == '{"error":{"message":"bad key [redacted]","code":"x"}}'
     assert redact("key MYSECRET0 rejected", ("MYSECRET0",)) == "key [redacted] rejected"
     assert redact("Authorization: Bearer abc.def") == "Authorization: [redacted]"
+    assert redact("task-abcdefgh failed") == "task-abcdefgh failed"  # only key-shaped words
+    assert redact("GET /v1/x?key=AIzaXYZ&y=1") == "GET /v1/x?key=[redacted]&y=1"
     assert server_says(None, "line one\n  line two") == "line one line two"
     assert server_says("x" * 600) == "x" * 497 + "..."
 
