@@ -190,8 +190,9 @@ async def run_journaled(
             stats.failed_rows += 1
             failed_in_a_row += 1
             if failed_in_a_row >= breaker:
+                # rows in flight may fail after the trip too: the message names the threshold
                 raise EndpointError(
-                    f"the last {failed_in_a_row} rows all failed, the last with: {e}; {_RESUME}"
+                    f"the last {breaker} rows all failed, the last with: {e}; {_RESUME}"
                 ) from e
             failure = {"reason": e.reason, "attempts": e.attempts}
             return {"id": row["id"], "prompt": row["prompt"], "failed": failure}
