@@ -82,25 +82,35 @@ def base_provenance() -> dict[str, Any]:
     return {"rlaif": __version__}
 
 
-def make_labeler(spec: str, settings: dict[str, Any], batch_size: int | None) -> Labeler:
-    """A labeler from its spec; ``--batch-size`` applies to backends that batch."""
+def make_labeler(
+    spec: str,
+    settings: dict[str, Any],
+    batch_size: int | None,
+    state_dir: Path | None = None,
+) -> Labeler:
+    """A labeler from its spec; ``--batch-size`` applies to backends that batch, and the run's
+    output folder becomes ``state_dir`` for backends that keep state of their own there (the
+    ids of submitted provider batches, so a rerun re-attaches instead of paying twice)."""
     backend, _ = parse_spec(spec)
     fields = backend_class(backend).Settings.model_fields
     if batch_size is not None and "batch_size" in fields and "batch_size" not in settings:
         settings = {**settings, "batch_size": batch_size}
+    if state_dir is not None and "state_dir" in fields and "state_dir" not in settings:
+        settings = {**settings, "state_dir": state_dir}
     return create_labeler(spec, **settings)
 
 
-def labeler_and_policy(cfg: JobInputs) -> tuple[Labeler, Labeler]:
+def labeler_and_policy(cfg: JobInputs, state_dir: Path | None = None) -> tuple[Labeler, Labeler]:
     """The labeler, and the policy (the same object when the specs match, so one model loads
     and one scheduler batches both roles' requests together)."""
-    labeler = make_labeler(cfg.labeler, cfg.labeler_settings, cfg.batch_size)
+    labeler = make_labeler(cfg.labeler, cfg.labeler_settings, cfg.batch_size, state_dir)
     same = cfg.policy is None or (
         cfg.policy == cfg.labeler and cfg.policy_settings in ({}, cfg.labeler_settings)
     )
     if same:
         return labeler, labeler
-    return labeler, make_labeler(cfg.policy or cfg.labeler, cfg.policy_settings, cfg.batch_size)
+    policy = make_labeler(cfg.policy or cfg.labeler, cfg.policy_settings, cfg.batch_size, state_dir)
+    return labeler, policy
 
 
 def fingerprint(provenance: dict[str, Any]) -> str:

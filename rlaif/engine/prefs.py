@@ -135,7 +135,7 @@ def build(cfg: PrefsConfig) -> PrefsJob:
         max_tokens=cfg.max_tokens,
         seed=cfg.seed,
     )
-    labeler, policy = labeler_and_policy(cfg)
+    labeler, policy = labeler_and_policy(cfg, cfg.out)
     cache = Cache(cfg.cache or Path(cfg.out) / "cache.sqlite")
     stats = EngineStats()
     labeler_sched = Scheduler(labeler, cache, stats, cfg.batch_size, cfg.concurrency)

@@ -11,8 +11,12 @@ can; otherwise it queues the request. A single worker drains the queue into batc
   ones), and the next batch takes them all: rows at different stages share a batch;
 - API backends (``max_batch_size`` = 1, ``max_concurrency`` = N): N single requests in flight.
 
-The scheduler knows backends only through these two numbers of the ``Labeler`` protocol. Two
-identical requests in flight at once are sent only once.
+The scheduler knows backends only through these two numbers of the ``Labeler`` protocol and
+``prefers_whole_stages``: a backend whose calls are slow but cheap per conversation (a provider's
+batch API, where a job takes minutes to hours) wants each stage at once, so before cutting a batch
+the scheduler waits until the queue has stopped growing for ``settle`` seconds (every row in
+flight is then waiting on the scheduler), and one call carries the whole stage. Two identical
+requests in flight at once are sent only once.
 
 After a permanent failure (``LabelerCallError.permanent``: a rejected key, an unknown model or
 URL, nothing listening) nothing more is sent: queued and new requests fail with the same error at
@@ -73,12 +77,15 @@ class Scheduler:
         stats: EngineStats | None = None,
         max_batch: int | None = None,
         max_concurrency: int | None = None,
+        settle: float = 0.2,
     ):
         self.labeler = labeler
         self.cache = cache
         self.stats = stats or EngineStats()
         self.max_batch = max_batch or labeler.max_batch_size
         self.max_concurrency = max_concurrency or labeler.max_concurrency
+        self.whole_stages = bool(getattr(labeler, "prefers_whole_stages", False))
+        self.settle = settle
         self._queues: OrderedDict[_Group, list[_Pending]] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[Any]] = {}
         self._wakeup: asyncio.Event | None = None
@@ -179,10 +186,27 @@ class Scheduler:
                 # give every row that is ready a chance to enqueue before the batch is cut
                 for _ in range(3):
                     await asyncio.sleep(0)
+                if self.whole_stages:
+                    await self._settled()
+                if not self._queues:
+                    self._slots.release()
+                    break
                 group, batch = self._take_batch()
                 task = asyncio.create_task(self._dispatch(group, batch))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+
+    async def _settled(self) -> None:
+        """Wait until no request has joined the queue for ``self.settle`` seconds."""
+        quiet_since, seen = time.perf_counter(), -1
+        while True:
+            queued = sum(len(q) for q in self._queues.values())
+            now = time.perf_counter()
+            if queued != seen:
+                quiet_since, seen = now, queued
+            elif now - quiet_since >= self.settle:
+                return
+            await asyncio.sleep(min(0.02, self.settle / 5) if self.settle else 0)
 
     def _fail_queued(self, error: Exception) -> None:
         for queue in self._queues.values():

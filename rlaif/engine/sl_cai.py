@@ -89,7 +89,7 @@ def build(cfg: SLCAIConfig) -> Prepared:
     params = GenerateParams.checked(
         temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed
     )
-    critic, policy = labeler_and_policy(cfg)
+    critic, policy = labeler_and_policy(cfg, cfg.out)
     cache = Cache(cfg.cache or Path(cfg.out) / "cache.sqlite")
     stats = EngineStats()
     critic_sched = Scheduler(critic, cache, stats, cfg.batch_size, cfg.concurrency)

@@ -277,7 +277,7 @@ async def run_labeler_eval(
     constitution = load_constitution(cfg.constitution)
     templates = Templates(cfg.templates)
     if labeler is None:
-        labeler = make_labeler(cfg.labeler, cfg.labeler_settings, cfg.batch_size)
+        labeler = make_labeler(cfg.labeler, cfg.labeler_settings, cfg.batch_size, Path(cfg.out))
     out = Path(cfg.out)
     cache = Cache(cfg.cache or out / "cache.sqlite")
     stats = EngineStats()

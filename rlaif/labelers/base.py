@@ -88,6 +88,13 @@ class Labeler(Protocol):
         """Calls that may be in flight at once (1 for a local model, more for an API)."""
         ...
 
+    @property
+    def prefers_whole_stages(self) -> bool:
+        """True when a call is slow but cheap per conversation (a provider's batch API): the
+        scheduler then waits until every row has asked for what it needs before it cuts a batch,
+        so a stage goes out as one call. Backends without the attribute count as False."""
+        ...
+
     def describe(self) -> dict[str, Any]:
         """Backend, model and settings, for provenance. Must never include secrets."""
         ...

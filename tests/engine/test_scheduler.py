@@ -193,3 +193,38 @@ def test_after_a_permanent_failure_nothing_more_is_sent(fake_labeler):
     out = asyncio.run(main())
     assert all(isinstance(e, LabelerCallError) and e.permanent for e in out)
     assert lab.batches == [1, 1]  # the 2 in flight when the first failed; the other 8 never sent
+
+
+@pytest.mark.parametrize("whole_stages", [True, False])
+def test_a_backend_that_prefers_whole_stages_gets_each_stage_in_one_call(
+    fake_labeler, whole_stages
+):
+    """Rows that reach a stage at different times (here 10 ms apart, as rows whose first step came
+    from the cache or from a slower answer) go out together when the backend asks for whole
+    stages; otherwise the first rows go out at once."""
+
+    class Batchy(fake_labeler):
+        max_batch_size = 1000
+        prefers_whole_stages = whole_stages
+
+    lab = Batchy()
+    sched = Scheduler(lab, Cache(None), settle=0.1)
+
+    async def row(i):
+        await asyncio.sleep(0.01 * i)
+        a = await sched.generate(conv(f"first {i}"), P)
+        b = await sched.generate(conv(f"second {i} {a[0].text}"), P)
+        return b[0].text
+
+    async def main():
+        out = await asyncio.gather(*(row(i) for i in range(8)))
+        await sched.aclose()
+        return out
+
+    out = asyncio.run(main())
+    assert len(out) == 8
+    stages = [sorted({c.split()[0] for c in batch}) for batch in lab.batch_contents]
+    if whole_stages:
+        assert lab.batches == [8, 8] and stages == [["first"], ["second"]]
+    else:
+        assert len(lab.batches) > 2
