@@ -257,14 +257,14 @@ class Scheduler:
             return
         entries = []
         for p, samples in zip(batch, results, strict=True):
+            if isinstance(samples, Exception):  # this conversation alone failed
+                continue
             for key, c in zip(p.keys, samples, strict=True):
                 entries.append((key, {**_as_dict(c), "seconds": round(seconds, 4)}))
                 self.stats.generated_tokens += c.completion_tokens
                 self.stats.total_tokens += c.prompt_tokens + c.completion_tokens
         self.cache.put_many("generate", entries)
-        for p, samples in zip(batch, results, strict=True):
-            if not p.future.done():
-                p.future.set_result(samples)
+        _settle(batch, results)
 
     def _finish_options(
         self, batch: list[_Pending], results: list[list[float]], seconds: float
@@ -272,11 +272,22 @@ class Scheduler:
         entries = [
             (p.keys[0], {"logprobs": [float(x) for x in scores], "seconds": round(seconds, 4)})
             for p, scores in zip(batch, results, strict=True)
+            if not isinstance(scores, Exception)
         ]
         self.cache.put_many("options", entries)
-        for p, scores in zip(batch, results, strict=True):
-            if not p.future.done():
-                p.future.set_result([float(x) for x in scores])
+        _settle(batch, [r if isinstance(r, Exception) else [float(x) for x in r] for r in results])
+
+
+def _settle(batch: list[_Pending], results: list[Any]) -> None:
+    """Hand each row its result; a result that is an exception fails that row only (a provider
+    batch answers many conversations in one call, and some of them may fail)."""
+    for p, result in zip(batch, results, strict=True):
+        if p.future.done():
+            continue
+        if isinstance(result, Exception):
+            p.future.set_exception(result)
+        else:
+            p.future.set_result(result)
 
 
 def _mark_retrieved(future: asyncio.Future[Any]) -> None:

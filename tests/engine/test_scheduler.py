@@ -228,3 +228,50 @@ def test_a_backend_that_prefers_whole_stages_gets_each_stage_in_one_call(
         assert lab.batches == [8, 8] and stages == [["first"], ["second"]]
     else:
         assert len(lab.batches) > 2
+
+
+def test_an_exception_in_a_result_fails_only_that_row(fake_labeler):
+    """A backend answering many conversations in one call (a provider batch) may fail some of
+    them: those rows get the error, the others their answers, and only answers are cached."""
+    from rlaif.errors import LabelerCallError
+
+    class PartlyFailing(fake_labeler):
+        max_batch_size = 100
+
+        async def generate(self, conversations, params):
+            out = await super().generate(conversations, params)
+            return [
+                LabelerCallError("item 2 errored", 1, False) if "2" in c[-1]["content"] else r
+                for c, r in zip(conversations, out, strict=True)
+            ]
+
+        async def option_logprobs(self, conversations, options):
+            out = await super().option_logprobs(conversations, options)
+            return [
+                LabelerCallError("no votes", 1, False) if "1" in c[-1]["content"] else r
+                for c, r in zip(conversations, out, strict=True)
+            ]
+
+    lab = PartlyFailing()
+    cache = Cache(None)
+    sched = Scheduler(lab, cache)
+
+    async def main():
+        got = await asyncio.gather(
+            *(sched.generate(conv(f"row {i}"), P) for i in range(4)), return_exceptions=True
+        )
+        scores = await asyncio.gather(
+            *(sched.option_logprobs(conv(f"q {i}"), ["(A)", "(B)"]) for i in range(3)),
+            return_exceptions=True,
+        )
+        await sched.aclose()
+        return got, scores
+
+    got, scores = asyncio.run(main())
+    assert [type(g).__name__ for g in got] == ["list", "list", "LabelerCallError", "list"]
+    assert got[2].reason == "item 2 errored" and got[0][0].text.startswith("reply")
+    assert scores[0] == [-1.0, -1.0] and scores[2] == [-1.0, -1.0]
+    assert isinstance(scores[1], LabelerCallError)
+    assert cache.get_many(sched.keys_for(conv("row 2"), P)) == {}
+    assert len(cache.get_many(sched.keys_for(conv("row 3"), P))) == 1
+    assert cache.get(sched.option_key(conv("q 1"), ["(A)", "(B)"])) is None
