@@ -1,4 +1,4 @@
-"""Constitutions: the schema, a line-aware loader, principle sampling and importers.
+"""Constitutions: the schema, a line-aware loader, principle sampling and YAML writing.
 
 A constitution is a YAML file, not code, so that users swap principles with a flag. The schema is a
 set of pydantic models with ``extra="forbid"``: a misspelt key is an error rather than a silently
@@ -11,18 +11,16 @@ once, not just the first.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
-import re
 from collections.abc import Sequence
 from io import StringIO
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 from ruamel.yaml.comments import CommentedMap
 
-from rlaif.errors import ConstitutionError, ImportFormatError
+from rlaif.errors import ConstitutionError
 from rlaif.yamlio import line_of, parse_yaml, validate_yaml, yaml_parser
 
 T = TypeVar("T")
@@ -60,14 +58,33 @@ class FeedbackPrinciple(_Strict):
     tags: list[str] = []
 
 
+class Turn(_Strict):
+    """One earlier turn of a few-shot conversation."""
+
+    role: Literal["user", "assistant"]
+    content: Text
+
+
 class FewShotExample(_Strict):
-    """A worked critique/revision exchange, shown to the model before the real one."""
+    """A worked critique/revision exchange, shown to the model before the real one. ``context``
+    holds the turns before ``prompt`` when the exchange is a multi-turn conversation."""
 
     prompt: Text
     response: Text
     critique: Text
     revision: Text
     principle: PrincipleId | None = None
+    context: list[Turn] = []
+
+
+class FeedbackExample(_Strict):
+    """A worked multiple-choice question for RL-CAI feedback: a conversation (``context`` turns,
+    then the person's ``prompt``) and two answers, of which ``better`` is the right choice."""
+
+    prompt: Text
+    better: Text
+    worse: Text
+    context: list[Turn] = []
 
 
 class Constitution(_Strict):
@@ -83,6 +100,7 @@ class Constitution(_Strict):
     _path: Path | None = PrivateAttr(default=None)
     _sha256: str = PrivateAttr(default="")
     _examples: tuple[FewShotExample, ...] = PrivateAttr(default=())
+    _feedback_examples: tuple[FeedbackExample, ...] = PrivateAttr(default=())
 
     @field_validator("version", mode="before")
     @classmethod
@@ -101,6 +119,10 @@ class Constitution(_Strict):
     @property
     def few_shot(self) -> tuple[FewShotExample, ...]:
         return self._examples
+
+    @property
+    def feedback_few_shot(self) -> tuple[FeedbackExample, ...]:
+        return self._feedback_examples
 
     def critique_principle(self, principle_id: str) -> CritiqueRevisionPrinciple:
         for p in self.critique_revision:
@@ -171,28 +193,43 @@ def load_constitution(path: str | Path) -> Constitution:
         )
     digest = hashlib.sha256(raw)
     examples: tuple[FewShotExample, ...] = ()
+    feedback_examples: tuple[FeedbackExample, ...] = ()
     if const.examples:
         ex_path = (path.parent / const.examples).resolve()
         if not ex_path.is_file():
             line = line_of(root, ("examples",))
             raise ConstitutionError(path, [(line, f"examples file not found: {ex_path}")])
-        examples, ex_raw = _load_examples(ex_path, const)
+        parsed, ex_raw = _load_examples(ex_path, const)
+        examples, feedback_examples = tuple(parsed.examples), tuple(parsed.feedback_examples)
         digest.update(ex_raw)
     const._path = path
     const._sha256 = digest.hexdigest()
     const._examples = examples
+    const._feedback_examples = feedback_examples
     return const
 
 
-class _ExampleFile(_Strict):
-    examples: list[FewShotExample]
+class ExampleFile(_Strict):
+    """The few-shot file a constitution names in ``examples:``."""
+
+    examples: list[FewShotExample] = []
+    feedback_examples: list[FeedbackExample] = []
 
 
-def _load_examples(path: Path, const: Constitution) -> tuple[tuple[FewShotExample, ...], bytes]:
+def _load_examples(path: Path, const: Constitution) -> tuple[ExampleFile, bytes]:
     root, raw = parse_yaml(path, ConstitutionError)
     if not isinstance(root, CommentedMap):
-        raise ConstitutionError(path, [(1, "an examples file must be a mapping with 'examples:'")])
-    parsed = validate_yaml(_ExampleFile, root, path, ConstitutionError)
+        raise ConstitutionError(
+            path,
+            [
+                (
+                    1,
+                    "an examples file must be a mapping with 'examples:' and/or "
+                    "'feedback_examples:'",
+                )
+            ],
+        )
+    parsed = validate_yaml(ExampleFile, root, path, ConstitutionError)
     known = {p.id for p in const.critique_revision}
     bad = [
         (line_of(root, ("examples", i, "principle")), f"unknown principle id '{ex.principle}'")
@@ -201,7 +238,7 @@ def _load_examples(path: Path, const: Constitution) -> tuple[tuple[FewShotExampl
     ]
     if bad:
         raise ConstitutionError(path, bad)
-    return tuple(parsed.examples), raw
+    return parsed, raw
 
 
 # --------------------------------------------------------------------------- writing / importing
@@ -226,81 +263,3 @@ def dump_constitution(data: dict[str, Any]) -> str:
     buf = StringIO()
     y.dump(wrap(data), buf)
     return buf.getvalue()
-
-
-_CRITIQUE_CUE = re.compile(r"^\s*CritiqueRequest:\s*(?P<text>.*?)\s*(?:Critique:)?\s*$", re.S)
-_REVISION_CUE = re.compile(r"^\s*RevisionRequest:\s*(?P<text>.*?)\s*(?:Revision:)?\s*$", re.S)
-_FEEDBACK_CUE = re.compile(r"^\s*(?P<text>.*?)\s*(?:Options:)?\s*$", re.S)
-
-
-def _slug(text: str) -> str:
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
-    return slug or "principle"
-
-
-def import_cai_paper(paths: Sequence[str | Path]) -> dict[str, Any]:
-    """Convert the Constitutional AI paper's JSON principle files into our schema.
-
-    Critique/revision files are a JSON object keyed by principle id, each value
-    ``{"prompt": ["\\n\\nCritiqueRequest: ...\\n\\nCritique:"], "edit_request": "...Revision:"}``;
-    feedback files are a JSON list of ``"\\nPlease choose the response that ... Options:"``
-    strings. The kind is told by the JSON type. Cue words are stripped.
-    """
-    critique: list[dict[str, str]] = []
-    feedback: list[dict[str, str]] = []
-    for p in map(Path, paths):
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ImportFormatError(p, "file not found") from None
-        except json.JSONDecodeError as e:
-            raise ImportFormatError(p, f"invalid JSON: {e.msg}", e.lineno) from None
-        if isinstance(data, dict):
-            critique.extend(_import_critiques(p, data))
-        elif isinstance(data, list):
-            feedback.extend(_import_feedback(p, data, start=len(feedback)))
-        else:
-            raise ImportFormatError(p, "expected a JSON object (critiques) or list (feedback)")
-    out: dict[str, Any] = {}
-    if critique:
-        out["critique_revision"] = critique
-    if feedback:
-        out["feedback"] = feedback
-    return out
-
-
-def _import_critiques(path: Path, data: dict[str, Any]) -> list[dict[str, str]]:
-    rows = []
-    for key, value in data.items():
-        if not isinstance(value, dict) or set(value) - {"prompt", "edit_request"}:
-            raise ImportFormatError(
-                path, f"entry '{key}': expected keys 'prompt' and 'edit_request'"
-            )
-        prompts = value.get("prompt")
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        if not prompts or not all(isinstance(x, str) for x in prompts) or len(prompts) != 1:
-            raise ImportFormatError(path, f"entry '{key}': 'prompt' must be a list of one string")
-        edit = value.get("edit_request")
-        c = _CRITIQUE_CUE.match(prompts[0])
-        r = _REVISION_CUE.match(edit) if isinstance(edit, str) else None
-        if not c or not r or "CritiqueRequest:" not in prompts[0]:
-            raise ImportFormatError(path, f"entry '{key}': missing CritiqueRequest/RevisionRequest")
-        rows.append(
-            {
-                "id": _slug(str(key)),
-                "critique_request": c["text"],
-                "revision_request": r["text"],
-            }
-        )
-    return rows
-
-
-def _import_feedback(path: Path, data: list[Any], start: int) -> list[dict[str, str]]:
-    rows = []
-    for i, item in enumerate(data):
-        if not isinstance(item, str) or not item.strip():
-            raise ImportFormatError(path, f"item {i}: expected a non-empty string")
-        text = _FEEDBACK_CUE.match(item)["text"]  # type: ignore[index]
-        rows.append({"id": f"feedback-{start + i + 1:02d}", "instruction": text})
-    return rows

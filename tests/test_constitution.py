@@ -9,11 +9,11 @@ import pytest
 
 from rlaif.constitution import (
     dump_constitution,
-    import_cai_paper,
     load_constitution,
     sample_principles,
 )
 from rlaif.errors import ConstitutionError, ImportFormatError
+from rlaif.importers import import_cai_paper
 
 from .conftest import FIXTURES, REPO
 
@@ -194,7 +194,7 @@ def test_sample_principles_reproducible_and_without_repeats():
 
 def test_import_cai_paper_strips_cue_words(tmp_path):
     src = FIXTURES / "cai_paper"
-    data = import_cai_paper([src / "critiques.json", src / "feedback.json"])
+    data = import_cai_paper([src / "critiques.json", src / "feedback.json"]).constitution_body()
     crit = data["critique_revision"]
     assert crit[0] == {
         "id": "unkind0",
@@ -219,7 +219,15 @@ def test_import_cai_paper_strips_cue_words(tmp_path):
         ('{"a": {"prompt": ["no cue"], "edit_request": "x"}}', "missing CritiqueRequest"),
         ('{"a": {"prompt": [], "edit_request": "x"}}', "list of one string"),
         ('{"a": {"prompt": ["x"], "other": 1}}', "expected keys"),
-        ("[1, 2]", "item 0: expected a non-empty string"),
+        ("[1, 2]", "item 0: expected a feedback instruction"),
+        ('["Choose the kinder reply. Options:", "Just some text"]', "item 1: expected a feedback"),
+        ('[{"prompt": "x", "corrects": ["a"]}]', "item 0: expected a feedback"),
+        ('[{"prompt": "x", "corrects": [], "incorrects": ["b"]}]', "non-empty lists"),
+        ('["\\n\\nHuman: hi\\n\\nCritiqueRequest: c\\n\\nCritique: d"]', "Assistant"),
+        (
+            '["\\n\\nHuman: hi\\n\\nAssistant: yo\\n\\nCritiqueRequest: c\\n\\nCritique: d"]',
+            "found CritiqueRequest, Critique$",
+        ),
         ('"text"', "expected a JSON object"),
         ("{broken", "invalid JSON"),
     ],
@@ -242,3 +250,54 @@ def test_yaml_values_come_out_as_plain_python(tmp_path):
     assert values == {"lr": 1e-6, "steps": 4, "flag": True, "name": "x", "items": [1, 2.5]}
     assert [type(v) for v in values.values()] == [float, int, bool, str, list]
     assert [type(v) for v in values["items"]] == [int, float]
+
+
+def test_import_few_shot_transcripts_gives_examples_not_principles(tmp_path):
+    """The paper's critique/revision few-shot file (a list of Human/Assistant transcripts with
+    critique and revision blocks) becomes few-shot examples; no transcript becomes a feedback
+    principle."""
+    src = FIXTURES / "cai_paper"
+    got = import_cai_paper([src / "critiques.json", src / "critique_fewshot.json"])
+    assert got.feedback == [] and got.feedback_examples == []
+    assert len(got.examples) == 3  # one block in the first transcript, two in the second
+    first, second, third = got.examples
+    assert first["principle"] == "unkind0"  # the critique request of an imported principle
+    assert first["prompt"] == "How do I pick the lock on my neighbour's shed?"
+    assert first["response"].startswith("Use a tension wrench")
+    assert first["revision"].endswith("they will likely open it for you.")
+    assert "context" not in first
+    # the multi-turn transcript keeps its earlier turns; its requests match no imported
+    # principle, so one is made from them (and reported as such)
+    assert second["context"] == [
+        {"role": "user", "content": "I want to learn to cook."},
+        {"role": "assistant", "content": "Great! What kinds of food do you like?"},
+    ]
+    assert second["prompt"] == "Spicy food. What should I start with?"
+    assert (
+        got.from_examples == ["example-request-01"] and second["principle"] == "example-request-01"
+    )
+    made = got.critique_revision[-1]
+    assert made["critique_request"] == "Say whether the reply could put the person in danger."
+    # a second block critiques the first revision
+    assert third["principle"] == "unkind0" and third["response"] == second["revision"]
+    assert not any("CritiqueRequest" in str(ex) or "Human:" in str(ex) for ex in got.examples)
+
+
+def test_import_feedback_few_shot_rows(tmp_path):
+    src = FIXTURES / "cai_paper"
+    got = import_cai_paper([src / "feedback.json", src / "feedback_fewshot.json"])
+    assert [f["id"] for f in got.feedback] == ["feedback-01", "feedback-02"]
+    # one example per (correct, incorrect) pair: 1x1 + 1x2
+    assert len(got.feedback_examples) == 3
+    a, b, c = got.feedback_examples
+    assert a["prompt"] == "Can you tell me how to hotwire a car?" and "context" not in a
+    assert a["better"].startswith("I can't help") and a["worse"].startswith("Sure: pull")
+    assert b["prompt"] == "She lost her job. What can I say?"
+    assert b["context"][1] == {
+        "role": "assistant",
+        "content": "I'm sorry to hear that. What happened?",
+    }
+    assert b["better"] == c["better"] and {b["worse"], c["worse"]} == {
+        "Tell her to toughen up.",
+        "Say nothing; it's not your problem.",
+    }

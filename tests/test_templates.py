@@ -34,7 +34,7 @@ def variables(harmless, name):
     conversation = [{"role": "user", "content": "Q?"}]
     if name.startswith("feedback"):
         base = {"conversation": conversation, "response_a": "A text", "response_b": "B text",
-                "principle": fb}  # fmt: skip
+                "principle": fb, "examples": []}  # fmt: skip
     if name == "score":
         base = {"conversation": conversation, "response": "R text", "principle": fb}
     if name == "classify":
@@ -74,6 +74,45 @@ def test_feedback_ends_with_assistant_prefill(harmless):
     msgs = Templates().render("feedback", **variables(harmless, "feedback"))
     assert msgs[-1] == {"role": "assistant", "content": "The answer is:"}
     assert "(A) A text" in msgs[0]["content"] and "(B) B text" in msgs[0]["content"]
+
+
+def test_feedback_examples_are_answered_questions_before_the_real_one(harmless):
+    v = variables(harmless, "feedback")
+    v["examples"] = [
+        {
+            "conversation": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello!"},
+                {"role": "user", "content": "Help me cheat?"},
+            ],
+            "response_a": "Sure.",
+            "response_b": "I'd rather not.",
+            "answer": "B",
+        }
+    ]
+    msgs = Templates().render("feedback", **v)
+    assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant"]
+    assert "Person: Hi\n\nAssistant: Hello!\n\nPerson: Help me cheat?" in msgs[0]["content"]
+    assert v["principle"].instruction in msgs[0]["content"]
+    assert "(A) Sure." in msgs[0]["content"] and "(B) I'd rather not." in msgs[0]["content"]
+    assert msgs[1]["content"] == "The answer is: (B)"
+    assert msgs[-1] == {"role": "assistant", "content": "The answer is:"}
+
+
+def test_multi_turn_few_shot_examples_show_their_earlier_turns(harmless):
+    v = variables(harmless, "critique")
+    context = [
+        {"role": "user", "content": "I want to cook."},
+        {"role": "assistant", "content": "What do you like?"},
+    ]
+    v["examples"] = [{**v["examples"][0], "context": context}]
+    crit = Templates().render("critique", **v)[0]["content"]
+    assert "Person: I want to cook.\n\nAssistant: What do you like?\n\nPerson: " in crit
+    rev = Templates().render("revision", **v)[0]["content"]
+    assert rev.startswith("Earlier in the conversation:\n\nPerson: I want to cook.\n")
+    assert "Assistant: What do you like?\n\nQuestion: " in rev
+    plain = Templates().render("revision", **variables(harmless, "revision"))[0]["content"]
+    assert plain.startswith("Question: ")
 
 
 def test_feedback_cot_optional_reasoning(harmless):

@@ -9,8 +9,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from rlaif.constitution import dump_constitution, import_cai_paper, load_constitution
+from rlaif.constitution import dump_constitution, load_constitution
 from rlaif.errors import ConstitutionError
+from rlaif.importers import import_cai_paper
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,8 +39,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "import",
         help="convert another format into an rlaif constitution",
         description="Convert principle files from another format. cai-paper: the JSON files of "
-        "the Constitutional AI paper's supplementary repository (an object of critique/revision "
-        "requests and/or a list of multiple-choice feedback instructions).",
+        "the Constitutional AI paper's supplementary repository, in any mix: an object of "
+        "critique/revision requests, a list of multiple-choice feedback instructions, a list of "
+        "critique/revision few-shot transcripts, a list of feedback few-shot rows "
+        "({prompt, corrects, incorrects}). Few-shot items go to an examples file beside the "
+        "output (OUT.examples.yaml), which the constitution names.",
     )
     i.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     i.add_argument("--format", required=True, choices=["cai-paper"])
@@ -61,7 +65,8 @@ def validate(args: argparse.Namespace) -> int:
             continue
         print(
             f"{path}: ok ({c.name} v{c.version}: {len(c.critique_revision)} critique/revision, "
-            f"{len(c.feedback)} feedback principles, {len(c.few_shot)} few-shot examples)"
+            f"{len(c.feedback)} feedback principles, {len(c.few_shot)} few-shot examples, "
+            f"{len(c.feedback_few_shot)} feedback examples)"
         )
     return 2 if bad else 0
 
@@ -85,27 +90,46 @@ def show(args: argparse.Namespace) -> int:
         for p in c.feedback:
             t.add_row(p.id, p.instruction)
         console.print(t)
-    if c.few_shot:
-        console.print(f"{len(c.few_shot)} few-shot examples from {c.examples}")
+    if c.few_shot or c.feedback_few_shot:
+        console.print(
+            f"{len(c.few_shot)} critique/revision and {len(c.feedback_few_shot)} feedback "
+            f"few-shot examples from {c.examples}"
+        )
     return 0
 
 
 def import_(args: argparse.Namespace) -> int:
-    body = import_cai_paper(args.paths)
+    imported = import_cai_paper(args.paths)
     sources = ", ".join(p.name for p in args.paths)
-    data = {
+    data: dict[str, object] = {
         "name": args.name or args.output.stem,
         "description": args.description or f"Imported from {sources} ({args.format} format).",
         "version": args.const_version,
-        **body,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_suffix(args.output.suffix + ".tmp")
-    tmp.write_text(dump_constitution(data), encoding="utf-8")
-    tmp.replace(args.output)
+    examples = imported.examples_body()
+    if examples:
+        ex_path = args.output.with_name(f"{args.output.stem}.examples.yaml")
+        _write(ex_path, dump_constitution(examples))
+        data["examples"] = ex_path.name
+    _write(args.output, dump_constitution({**data, **imported.constitution_body()}))
     c = load_constitution(args.output)  # the result must pass our own validation
     print(
         f"wrote {args.output}: {len(c.critique_revision)} critique/revision and "
-        f"{len(c.feedback)} feedback principles"
+        f"{len(c.feedback)} feedback principles, {len(c.few_shot)} critique/revision and "
+        f"{len(c.feedback_few_shot)} feedback few-shot examples"
+        + (f" (in {c.examples})" if examples else "")
     )
+    if imported.from_examples:
+        print(
+            f"note: {len(imported.from_examples)} critique/revision principle(s) "
+            f"({', '.join(imported.from_examples)}) were made from the transcripts' own requests, "
+            "since no imported principle had the same critique request"
+        )
     return 0
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

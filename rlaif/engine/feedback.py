@@ -14,6 +14,9 @@ paper did:
 - **Chain of thought** (optional). The labeler first writes its reasoning, then the options are
   scored after it. Such probabilities are overconfident (near 0 or 1), so each is clamped to
   [0.4, 0.6] by default, as in the paper.
+- **Few-shot.** A constitution's feedback examples (a conversation, a better and a worse answer)
+  are asked first as answered questions under the same principle, the better answer shown as (A)
+  in even examples and (B) in odd ones, so the examples teach no position.
 - **Votes** for backends without log-probs (``supports_logprobs = False``) or by choice: sample N
   answers and count which option each names. Answers that name none are counted and kept.
 
@@ -73,6 +76,9 @@ class FeedbackSettings(BaseModel):
     votes: int = Field(default=8, ge=1, description="answers sampled per question in votes mode")
     vote_temperature: float = Field(default=1.0, ge=0.0)
     vote_max_tokens: int = Field(default=8, ge=1)
+    few_shot: bool = Field(
+        default=True, description="show the constitution's feedback examples before the question"
+    )
 
     @model_validator(mode="after")
     def _clamp_order(self) -> FeedbackSettings:
@@ -162,6 +168,26 @@ class Feedback:
             self.constitution.feedback, self.settings.principles, self.seed, key
         )
 
+    def examples(self) -> list[dict[str, Any]]:
+        """The constitution's feedback examples as answered questions (template variables)."""
+        if not self.settings.few_shot:
+            return []
+        out = []
+        for i, ex in enumerate(self.constitution.feedback_few_shot):
+            conversation = [t.model_dump() for t in ex.context]
+            conversation.append({"role": "user", "content": ex.prompt})
+            first, second = (ex.better, ex.worse) if i % 2 == 0 else (ex.worse, ex.better)
+            answer = "A" if i % 2 == 0 else "B"
+            out.append(
+                {
+                    "conversation": conversation,
+                    "response_a": first,
+                    "response_b": second,
+                    "answer": answer,
+                }
+            )
+        return out
+
     def check_templates(self) -> None:
         """Render the templates once so a broken one fails before a model loads."""
         v = {
@@ -169,6 +195,7 @@ class Feedback:
             "response_a": "a",
             "response_b": "b",
             "principle": self.constitution.feedback[0],
+            "examples": self.examples(),
         }
         self.templates.render("feedback", **v)
         self.templates.render("feedback_cot", **v)
@@ -202,6 +229,7 @@ class Feedback:
             "response_a": first,
             "response_b": second,
             "principle": principle,
+            "examples": self.examples(),
         }
         j = Judgement(principle.id, order)
         template = "feedback"

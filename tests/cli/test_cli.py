@@ -196,3 +196,46 @@ def test_demo_rejects_non_positive_numbers(flag, capsys):
 def test_demo_negative_temperature_is_a_config_error(capsys):
     assert main(["demo", "--temperature", "-1"]) == 2
     assert "--temperature: Input should be greater than or equal to 0" in capsys.readouterr().err
+
+
+def test_import_few_shot_files_writes_an_examples_file(tmp_path, capsys):
+    out = tmp_path / "paper.yaml"
+    src = FIXTURES / "cai_paper"
+    files = ["critiques.json", "feedback.json", "critique_fewshot.json", "feedback_fewshot.json"]
+    code = main(
+        [
+            "constitution",
+            "import",
+            *(str(src / f) for f in files),
+            "--format",
+            "cai-paper",
+            "-o",
+            str(out),
+        ]
+    )
+    assert code == 0
+    said = capsys.readouterr().out
+    assert "3 critique/revision and 2 feedback principles" in said
+    assert "3 critique/revision and 3 feedback few-shot examples (in paper.examples.yaml)" in said
+    assert "example-request-01" in said  # the principle made from a transcript is reported
+    assert (tmp_path / "paper.examples.yaml").is_file()
+    assert main(["constitution", "validate", str(out)]) == 0
+    assert "3 few-shot examples, 3 feedback examples" in capsys.readouterr().out
+    # the transcripts alone also make a valid constitution: examples, never feedback principles
+    alone = tmp_path / "alone.yaml"
+    assert (
+        main(
+            [
+                "constitution",
+                "import",
+                str(src / "critique_fewshot.json"),
+                "--format",
+                "cai-paper",
+                "-o",
+                str(alone),
+            ]
+        )
+        == 0
+    )
+    assert "2 critique/revision and 0 feedback principles" in capsys.readouterr().out
+    assert main(["constitution", "validate", str(alone)]) == 0

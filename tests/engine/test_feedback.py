@@ -204,3 +204,35 @@ def test_constitution_without_feedback_principles_is_rejected(fake_labeler, harm
     empty = harmless.model_copy(update={"feedback": []})
     with pytest.raises(ValueError, match="no feedback principles"):
         Feedback(empty, Templates(), Scheduler(fake_labeler(), Cache(None)))
+
+
+def test_feedback_examples_from_the_constitution_come_first(fake_labeler, tmp_path):
+    """A constitution's feedback examples are asked as answered questions before the real one,
+    the better answer as (A), then (B), alternately; ``few_shot=False`` leaves them out."""
+    (tmp_path / "c.yaml").write_text(
+        "name: c\ndescription: d\nversion: '1'\nexamples: ex.yaml\n"
+        "feedback:\n  - id: kind\n    instruction: Which reply is kinder?\n"
+    )
+    (tmp_path / "ex.yaml").write_text(
+        "feedback_examples:\n"
+        "  - {prompt: Say hi, better: Hello there!, worse: Go away.}\n"
+        "  - prompt: And now?\n"
+        "    context: [{role: user, content: Hi}, {role: assistant, content: Hey}]\n"
+        "    better: Glad to help.\n"
+        "    worse: Whatever.\n"
+    )
+    const = load_constitution(tmp_path / "c.yaml")
+    assert len(const.feedback_few_shot) == 2
+    lab, step = make(fake_labeler, const, both_orders=False)
+    compare(step)
+    (conv,) = lab.scored
+    assert [m["role"] for m in conv] == ["user", "assistant"] * 3
+    assert "(A) Hello there!" in conv[0]["content"] and "(B) Go away." in conv[0]["content"]
+    assert conv[1]["content"] == "The answer is: (A)"
+    assert "Person: Hi\n\nAssistant: Hey\n\nPerson: And now?" in conv[2]["content"]
+    assert "(A) Whatever." in conv[2]["content"] and "(B) Glad to help." in conv[2]["content"]
+    assert conv[3]["content"] == "The answer is: (B)"
+    assert options_shown(conv[4:]) == (GOOD, BAD)
+    lab, step = make(fake_labeler, const, both_orders=False, few_shot=False)
+    compare(step)
+    assert [m["role"] for m in lab.scored[0]] == ["user", "assistant"]
