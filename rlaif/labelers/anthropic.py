@@ -14,11 +14,18 @@ Differences the Messages API forces:
   counts which option each names first: the probability of an option is its vote share (log of
   it returned; an option with no votes gets ``-inf``). Answers that name no option are counted in
   ``unparsed_votes`` and do not vote.
+
+Batch mode (``batch=true``, see ``labelers/batches.py``) sends each stage as a Message Batch at
+half the price: one item per sample (``n`` samples, or ``votes`` votes, are that many items, told
+apart by the sample index in their custom ids), each carrying exactly the body an online request
+sends (``message_body``), and each result read by the function that reads an online answer
+(``parse_message``), so both modes give the same rows for the same answers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -34,6 +41,14 @@ from rlaif.labelers.base import (
     option_label,
     strip_prefill,
 )
+from rlaif.labelers.batches import (
+    BATCH_PRICE_FACTOR,
+    BatchRunner,
+    BatchSettings,
+    BatchState,
+    ItemResult,
+    custom_id,
+)
 from rlaif.labelers.reliability import (
     ApiCaller,
     ApiLabelerMixin,
@@ -42,10 +57,11 @@ from rlaif.labelers.reliability import (
     classify_sdk_error,
     estimate_tokens,
     read_api_key,
+    server_says,
 )
 
 
-class AnthropicSettings(ApiSettings):
+class AnthropicSettings(ApiSettings, BatchSettings):
     base_url: str | None = Field(default=None, description="default: Anthropic's API")
     api_key_env: str = "ANTHROPIC_API_KEY"
     concurrency: int = Field(default=16, ge=1)
@@ -60,10 +76,57 @@ def split_system(conversation: Conversation) -> tuple[str | None, list[dict[str,
     return None, messages
 
 
+# --------------------------------------------------------------------------- bodies and answers
+# One builder and one reader, shared by online and batch mode.
+
+# what ``messages.create`` takes as arguments; the rest of a body travels in ``extra_body``
+_ARGUMENTS = ("model", "messages", "max_tokens", "system", "stop_sequences")
+
+
+def message_body(model: str, conversation: Conversation, params: GenerateParams) -> dict[str, Any]:
+    system, messages = split_system(conversation)
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "max_tokens": params.max_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+    }
+    if system is not None:
+        body["system"] = system
+    if params.stop:
+        body["stop_sequences"] = list(params.stop)
+    return body
+
+
+def parse_message(response: Any, conversation: Conversation) -> Completion:
+    """One completion from a Message (an SDK object, online or from a batch)."""
+    if not isinstance(getattr(response, "content", None), list):
+        raise LabelerResponseError("response without content")
+    text = "".join(getattr(b, "text", "") for b in response.content)
+    prompt_tokens, completion_tokens = usage_of(response)
+    return Completion(
+        text=strip_prefill(text, conversation),
+        finish_reason="length" if response.stop_reason == "max_tokens" else "stop",
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+    )
+
+
+def usage_of(response: Any) -> tuple[int, int]:
+    usage = getattr(response, "usage", None)
+    return getattr(usage, "input_tokens", 0) or 0, getattr(usage, "output_tokens", 0) or 0
+
+
+def vote_params(settings: AnthropicSettings) -> GenerateParams:
+    return GenerateParams(n=settings.votes, temperature=1.0, max_tokens=settings.vote_max_tokens)
+
+
 class AnthropicLabeler(ApiLabelerMixin):
     backend: ClassVar[str] = "anthropic"
     supports_logprobs: ClassVar[bool] = False
     Settings = AnthropicSettings
+    batch_call_size = 100_000
 
     def __init__(self, settings: AnthropicSettings):
         self.settings = settings
@@ -74,14 +137,21 @@ class AnthropicLabeler(ApiLabelerMixin):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._caller = ApiCaller(settings, classify_anthropic, (self._key,))
         self.unparsed_votes = 0
+        self._batches: BatchRunner | None = None
+        if settings.batch:
+            online = self._online_body if settings.batch_errors == "online" else None
+            self._batches = BatchRunner(_AnthropicBatches(self), settings, self._caller, online)
 
     def describe(self) -> dict[str, Any]:
-        return {
+        described: dict[str, Any] = {
             "backend": self.backend,
             "model": self.settings.model,
             "base_url": self.settings.base_url,
             "votes": self.settings.votes,
         }
+        if self.settings.batch:
+            described["batch"] = True
+        return described
 
     def _get_client(self) -> Any:
         loop = asyncio.get_running_loop()
@@ -101,25 +171,29 @@ class AnthropicLabeler(ApiLabelerMixin):
             )
         return self._client
 
-    async def _create(self, conversation: Conversation, **kwargs: Any) -> Any:
-        system, messages = split_system(conversation)
-        if system is not None:
-            kwargs["system"] = system
+    async def _create(self, body: dict[str, Any]) -> Any:
+        arguments = {k: v for k, v in body.items() if k in _ARGUMENTS}
+        extra = {k: v for k, v in body.items() if k not in _ARGUMENTS}
 
         async def attempt() -> Any:
-            response = await self._get_client().messages.create(
-                model=self.settings.model, messages=messages, **kwargs
-            )
+            response = await self._get_client().messages.create(**arguments, extra_body=extra)
             if not isinstance(getattr(response, "content", None), list):
                 raise LabelerResponseError("response without content")
             return response
 
-        tokens = estimate_tokens(conversation) + kwargs.get("max_tokens", 0)
+        system = [{"role": "system", "content": body["system"]}] if "system" in body else []
+        tokens = estimate_tokens(system + body["messages"]) + body.get("max_tokens", 0)
         return await self._caller.call(attempt, tokens)
+
+    async def _online_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One request online, for batch items sent online after errors: the answer as a body."""
+        return (await self._create(body)).model_dump(mode="json")
 
     async def generate(
         self, conversations: Sequence[Conversation], params: GenerateParams
-    ) -> list[list[Completion]]:
+    ) -> list[list[Completion] | Exception]:
+        if self._batches is not None:
+            return await self._batch_samples(conversations, params)
         return list(await asyncio.gather(*(self._samples(c, params) for c in conversations)))
 
     async def _samples(
@@ -130,36 +204,30 @@ class AnthropicLabeler(ApiLabelerMixin):
         )
 
     async def _one(self, conversation: Conversation, params: GenerateParams) -> Completion:
-        kwargs: dict[str, Any] = {
-            "max_tokens": params.max_tokens,
-            "extra_body": {"temperature": params.temperature, "top_p": params.top_p},
-        }
-        if params.stop:
-            kwargs["stop_sequences"] = list(params.stop)
-        response = await self._create(conversation, **kwargs)
-        text = "".join(getattr(b, "text", "") for b in response.content)
-        usage = getattr(response, "usage", None)
-        self._caller.record(
-            getattr(usage, "input_tokens", 0) or 0, getattr(usage, "output_tokens", 0) or 0
-        )
-        return Completion(
-            text=strip_prefill(text, conversation),
-            finish_reason="length" if response.stop_reason == "max_tokens" else "stop",
-            prompt_tokens=getattr(usage, "input_tokens", 0) or 0,
-            completion_tokens=getattr(usage, "output_tokens", 0) or 0,
-        )
+        response = await self._create(message_body(self.settings.model, conversation, params))
+        self._caller.record(*usage_of(response))
+        return parse_message(response, conversation)
 
     async def option_logprobs(
         self, conversations: Sequence[Conversation], options: Sequence[str]
-    ) -> list[list[float]]:
+    ) -> list[list[float] | Exception]:
+        if self._batches is not None:
+            votes = await self._batch_samples(conversations, vote_params(self.settings))
+            return [
+                v if isinstance(v, Exception) else self._count(v, options, failure=True)
+                for v in votes
+            ]
         return list(await asyncio.gather(*(self._vote(c, options) for c in conversations)))
 
     async def _vote(self, conversation: Conversation, options: Sequence[str]) -> list[float]:
+        answers = await self._samples(conversation, vote_params(self.settings))
+        return self._count(answers, options)  # type: ignore[return-value]
+
+    def _count(
+        self, answers: list[Completion], options: Sequence[str], failure: bool = False
+    ) -> list[float] | Exception:
+        """Vote shares as log-probabilities; with ``failure``, no votes is a returned error."""
         labels = [option_label(o) for o in options]
-        params = GenerateParams(
-            n=self.settings.votes, temperature=1.0, max_tokens=self.settings.vote_max_tokens
-        )
-        answers = await self._samples(conversation, params)
         counts = dict.fromkeys(labels, 0)
         for answer in answers:
             index = first_option(answer.text, options)
@@ -169,13 +237,107 @@ class AnthropicLabeler(ApiLabelerMixin):
                 counts[labels[index]] += 1
         total = sum(counts.values())
         if total == 0:
-            raise LabelerResponseError(f"none of {len(answers)} votes named an option {labels}")
+            message = f"none of {len(answers)} votes named an option {labels}"
+            if failure:
+                return self._batches.failure(message, 1, False)  # type: ignore[union-attr]
+            raise LabelerResponseError(message)
         return [math.log(counts[lab] / total) if counts[lab] else -math.inf for lab in labels]
+
+    # ------------------------------------------------------------------ batch mode
+
+    async def _batch_samples(
+        self, conversations: Sequence[Conversation], params: GenerateParams
+    ) -> list[list[Completion] | Exception]:
+        """Every sample of every conversation as one batch item; a conversation with a failed
+        sample fails as a whole."""
+        from anthropic.types import Message
+
+        assert self._batches is not None
+        bodies = [message_body(self.settings.model, c, params) for c in conversations]
+        items = {custom_id(b, i): b for b in bodies for i in range(params.n)}
+        answers, online = await self._batches.run(items)
+        out: list[list[Completion] | Exception] = []
+        for conversation, body in zip(conversations, bodies, strict=True):
+            samples: list[Completion] = []
+            for i in range(params.n):
+                cid = custom_id(body, i)
+                answer = answers[cid]
+                if isinstance(answer, Exception):
+                    samples = answer  # type: ignore[assignment]
+                    break
+                try:
+                    response = Message.model_validate(answer)
+                    samples.append(parse_message(response, conversation))
+                except (LabelerResponseError, ValueError) as e:
+                    samples = self._batches.failure(f"unusable answer: {e}", 1, False)  # type: ignore[assignment]
+                    break
+                factor = 1.0 if cid in online else BATCH_PRICE_FACTOR
+                self._caller.record(*usage_of(response), price_factor=factor)
+            out.append(samples)
+        return out
 
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.close()
             self._client = None
+        if self._batches is not None:
+            self._batches.close()
+
+
+class _AnthropicBatches:
+    """Message Batches: requests in the create call, results as JSONL when the batch ended."""
+
+    name = "anthropic"
+    max_items = 100_000
+    max_bytes = 250 * 1024 * 1024  # the limit is 256 MB per create request; keep a margin
+
+    def __init__(self, labeler: AnthropicLabeler):
+        self.labeler = labeler
+        url = labeler.settings.base_url or "https://api.anthropic.com"
+        self.endpoint = f"{url} {labeler.settings.model}"
+
+    def item_size(self, cid: str, body: dict[str, Any]) -> int:
+        item = {"custom_id": cid, "params": body}
+        return len(json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode()) + 1
+
+    async def prepare(self, items: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        return [{"custom_id": cid, "params": body} for cid, body in items]
+
+    async def create(self, requests: list[dict[str, Any]]) -> tuple[str, str]:
+        batch = await self.labeler._get_client().messages.batches.create(requests=requests)
+        return batch.id, batch.processing_status
+
+    async def state(self, batch_id: str) -> BatchState:
+        batch = await self.labeler._get_client().messages.batches.retrieve(batch_id)
+        counts = batch.request_counts
+        found = {
+            "processing": counts.processing,
+            "succeeded": counts.succeeded,
+            "errored": counts.errored,
+            "canceled": counts.canceled,
+            "expired": counts.expired,
+        }
+        return BatchState(batch.processing_status, batch.processing_status == "ended", False, found)
+
+    async def results(self, batch_id: str) -> dict[str, ItemResult]:
+        found: dict[str, ItemResult] = {}
+        decoder = await self.labeler._get_client().messages.batches.results(batch_id)
+        async for line in decoder:
+            found[line.custom_id] = _item_result(line.result.model_dump(mode="json"))
+        return found
+
+
+def _item_result(result: dict[str, Any]) -> ItemResult:
+    kind = result.get("type")
+    if kind == "succeeded":
+        return ItemResult(result["message"])
+    if kind == "errored":
+        error = result.get("error") or {}
+        inner = error.get("error", error) if isinstance(error, dict) else error
+        kind_of = inner.get("type", "") if isinstance(inner, dict) else ""
+        retryable = kind_of in ("api_error", "overloaded_error", "rate_limit_error", "")
+        return ItemResult(None, server_says(inner), retryable)
+    return ItemResult(None, f"the item was {kind}", True)  # expired or canceled
 
 
 def classify_anthropic(exc: BaseException) -> Verdict:

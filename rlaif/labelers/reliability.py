@@ -279,10 +279,15 @@ class ApiCaller:
         self.retries = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self._billed_prompt = 0.0  # tokens weighted by their price factor (batch items: 0.5)
+        self._billed_completion = 0.0
 
-    def record(self, prompt_tokens: int, completion_tokens: int) -> None:
+    def record(self, prompt_tokens: int, completion_tokens: int, price_factor: float = 1.0) -> None:
+        """Count tokens; ``price_factor`` scales their price (provider batches cost half)."""
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
+        self._billed_prompt += prompt_tokens * price_factor
+        self._billed_completion += completion_tokens * price_factor
 
     @property
     def cost(self) -> float | None:
@@ -290,7 +295,8 @@ class ApiCaller:
         p_in, p_out = self.settings.price_input_per_million, self.settings.price_output_per_million
         if p_in is None and p_out is None:
             return None
-        return (self.prompt_tokens * (p_in or 0.0) + self.completion_tokens * (p_out or 0.0)) / 1e6
+        spent = self._billed_prompt * (p_in or 0.0) + self._billed_completion * (p_out or 0.0)
+        return spent / 1e6
 
     async def call(self, attempt: Callable[[], Awaitable[T]], tokens: int = 0) -> T:
         def counted(verdict: Verdict) -> None:
@@ -305,22 +311,36 @@ class ApiCaller:
 
 class ApiLabelerMixin:
     """The protocol properties both API backends answer the same way (one request per call,
-    ``concurrency`` calls in flight, retries and cost from their ``ApiCaller``)."""
+    ``concurrency`` calls in flight, retries and cost from their ``ApiCaller``). In batch mode
+    (settings ``batch``, see ``labelers/batches.py``) a call is a whole stage instead: up to
+    ``batch_call_size`` conversations, a few calls at once."""
 
     settings: ApiSettings
     _caller: ApiCaller
+    batch_call_size: int = 50_000  # conversations per call in batch mode
+    batch_calls: int = 4  # calls in flight in batch mode
 
     @property
     def model_name(self) -> str:
         return self.settings.model
 
     @property
+    def batch_mode(self) -> bool:
+        return bool(getattr(self.settings, "batch", False))
+
+    @property
+    def prefers_whole_stages(self) -> bool:
+        return self.batch_mode
+
+    @property
     def max_batch_size(self) -> int:
+        if self.batch_mode:
+            return self.batch_call_size
         return 1  # the server batches; our job is to keep enough requests in flight
 
     @property
     def max_concurrency(self) -> int:
-        return self.settings.concurrency
+        return self.batch_calls if self.batch_mode else self.settings.concurrency
 
     @property
     def retries(self) -> int:

@@ -1,0 +1,368 @@
+"""Provider batch APIs (OpenAI Batch API, Anthropic Message Batches): half the price, hours late.
+
+A provider batch is a job: requests go in as one upload, the provider answers within a day, and
+each item is billed at about half the online price. The engine sees none of this: a backend in
+batch mode says ``prefers_whole_stages``, the scheduler hands it a whole stage in one call, and
+the backend turns that call into one or more provider batches through ``BatchRunner`` and
+returns one result per conversation, as online.
+
+What this module owns, shared by both backends (each backend supplies a ``BatchProvider`` that
+speaks its API):
+
+- **Custom ids from content.** An item's ``custom_id`` is a hash of its canonical request body
+  plus a sample index (``custom_id``), so the same request always has the same id, identical items
+  in one call are sent once, and ids fit Anthropic's ``^[a-zA-Z0-9_-]{1,64}$``.
+- **Money is never spent twice.** A batch's id goes into a small SQLite ledger
+  (``batches.sqlite`` in ``state_dir``, the run's output folder) and is committed right after the
+  create call returns, before the first poll. The ledger's key is a hash of the provider, the
+  endpoint and the sorted custom ids of the batch, so a rerun that asks for the same pending
+  requests (a killed run asks for exactly those again, since nothing of them reached the cache)
+  finds the batch and re-attaches to it: it polls and collects it instead of submitting it again.
+  A batch that ended failed, expired or cancelled is not re-attached. Without a ``state_dir`` the
+  ledger lives in memory and protects only the running process.
+- **Splitting** at the providers' limits (items and bytes per batch); the parts go out at once.
+- **Errored and expired items** are resubmitted in a new batch (``batch_errors="resubmit"``) or
+  sent online (``"online"``), as often as the retry settings allow; an item that still fails, or
+  fails in a way a retry cannot fix (an invalid request), becomes a ``LabelerCallError`` for its
+  conversation only, with the provider's message (keys redacted) as the reason.
+- **Creating a batch is retried only when it surely did not happen** (429, 529, no connection at
+  all): a timeout or a 500 after the upload may have created a batch that is paid for, and
+  submitting again would pay twice. Polls and downloads are retried as usual.
+- **Progress**: one log line per submission, status change (with the request counts) and
+  completion on the ``rlaif.batches`` logger; never the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rlaif.errors import LabelerCallError
+from rlaif.labelers.reliability import ApiCaller, Verdict, redact, with_retries
+
+log = logging.getLogger("rlaif.batches")
+
+BATCH_PRICE_FACTOR = 0.5  # both providers bill batch items at half the online price
+LEDGER_FILE = "batches.sqlite"
+
+
+class BatchSettings(BaseModel):
+    """The settings of batch mode; API backends' settings models inherit them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch: bool = Field(default=False, description="send each stage as a provider batch job")
+    batch_poll: float = Field(default=30.0, gt=0.0, description="seconds between status polls")
+    batch_errors: Literal["resubmit", "online"] = Field(
+        default="resubmit", description="what to do with errored or expired items"
+    )
+    state_dir: Path | None = Field(
+        default=None, description="where the batch ledger lives (the run's output folder)"
+    )
+
+
+# --------------------------------------------------------------------------- ids
+
+
+def canonical(body: dict[str, Any]) -> str:
+    return json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def custom_id(body: dict[str, Any], sample: int = 0) -> str:
+    """A provider-safe id for one item: the same body and sample always give the same id."""
+    digest = hashlib.sha256(canonical(body).encode("utf-8")).hexdigest()[:48]
+    return f"r{digest}-{sample}"
+
+
+def job_key(provider: str, endpoint: str, ids: Sequence[str]) -> str:
+    """The ledger key of one batch: which provider and endpoint, and which items."""
+    h = hashlib.sha256(f"{provider}\n{endpoint}\n".encode())
+    for i in sorted(ids):
+        h.update(i.encode("ascii") + b"\n")
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- ledger
+
+DEAD = frozenset({"failed", "expired", "cancelled", "cancelling", "canceling", "canceled"})
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    job_key: str
+    provider: str
+    batch_id: str
+    status: str
+    items: int
+    submitted: float
+    finished: float | None
+
+
+class BatchLedger:
+    """Submitted batches by job key: written and committed before any poll."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path) if path is not None else ":memory:")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS batches (job_key TEXT PRIMARY KEY, provider TEXT NOT NULL,"
+            " batch_id TEXT NOT NULL, status TEXT NOT NULL, items INTEGER NOT NULL,"
+            " submitted REAL NOT NULL, finished REAL)"
+        )
+        self._db.commit()
+
+    def live(self, key: str) -> LedgerEntry | None:
+        """The batch submitted for ``key`` that can still be collected, if any."""
+        row = self._db.execute("SELECT * FROM batches WHERE job_key = ?", (key,)).fetchone()
+        if row is None or row[3] in DEAD:
+            return None
+        return LedgerEntry(*row)
+
+    def submitted(self, key: str, provider: str, batch_id: str, status: str, items: int) -> None:
+        with self._db:  # committed before the caller polls
+            self._db.execute(
+                "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                (key, provider, batch_id, status, items, time.time()),
+            )
+
+    def status(self, key: str, status: str, finished: bool = False) -> None:
+        with self._db:
+            self._db.execute(
+                "UPDATE batches SET status = ?, finished = ? WHERE job_key = ?",
+                (status, time.time() if finished else None, key),
+            )
+
+    def entries(self) -> list[LedgerEntry]:
+        return [LedgerEntry(*r) for r in self._db.execute("SELECT * FROM batches ORDER BY rowid")]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+# --------------------------------------------------------------------------- providers
+
+
+@dataclass(frozen=True)
+class BatchState:
+    status: str  # the provider's own word for it
+    done: bool  # results can be collected (some items may have errored or expired)
+    dead: bool  # ended without results worth collecting (failed validation, cancelled)
+    counts: dict[str, int] = field(default_factory=dict)
+    error: str = ""  # why a dead batch died, in the provider's words
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    body: dict[str, Any] | None  # the response body of a succeeded item
+    error: str = ""
+    retryable: bool = True  # expired, 5xx, overloaded: worth another try
+
+
+class BatchProvider(Protocol):
+    """What a backend supplies: its API's batch calls, with plain values in and out."""
+
+    name: str
+    endpoint: str  # where requests go (the server URL), part of the ledger key
+    max_items: int
+    max_bytes: int
+
+    def item_size(self, cid: str, body: dict[str, Any]) -> int: ...
+
+    async def prepare(self, items: list[tuple[str, dict[str, Any]]]) -> Any:
+        """Whatever ``create`` needs (OpenAI: an uploaded input file); safe to retry."""
+        ...
+
+    async def create(self, prepared: Any) -> tuple[str, str]:
+        """Create the batch; returns its id and status. One attempt: see ``submit_classify``."""
+        ...
+
+    async def state(self, batch_id: str) -> BatchState: ...
+
+    async def results(self, batch_id: str) -> dict[str, ItemResult]: ...
+
+
+def split_items(
+    items: Sequence[tuple[str, dict[str, Any]]],
+    max_items: int,
+    max_bytes: int,
+    size: Callable[[str, dict[str, Any]], int],
+) -> list[list[tuple[str, dict[str, Any]]]]:
+    """Cut items, in the order given, into parts within both limits."""
+    parts: list[list[tuple[str, dict[str, Any]]]] = []
+    current: list[tuple[str, dict[str, Any]]] = []
+    used = 0
+    for cid, body in items:
+        n = size(cid, body)
+        if current and (len(current) >= max_items or used + n > max_bytes):
+            parts.append(current)
+            current, used = [], 0
+        current.append((cid, body))
+        used += n
+    if current:
+        parts.append(current)
+    return parts
+
+
+# --------------------------------------------------------------------------- runner
+
+Online = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class BatchRunner:
+    """Turns a dict of items into answers through provider batches, with the ledger's guarantee."""
+
+    def __init__(
+        self,
+        provider: BatchProvider,
+        settings: BatchSettings,
+        caller: ApiCaller,
+        online: Online | None = None,
+    ):
+        self.provider = provider
+        self.settings = settings
+        self.caller = caller
+        self.online = online
+        path = settings.state_dir / LEDGER_FILE if settings.state_dir is not None else None
+        self.ledger = BatchLedger(path)
+        self.created = 0  # batches this process submitted
+        self.reattached = 0  # batches this process found in the ledger and collected
+
+    async def run(
+        self, items: dict[str, dict[str, Any]]
+    ) -> tuple[dict[str, dict[str, Any] | Exception], set[str]]:
+        """An answer body, or a ``LabelerCallError``, for every custom id; and the ids that were
+        answered online (at the full price) after errors in a batch."""
+        answers: dict[str, dict[str, Any] | Exception] = {}
+        online_ids: set[str] = set()
+        pending = dict(items)
+        retry = self.caller.settings.retry
+        attempt = 0
+        while pending:
+            attempt += 1
+            outcome = await self._round(sorted(pending.items()))
+            again: dict[str, dict[str, Any]] = {}
+            for cid, body in pending.items():
+                got = outcome[cid]
+                if got.body is not None:
+                    answers[cid] = got.body
+                elif got.retryable and attempt <= retry.max_retries:
+                    again[cid] = body
+                else:
+                    answers[cid] = self.failure(got.error, attempt, got.retryable)
+            if again and self.settings.batch_errors == "online" and self.online is not None:
+                name = self.provider.name
+                log.info("%s batch: sending %d errored items online", name, len(again))
+                sent = await asyncio.gather(
+                    *(self.online(body) for body in again.values()), return_exceptions=True
+                )
+                for cid, got_online in zip(again, sent, strict=True):
+                    if isinstance(got_online, BaseException):
+                        if not isinstance(got_online, Exception):
+                            raise got_online
+                        answers[cid] = (
+                            got_online
+                            if isinstance(got_online, LabelerCallError)
+                            else self.failure(str(got_online), attempt + 1, False)
+                        )
+                    else:
+                        answers[cid] = got_online
+                        online_ids.add(cid)
+                again = {}
+            if again:
+                self.caller.retries += len(again)
+                log.info(
+                    "%s batch: resubmitting %d errored or expired items",
+                    self.provider.name,
+                    len(again),
+                )
+            pending = again
+        return answers, online_ids
+
+    def failure(self, error: str, attempts: int, retryable: bool) -> LabelerCallError:
+        reason = redact(f"{self.provider.name} batch item: {error}", self.caller.secrets)
+        return LabelerCallError(reason, attempts, retryable)
+
+    async def _round(self, items: list[tuple[str, dict[str, Any]]]) -> dict[str, ItemResult]:
+        p = self.provider
+        parts = split_items(items, p.max_items, p.max_bytes, p.item_size)
+        found = await asyncio.gather(*(self._one_batch(part) for part in parts))
+        merged: dict[str, ItemResult] = {}
+        for part in found:
+            merged.update(part)
+        return merged
+
+    async def _one_batch(self, items: list[tuple[str, dict[str, Any]]]) -> dict[str, ItemResult]:
+        p = self.provider
+        key = job_key(p.name, p.endpoint, [cid for cid, _ in items])
+        entry = self.ledger.live(key)
+        if entry is not None:
+            batch_id, status = entry.batch_id, entry.status
+            self.reattached += 1
+            log.info("%s batch %s: re-attached (%d items)", p.name, batch_id, len(items))
+        else:
+            prepared = await self.caller.call(lambda: p.prepare(items))
+            batch_id, status = await with_retries(
+                lambda: p.create(prepared),
+                self.caller.settings.retry,
+                submit_classify(self.caller.classify),
+                enforce_timeout=False,
+            )
+            self.ledger.submitted(key, p.name, batch_id, status, len(items))
+            self.created += 1
+            log.info("%s batch %s: submitted %d items", p.name, batch_id, len(items))
+        state = await self._wait(key, batch_id, status)
+        if state.dead:
+            why = state.error or f"the batch ended {state.status}"
+            retryable = state.status != "failed"  # failed validation fails again
+            return {cid: ItemResult(None, why, retryable) for cid, _ in items}
+        got = await self.caller.call(lambda: p.results(batch_id))
+        self.ledger.status(key, state.status, finished=True)
+        log.info("%s batch %s: collected %d results", p.name, batch_id, len(got))
+        missing = ItemResult(None, f"batch {batch_id} returned no result for the item")
+        return {cid: got.get(cid, missing) for cid, _ in items}
+
+    async def _wait(self, key: str, batch_id: str, status: str) -> BatchState:
+        p = self.provider
+        seen = ""
+        while True:
+            state = await self.caller.call(lambda: p.state(batch_id))
+            line = f"{state.status} {state.counts}"
+            if line != seen:
+                seen = line
+                counts = " ".join(f"{k}={v}" for k, v in state.counts.items())
+                log.info("%s batch %s: %s %s", p.name, batch_id, state.status, counts)
+                if state.status != status:
+                    status = state.status
+                    self.ledger.status(key, status, finished=state.done or state.dead)
+            if state.done or state.dead:
+                return state
+            await asyncio.sleep(self.settings.batch_poll)
+
+    def close(self) -> None:
+        self.ledger.close()
+
+
+def submit_classify(classify: Callable[[BaseException], Verdict]) -> Callable[..., Verdict]:
+    """A classifier for create calls: retry only what surely created nothing (429, 529, no
+    connection at all); anything else may have created a batch that is paid for."""
+
+    def classify_submit(exc: BaseException) -> Verdict:
+        v = classify(exc)
+        status = getattr(exc, "status_code", None)
+        if v.permanent or status in (429, 529):
+            return v
+        return Verdict(False, v.reason, v.retry_after, v.permanent)
+
+    return classify_submit
