@@ -57,6 +57,10 @@ class ImportFormatError(FileError):
     """An input file for ``rlaif constitution import`` is not in the expected format."""
 
 
+class PushError(FileError):
+    """A dataset folder cannot be uploaded (no card, missing files, the Hub refused)."""
+
+
 class TemplateError(FileError):
     """A prompt template failed to load or render (syntax, missing variable, bad output)."""
 
@@ -102,6 +106,11 @@ class TrainingDivergedError(RlaifError):
 
 class BackendUnavailableError(RlaifError):
     """A backend's optional dependency is not installed."""
+
+
+class ClusterError(RlaifError):
+    """``--ray`` cannot be served: Ray is not installed, the cluster cannot be reached, or it
+    lacks the resources the labeler actors ask for."""
 
 
 class LabelerCallError(RlaifError):

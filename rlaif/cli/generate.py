@@ -112,6 +112,16 @@ def add_input_arguments(s: argparse.ArgumentParser, out_default: str) -> None:
         metavar="K",
         help="stop the run (exit 4) when K rows in a row have failed (20)",
     )
+    a("--ray", nargs="?", const=True, metavar="ADDRESS",
+      help="compute the local labelers' calls in Ray actors: alone, a local Ray instance (or "
+      "the cluster RAY_ADDRESS names); or a cluster address: auto, ray://HOST:10001. "
+      "The journal, cache and dataset stay here (pip install 'rlaif[ray]'; "
+      "docs/scaling.md)")  # fmt: skip
+    a("--ray-actors", type=positive_int, metavar="N",
+      help="labeler actors (default: one per GPU, or per CPU for transformers on CPU)")  # fmt: skip
+    a("--ray-set", dest="ray_set", action="append", metavar="KEY=VALUE",
+      help="a Ray setting, repeatable: num_cpus, num_gpus (of a local instance), "
+      "cpus_per_actor, gpus_per_actor, max_restarts")  # fmt: skip
     a("--out", type=Path, metavar="DIR", help=f"output folder ({out_default})")
     a("--cache", type=Path, metavar="FILE", help="SQLite cache (OUT/cache.sqlite)")
     a("--parquet", action="store_const", const=True, help="also write the dataset as parquet")
@@ -176,7 +186,11 @@ def config_from_args(
     args: argparse.Namespace, defaults: dict[str, Any] | None = None, model: type[M] = SLCAIConfig
 ) -> M:
     flags = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS and v is not None}
-    for flag, key in (("labeler_set", "labeler_settings"), ("policy_set", "policy_settings")):
+    for flag, key in (
+        ("labeler_set", "labeler_settings"),
+        ("policy_set", "policy_settings"),
+        ("ray_set", "ray_settings"),
+    ):
         if flag in flags:
             flags[key] = parse_key_values(flags.pop(flag), "--" + flag.replace("_", "-"))
     feedback = feedback_flags(flags)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rlaif import __version__
 from rlaif.data.sources import HHContext, PromptFormat, read_prompts, source_sha256
@@ -59,6 +59,21 @@ class JobInputs(BaseModel):
     breaker: int = Field(
         default=20, ge=1, description="stop the run when this many rows in a row have failed"
     )
+    ray: bool | str = Field(
+        default=False,
+        description="run the local labelers' calls in Ray actors: true (a local instance, or the "
+        "cluster RAY_ADDRESS names) or a cluster address (auto, ray://HOST:10001)",
+    )
+    ray_actors: int | None = Field(default=None, ge=1, description="default: what the cluster fits")
+    ray_settings: dict[str, Any] = {}
+
+    @field_validator("ray_settings")
+    @classmethod
+    def _known_ray_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from rlaif.scale.ray import RaySettings
+
+        RaySettings(**value)  # a typo fails here, before any prompt is read
+        return value
 
 
 def read_rows(cfg: JobInputs) -> list[dict[str, Any]]:
@@ -91,26 +106,48 @@ def make_labeler(
     """A labeler from its spec; ``--batch-size`` applies to backends that batch, and the run's
     output folder becomes ``state_dir`` for backends that keep state of their own there (the
     ids of submitted provider batches, so a rerun re-attaches instead of paying twice)."""
+    return create_labeler(spec, **_job_settings(spec, settings, batch_size, state_dir))
+
+
+def _job_settings(
+    spec: str, settings: dict[str, Any], batch_size: int | None, state_dir: Path | None
+) -> dict[str, Any]:
     backend, _ = parse_spec(spec)
     fields = backend_class(backend).Settings.model_fields
     if batch_size is not None and "batch_size" in fields and "batch_size" not in settings:
         settings = {**settings, "batch_size": batch_size}
     if state_dir is not None and "state_dir" in fields and "state_dir" not in settings:
         settings = {**settings, "state_dir": state_dir}
-    return create_labeler(spec, **settings)
+    return settings
 
 
 def labeler_and_policy(cfg: JobInputs, state_dir: Path | None = None) -> tuple[Labeler, Labeler]:
     """The labeler, and the policy (the same object when the specs match, so one model loads
-    and one scheduler batches both roles' requests together)."""
+    and one scheduler batches both roles' requests together). Under ``cfg.ray`` the local ones
+    compute in Ray actors (``rlaif.scale.ray``) and keep their identity here."""
     labeler = make_labeler(cfg.labeler, cfg.labeler_settings, cfg.batch_size, state_dir)
     same = cfg.policy is None or (
         cfg.policy == cfg.labeler and cfg.policy_settings in ({}, cfg.labeler_settings)
     )
-    if same:
-        return labeler, labeler
-    policy = make_labeler(cfg.policy or cfg.labeler, cfg.policy_settings, cfg.batch_size, state_dir)
-    return labeler, policy
+    policy = (
+        labeler
+        if same
+        else make_labeler(cfg.policy or cfg.labeler, cfg.policy_settings, cfg.batch_size, state_dir)
+    )
+    if not cfg.ray:
+        return labeler, policy
+    from rlaif.scale.ray import Role, distribute
+
+    specs = {"labeler": (cfg.labeler, cfg.labeler_settings, labeler)}
+    if not same:
+        specs["policy"] = (cfg.policy or cfg.labeler, cfg.policy_settings, policy)
+    roles = {}
+    for name, (spec, settings, built) in specs.items():
+        backend, base = parse_spec(spec)
+        merged = {**base, **_job_settings(spec, settings, cfg.batch_size, None)}
+        roles[name] = Role(built, backend, merged)
+    on_ray = distribute(cfg.ray, cfg.ray_actors, cfg.ray_settings, roles)
+    return on_ray["labeler"], on_ray.get("policy", on_ray["labeler"])
 
 
 def fingerprint(provenance: dict[str, Any]) -> str:

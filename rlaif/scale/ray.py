@@ -1,0 +1,426 @@
+"""``--ray``: the labeler calls of a job run in Ray actors; everything else stays on the driver.
+
+What goes where. The driver (the ``rlaif generate`` process) keeps all it keeps in a one-process
+run: it reads the prompts, runs each row's steps, batches requests in the ``Scheduler``, answers
+from the SQLite cache, writes rows in input order through the journal, and writes the dataset
+and card. Only the labeler calls travel: ``RayLabeler`` implements the ``Labeler`` protocol, and
+each call it gets (a batch the scheduler already formed) goes to an idle actor of a pool; each
+actor holds the real local labeler (transformers on CPU or a GPU, vLLM on a GPU node), built from
+the same backend settings. ``RayLabeler`` reports the driver-side labeler's ``backend``,
+``model_name``, ``describe()`` and ``max_batch_size``, with ``max_concurrency`` = the number of
+actors, so cache keys, provenance and the card are those of a one-process run, the journal's
+fingerprint is the same (a run killed under ``--ray`` resumes with or without it), and the output
+does not know how it was computed.
+
+Why actors and not Ray Data's ``map_batches``: a row is several dependent calls (answer ->
+critique -> revision, each needing the last; samples -> scores), and which calls are needed at
+all is decided by the cache and the journal as the run goes. ``map_batches`` suits one static
+map over a dataset; here the driver's scheduler already forms batches from whatever rows are
+waiting, and a pool of actors only has to compute them. So one journal, one cache and one dataset
+exist, all on the driver, and resuming after a kill is the one-process resume.
+
+Roles share actors: when the policy is a different model from the labeler, each actor holds
+both, so the two never compete for the cluster's resources (two pools each sized to the whole
+cluster would leave half their actors waiting forever). An API labeler (``max_concurrency`` > 1:
+it already runs requests concurrently, and holds a key) stays on the driver.
+
+Models resolve as on the driver: a local folder is passed as its absolute path (on several
+machines it must exist at that path on every node: a shared filesystem), a Hub id is pinned to
+the commit the driver resolved (``ORG/NAME@<sha>``, fetched through each node's own Hub cache),
+and the built-in names are built on each node.
+
+Failures. A labeler error inside an actor comes back as it is (a ``LabelerCallError`` fails its
+row; any other ``RlaifError`` stops the run with its message). An actor that dies fails the call
+it held with a retryable ``LabelerCallError`` (the row fails and a rerun retries it), and Ray
+restarts the actor (``max_restarts``); an actor that keeps dying is dropped from the pool, and
+when none is left the failure is permanent and the run stops (``EndpointError``), resumable.
+``aclose`` kills the actors and, if this process connected to Ray, disconnects (``ray.shutdown``,
+which also stops a local instance started here), after an error as after success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rlaif.errors import ClusterError, ConfigError, LabelerCallError, RlaifError
+from rlaif.labelers.base import Conversation, GenerateParams, Labeler, create_labeler
+
+INSTALL_HINT = "pip install 'rlaif[ray]'"
+# passed to the actors' environment where set on the driver (never keys or tokens)
+_FORWARD_ENV = (
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "HF_HUB_DISABLE_TELEMETRY",
+    "HF_UPDATE_DOWNLOAD_COUNTS",
+    "TRANSFORMERS_VERBOSITY",
+)
+
+
+class RaySettings(BaseModel):
+    """``--ray-set KEY=VALUE`` / ``ray_settings:`` (a typo is an error)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_cpus: int | None = Field(default=None, ge=1, description="CPUs of a local instance")
+    num_gpus: int | None = Field(default=None, ge=0, description="GPUs of a local instance")
+    cpus_per_actor: float | None = Field(default=None, gt=0)
+    gpus_per_actor: float | None = Field(default=None, ge=0)
+    max_restarts: int = Field(default=3, ge=0, description="restarts of an actor that died")
+
+
+def check_settings(values: dict[str, Any]) -> RaySettings:
+    try:
+        return RaySettings(**values)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()
+        )
+        raise ConfigError(f"bad Ray settings: {problems}") from None
+
+
+@dataclass(frozen=True)
+class Role:
+    """One labeler of a job: the driver's own (for identity) and how an actor builds its twin."""
+
+    labeler: Labeler
+    backend: str
+    settings: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- the actor
+
+
+class LabelerActor:
+    """Runs in a Ray worker process: builds each role's labeler on first use and computes the
+    batches it is sent. Results go back tagged (``("ok", value)`` or an error's fields), so an
+    error crosses the process boundary as the same typed error, whatever pickling it allows."""
+
+    def __init__(self, roles: dict[str, tuple[str, dict[str, Any]]]):
+        self.roles = roles
+        self.labelers: dict[str, Any] = {}
+
+    def _labeler(self, role: str) -> Any:
+        if role not in self.labelers:
+            backend, settings = self.roles[role]
+            self.labelers[role] = create_labeler(backend, **settings)
+        return self.labelers[role]
+
+    async def generate(
+        self, role: str, conversations: Sequence[Conversation], params: GenerateParams
+    ) -> tuple[Any, ...]:
+        try:
+            return ("ok", await self._labeler(role).generate(conversations, params))
+        except Exception as e:
+            return _tag(e)
+
+    async def option_logprobs(
+        self, role: str, conversations: Sequence[Conversation], options: Sequence[str]
+    ) -> tuple[Any, ...]:
+        try:
+            return ("ok", await self._labeler(role).option_logprobs(conversations, options))
+        except Exception as e:
+            return _tag(e)
+
+    def where(self) -> dict[str, Any]:
+        import ray
+
+        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
+
+
+def _tag(e: Exception) -> tuple[Any, ...]:
+    if isinstance(e, LabelerCallError):
+        return ("call", e.reason, e.attempts, e.retryable, e.permanent)
+    if isinstance(e, RlaifError):
+        return ("rlaif", str(e), e.exit_code)
+    return ("error", "".join(traceback.format_exception(e)))
+
+
+def _untag(result: tuple[Any, ...]) -> Any:
+    kind = result[0]
+    if kind == "ok":
+        return result[1]
+    if kind == "call":
+        _, reason, attempts, retryable, permanent = result
+        raise LabelerCallError(reason, attempts, retryable, permanent)
+    if kind == "rlaif":
+        error = RlaifError(result[1])
+        error.exit_code = result[2]
+        raise error
+    raise RuntimeError(f"the labeler failed in a Ray actor:\n{result[1]}")
+
+
+# --------------------------------------------------------------------------- sizing
+
+
+def actor_model(name: str) -> str:
+    """The model name an actor loads: the driver's resolution, pinned (see the module doc)."""
+    from rlaif.models import EMBEDDED, TINY_RANDOM, hub_model
+
+    if name in EMBEDDED or name == TINY_RANDOM:
+        return name
+    hub = hub_model(name)
+    if hub is not None:
+        return f"{hub.repo_id}@{hub.commit}"
+    return str(Path(name).expanduser().resolve())
+
+
+def actor_settings(backend: str, settings: dict[str, Any]) -> dict[str, Any]:
+    out = dict(settings)
+    if isinstance(out.get("model"), str):
+        out["model"] = actor_model(out["model"])
+    engine_args = dict(out.get("engine_args") or {})
+    if backend == "vllm" and int(engine_args.get("tensor_parallel_size", 1)) > 1:
+        # inside an actor, vLLM's workers are processes on the GPUs Ray gave the actor
+        engine_args.setdefault("distributed_executor_backend", "mp")
+        out["engine_args"] = engine_args
+    return out
+
+
+def gpus_wanted(role: Role) -> int:
+    """GPUs one copy of the role's model wants where the cluster has GPUs."""
+    if role.backend == "vllm":
+        return int((role.settings.get("engine_args") or {}).get("tensor_parallel_size", 1))
+    device = str(role.settings.get("device", "auto"))
+    return 1 if device == "auto" or device.startswith("cuda") else 0
+
+
+@dataclass(frozen=True)
+class Shape:
+    actors: int
+    cpus: float
+    gpus: float
+
+
+def plan(roles: list[Role], nodes: list[dict[str, float]], s: RaySettings, n: int | None) -> Shape:
+    """How many actors, and what each asks Ray for, from the alive nodes' resources: one actor
+    per GPU (per ``tensor_parallel_size`` GPUs for vLLM) where there are GPUs; on CPUs one
+    transformers actor per CPU (torch then runs one thread each) and one vLLM actor per node."""
+    if not nodes:
+        raise ClusterError("the Ray cluster has no alive nodes")
+    any_gpus = any(node.get("GPU", 0) > 0 for node in nodes)
+    gpus = s.gpus_per_actor
+    if gpus is None:
+        gpus = float(max(gpus_wanted(r) for r in roles)) if any_gpus else 0.0
+    cpus = s.cpus_per_actor
+    if cpus is None:
+        vllm_on_cpu = gpus == 0 and any(r.backend == "vllm" for r in roles)
+        cpus = min(node.get("CPU", 0) for node in nodes) if vllm_on_cpu else 1.0
+        cpus = max(cpus, 1.0)
+    fits = sum(_fits(node, cpus, gpus) for node in nodes)
+    total = (sum(node.get("CPU", 0) for node in nodes), sum(node.get("GPU", 0) for node in nodes))
+    have = f"the cluster has {total[0]:g} CPUs and {total[1]:g} GPUs"
+    asks = f"an actor asks for {cpus:g} CPUs and {gpus:g} GPUs"
+    if fits == 0:
+        raise ClusterError(f"no Ray node can hold a labeler actor: {asks}; {have}")
+    if n is not None and n > fits:
+        raise ClusterError(
+            f"{n} Ray actors asked for, {fits} fit ({asks}; {have}); lower --ray-actors or "
+            "set cpus_per_actor / gpus_per_actor with --ray-set"
+        )
+    return Shape(n or fits, cpus, gpus)
+
+
+def _fits(node: dict[str, float], cpus: float, gpus: float) -> int:
+    counts = [node.get("CPU", 0) // cpus]
+    if gpus > 0:
+        counts.append(node.get("GPU", 0) // gpus)
+    return int(min(counts))
+
+
+# --------------------------------------------------------------------------- the driver side
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ClusterError(f"--ray needs Ray, which is not installed: {INSTALL_HINT}") from None
+    return ray
+
+
+class ActorPool:
+    """K actors, each used by one call at a time; shared by the roles of one job."""
+
+    def __init__(
+        self, address: bool | str, actors: int | None, s: RaySettings, roles: dict[str, Role]
+    ):
+        ray = import_ray()
+        self._ray = ray
+        self.connected_here = False
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {
+                "include_dashboard": False,
+                "log_to_driver": False,
+                "logging_level": logging.WARNING,
+            }
+            if isinstance(address, str):
+                kwargs["address"] = address
+            if s.num_cpus is not None:
+                kwargs["num_cpus"] = s.num_cpus
+            if s.num_gpus is not None:
+                kwargs["num_gpus"] = s.num_gpus
+            where = address if isinstance(address, str) else "a local instance"
+            try:
+                ray.init(**kwargs)
+            except (ConnectionError, ValueError, RuntimeError) as e:
+                raise ClusterError(f"cannot start or reach Ray ({where}): {e}") from None
+            self.connected_here = True
+        try:
+            nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+            self.shape = plan(list(roles.values()), nodes, s, actors)
+            env = {k: os.environ[k] for k in _FORWARD_ENV if k in os.environ}
+            remote = ray.remote(LabelerActor).options(
+                num_cpus=self.shape.cpus,
+                num_gpus=self.shape.gpus,
+                max_restarts=s.max_restarts,
+                scheduling_strategy="SPREAD",
+                runtime_env={"env_vars": env} if env else None,
+            )
+            built = {
+                name: (r.backend, actor_settings(r.backend, r.settings))
+                for name, r in roles.items()
+            }
+            self.actors = [remote.remote(built) for _ in range(self.shape.actors)]
+        except BaseException:
+            self._disconnect()
+            raise
+        self.max_failures = s.max_restarts + 1
+        self._failures = dict.fromkeys(range(len(self.actors)), 0)
+        self._idle: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(len(self.actors)):
+            self._idle.put_nowait(i)
+        self._users = 0
+        self.closed = False
+
+    @property
+    def size(self) -> int:
+        return len(self.actors)
+
+    async def call(self, method: str, role: str, *args: Any) -> Any:
+        ray = self._ray
+        if not self._failures:
+            raise LabelerCallError("every Ray labeler actor died", 1, False, permanent=True)
+        i = await self._idle.get()
+        try:
+            result = await getattr(self.actors[i], method).remote(role, *args)
+        except ray.exceptions.RayTaskError:
+            raise  # a bug in the actor's own code, not a labeler failure
+        except ray.exceptions.RayError as e:
+            self._failures[i] += 1
+            if self._failures[i] < self.max_failures:
+                self._idle.put_nowait(i)
+            else:
+                del self._failures[i]  # it keeps dying: no more calls go to it
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise LabelerCallError(f"Ray actor died: {first}", 1, True) from None
+        self._failures[i] = 0
+        self._idle.put_nowait(i)
+        return _untag(result)
+
+    def where(self) -> list[dict[str, Any]]:
+        """Pid and node of every actor (diagnostics)."""
+        return self._ray.get([a.where.remote() for a in self.actors])
+
+    def acquire(self) -> None:
+        self._users += 1
+
+    def release(self) -> None:
+        self._users -= 1
+        if self._users <= 0:
+            self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for actor in self.actors:
+            with contextlib.suppress(Exception):  # already gone
+                self._ray.kill(actor)
+        self._disconnect()
+
+    def _disconnect(self) -> None:
+        if self.connected_here and self._ray.is_initialized():
+            self._ray.shutdown()
+
+
+class RayLabeler:
+    """The ``Labeler`` a job's scheduler sees under ``--ray``: the identity of the driver's
+    labeler, the compute of the pool's actors."""
+
+    def __init__(self, pool: ActorPool, role: str, inner: Labeler):
+        self.pool = pool
+        self.role = role
+        self.inner = inner
+        self.backend = inner.backend
+        self.supports_logprobs = inner.supports_logprobs
+        self.retries = 0
+        self.cost = inner.cost
+        self._closed = False
+        pool.acquire()
+
+    @property
+    def model_name(self) -> str:
+        return self.inner.model_name
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.inner.max_batch_size
+
+    @property
+    def max_concurrency(self) -> int:
+        return self.pool.size
+
+    @property
+    def prefers_whole_stages(self) -> bool:
+        return False
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
+
+    async def generate(
+        self, conversations: Sequence[Conversation], params: GenerateParams
+    ) -> list[list[Any]]:
+        return await self.pool.call("generate", self.role, list(conversations), params)
+
+    async def option_logprobs(
+        self, conversations: Sequence[Conversation], options: Sequence[str]
+    ) -> list[list[float]]:
+        convs, opts = list(conversations), list(options)
+        return await self.pool.call("option_logprobs", self.role, convs, opts)
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.pool.release()
+        await self.inner.aclose()
+
+
+def distribute(
+    address: bool | str, actors: int | None, settings: dict[str, Any], roles: dict[str, Role]
+) -> dict[str, Labeler]:
+    """Each role's labeler for the job: a ``RayLabeler`` for a local model (all of them on one
+    pool of actors), the driver's own labeler for an API backend."""
+    s = check_settings(settings)
+    local = {name: r for name, r in roles.items() if r.labeler.max_concurrency == 1}
+    if not local:
+        backends = ", ".join(sorted({r.backend for r in roles.values()}))
+        raise ConfigError(
+            f"--ray runs local models (transformers, vllm) in Ray actors; this job's labelers "
+            f"are API labelers ({backends}), which already send requests concurrently: "
+            "drop --ray and raise --concurrency instead"
+        )
+    pool = ActorPool(address, actors, s, local)
+    return {
+        name: RayLabeler(pool, name, r.labeler) if name in local else r.labeler
+        for name, r in roles.items()
+    }
