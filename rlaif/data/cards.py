@@ -10,6 +10,7 @@ hub as it is.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,34 @@ def _histogram(title: str, counts: Counter[str], empty: str) -> list[str]:
     return [*lines, ""]
 
 
+def front_matter(
+    pretty_name: str, tags: list[str], data_file: str, provenance: dict[str, Any], rows: int
+) -> list[str]:
+    """Hugging Face dataset-card metadata. The licence is ``unknown`` until the user says (it
+    depends on the terms of their prompts and models; ``rlaif push --license`` sets it)."""
+    source = provenance.get("source", {}).get("file")
+    sizes = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"))
+    size = next((name for limit, name in sizes if rows < limit), "n>100K")
+    lines = [
+        "---",
+        f"pretty_name: {pretty_name}",
+        "license: unknown",
+        "language: [en]",
+        "task_categories: [text-generation]",
+        f"tags: [{', '.join(tags)}]",
+        f"size_categories: [{size}]",
+    ]
+    if source:
+        lines.append(f"source_datasets: [{json.dumps(str(source))}]")
+    return [
+        *lines,
+        "configs:",
+        "  - config_name: default",
+        f"    data_files: {data_file}",
+        "---",
+    ]
+
+
 def _model_line(role: str, desc: dict[str, Any]) -> str:
     extra = ", ".join(f"{k}={v}" for k, v in desc.items() if k not in {"backend", "model"})
     return f"- {role}: `{desc.get('backend')}` / `{desc.get('model')}` ({extra})"
@@ -66,14 +95,13 @@ def write_sl_cai_card(
     const = provenance["constitution"]
     params = provenance["params"]
     lines = [
-        "---",
-        "pretty_name: SL-CAI critiques and revisions",
-        "task_categories: [text-generation]",
-        "tags: [rlaif, constitutional-ai, sl-cai, synthetic]",
-        "configs:",
-        "  - config_name: default",
-        "    data_files: sl_cai.jsonl",
-        "---",
+        *front_matter(
+            "SL-CAI critiques and revisions",
+            ["rlaif", "constitutional-ai", "sl-cai", "synthetic"],
+            "sl_cai.jsonl",
+            provenance,
+            len(rows),
+        ),
         "",
         "# SL-CAI dataset",
         "",
@@ -234,14 +262,13 @@ def write_prefs_card(
     agreement = s["mean_principle_agreement"]
     cot = f"yes, clamped to [{fb['clamp_low']}, {fb['clamp_high']}]" if fb["cot"] else "no"
     lines = [
-        "---",
-        "pretty_name: RL-CAI AI-feedback preferences",
-        "task_categories: [text-generation]",
-        "tags: [rlaif, constitutional-ai, rl-cai, preference, synthetic]",
-        "configs:",
-        "  - config_name: default",
-        f"    data_files: {DATASET_NAME}",
-        "---",
+        *front_matter(
+            "RL-CAI AI-feedback preferences",
+            ["rlaif", "constitutional-ai", "rl-cai", "preference", "synthetic"],
+            DATASET_NAME,
+            provenance,
+            len(rows),
+        ),
         "",
         "# RL-CAI preference dataset",
         "",
