@@ -4,7 +4,8 @@ Each row is one coroutine (``process(row)``); up to ``window`` rows are in fligh
 is what lets the scheduler fill batches across rows and stages. Finished rows wait in a small
 reorder buffer until every row before them is written, so the journal is always an in-order
 prefix. ``window`` bounds both memory and how much finished work a crash can leave unwritten (that
-work is in the cache anyway).
+work is in the cache anyway). The journal group-commits what it is given, and ``journal.close()``
+in the ``finally`` commits the rest, whether the run ends, fails or is interrupted.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any
 
 from rlaif.engine.journal import Journal
@@ -39,17 +41,25 @@ async def run_rows(
             on_row(row, True)
     todo = list(rows[len(kept) :])
     done: dict[int, Row] = {}
-    running: dict[asyncio.Task[Row], int] = {}
+    running: set[asyncio.Task[Row]] = set()
+    # finished tasks report here; waiting on a queue costs the same however many rows are in
+    # flight (``asyncio.wait`` over the whole set would touch every task on every wake-up)
+    finished: asyncio.Queue[tuple[int, asyncio.Task[Row]]] = asyncio.Queue()
     next_start, next_write = 0, 0
     try:
         while next_write < len(todo):
             while next_start < len(todo) and len(running) + len(done) < window:
                 task = asyncio.create_task(process(todo[next_start]))
-                running[task] = next_start
+                running.add(task)
+                task.add_done_callback(partial(_report, finished, next_start))
                 next_start += 1
-            finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            for task in finished:
-                done[running.pop(task)] = task.result()
+            index, task = await finished.get()
+            while True:
+                running.discard(task)
+                done[index] = task.result()  # a row that raised stops the run here
+                if finished.empty():
+                    break
+                index, task = finished.get_nowait()
             while next_write in done:
                 row = done.pop(next_write)
                 journal.append(row)
@@ -64,3 +74,9 @@ async def run_rows(
             await asyncio.gather(*running, return_exceptions=True)
         journal.close()
     return out
+
+
+def _report(
+    queue: asyncio.Queue[tuple[int, asyncio.Task[Row]]], index: int, task: asyncio.Task[Row]
+) -> None:
+    queue.put_nowait((index, task))

@@ -93,11 +93,14 @@ class Scheduler:
         self._slots: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._dead: LabelerCallError | None = None  # the endpoint failed permanently
+        self._params_payload: dict[GenerateParams, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ public
 
     def keys_for(self, messages: Conversation, params: GenerateParams) -> list[str]:
-        payload = params.model_dump(mode="json", exclude={"n"})
+        payload = self._params_payload.get(params)
+        if payload is None:  # a run uses a handful of parameter sets: dump each once
+            payload = self._params_payload[params] = params.model_dump(mode="json", exclude={"n"})
         return [
             request_key(
                 "generate",
@@ -163,6 +166,7 @@ class Scheduler:
             self._worker = None
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.cache.commit()  # answers are group-committed: none may wait for a loop that ends
 
     # ------------------------------------------------------------------ worker
 

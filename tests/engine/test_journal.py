@@ -1,5 +1,10 @@
 import asyncio
 import json
+import signal
+import subprocess
+import sys
+
+import pytest
 
 from rlaif.engine.journal import Journal
 from rlaif.engine.runner import run_rows
@@ -120,3 +125,85 @@ def test_failed_rows_go_to_their_own_file_and_are_retried(tmp_path):
     dataset, failed = again.finish()
     assert dataset.read_text().splitlines() == [line(i) for i in IDS]
     assert failed is None and not (tmp_path / "out.failed.jsonl").exists()
+
+
+# ---------------------------------------------------------------- group commit
+
+
+def _on_disk(j):
+    return [json.loads(x)["id"] for x in j.partial.read_text().splitlines()]
+
+
+def test_rows_are_committed_together_by_time_count_and_close(tmp_path):
+    async def go():
+        j = Journal(tmp_path / "o.jsonl", "fp", commit_seconds=0.5, commit_rows=3)
+        j.open(IDS)
+        j.append({"id": "a"})
+        j.append({"id": "b"})
+        assert _on_disk(j) == []  # buffered: not yet durable
+        j.append({"id": "c"})
+        assert _on_disk(j) == ["a", "b", "c"]  # commit_rows reached
+        j.append({"id": "d"})
+        assert _on_disk(j) == ["a", "b", "c"]
+        await asyncio.sleep(0.8)  # nothing else arrives: the timer commits the window
+        assert _on_disk(j) == ["a", "b", "c", "d"]
+        j.close()
+
+    asyncio.run(go())
+
+
+def test_close_commits_the_open_window(tmp_path):
+    async def go():
+        j = Journal(tmp_path / "o.jsonl", "fp", commit_seconds=60)
+        j.open(IDS)
+        j.append({"id": "a"})
+        j.append({"id": "b"})
+        assert _on_disk(j) == []
+        j.close()
+        assert _on_disk(j) == ["a", "b"]
+
+    asyncio.run(go())
+
+
+def test_a_failing_run_commits_every_row_written_before_the_error(tmp_path):
+    rows = [{"id": str(i)} for i in range(8)]
+
+    async def process(row):
+        if row["id"] == "5":
+            await asyncio.sleep(0.05)  # rows 0-4 are written first
+            raise RuntimeError("boom")
+        return {"id": row["id"]}
+
+    j = Journal(tmp_path / "o.jsonl", "fp", commit_seconds=60)
+    with pytest.raises(RuntimeError, match="boom"):
+        asyncio.run(run_rows(rows, process, j, window=8))
+    assert _on_disk(j) == ["0", "1", "2", "3", "4"]
+
+
+KILLED_WRITER = """
+import asyncio, os, signal, sys
+from rlaif.engine.journal import Journal
+
+async def go():
+    j = Journal(sys.argv[1], "fp", commit_seconds=60)
+    j.open(["a", "b", "c", "d"])
+    j.append({"id": "a", "v": "A"})
+    j.append({"id": "b", "v": "B"})
+    j.commit()
+    j.append({"id": "c", "v": "C"})  # finished, but its window is still open
+    os.kill(os.getpid(), signal.SIGKILL)
+
+asyncio.run(go())
+"""
+
+
+def test_a_kill_keeps_exactly_the_committed_prefix_and_the_rerun_fills_the_rest(tmp_path):
+    target = tmp_path / "out.jsonl"
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(target)], check=False)
+    assert proc.returncode == -signal.SIGKILL
+    again = Journal(target, "fp")
+    assert again.open(IDS) == [line("a"), line("b")]  # c was lost with its window
+    for i in ["c", "d"]:
+        again.append({"id": i, "v": i.upper()})
+    dataset, _ = again.finish()
+    assert dataset.read_text().splitlines() == [line(i) for i in IDS]  # no gap, no duplicate
