@@ -75,7 +75,9 @@ class Templates:
             trim_blocks=True,
             lstrip_blocks=True,
             autoescape=False,
+            auto_reload=False,  # a template is compiled once per run, not stat'ed per render
         )
+        self._compiled: dict[str, tuple[jinja2.Template, Path]] = {}
 
     def path(self, name: str) -> Path:
         """The file that provides template ``name`` (the override if there is one)."""
@@ -100,17 +102,22 @@ class Templates:
     def hashes(self, names: Iterable[str] = TEMPLATE_NAMES) -> dict[str, str]:
         return {n: self.sha256(n) for n in names}
 
-    def _load(self, name: str) -> jinja2.Template:
+    def _load(self, name: str) -> tuple[jinja2.Template, Path]:
+        """The compiled template and its file, looked up once (rendering is on the hot path)."""
+        found = self._compiled.get(name)
+        if found is not None:
+            return found
         path = self.path(name)
         try:
-            return self.env.get_template(f"{name}.j2")
+            template = self.env.get_template(f"{name}.j2")
         except jinja2.TemplateSyntaxError as e:
             raise TemplateError(path, f"template syntax error: {e.message}", e.lineno) from None
+        self._compiled[name] = (template, path)
+        return template, path
 
     def render(self, name: str, **variables: Any) -> list[Message]:
         """Render template ``name`` to a list of chat messages."""
-        template = self._load(name)
-        path = self.path(name)
+        template, path = self._load(name)
         try:
             text = template.render(**variables)
         except SecurityError as e:

@@ -45,6 +45,7 @@ class CritiqueRevise:
     params: GenerateParams = field(default_factory=GenerateParams)
     few_shot: bool = True
     cleanup: CleanupMode = "fix"
+    _few_shot: dict[str, list[dict[str, Any]]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.constitution.critique_revision:
@@ -56,9 +57,13 @@ class CritiqueRevise:
         )
 
     def _examples(self, principle: CritiqueRevisionPrinciple) -> list[dict[str, Any]]:
-        """Few-shot exchanges, each carrying its own principle's requests (or the current one's)."""
+        """Few-shot exchanges, each carrying its own principle's requests (or the current one's);
+        built once per principle, since every row under that principle renders the same ones."""
         if not self.few_shot:
             return []
+        built = self._few_shot.get(principle.id)
+        if built is not None:
+            return built
         out = []
         for ex in self.constitution.few_shot:
             p = principle
@@ -71,6 +76,7 @@ class CritiqueRevise:
                     "revision_request": p.revision_request,
                 }
             )
+        self._few_shot[principle.id] = out
         return out
 
     def check_templates(self) -> None:
