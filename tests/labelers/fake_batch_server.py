@@ -8,7 +8,8 @@ message of ``FakeOpenAIServer``), so a batch answers exactly what online request
 Knobs for tests: ``delay`` (seconds a batch stays ``in_progress``), ``item_fault(body, seen)``
 (return ``"error"``, ``"invalid"`` or ``"expired"`` to fail an item; ``seen`` counts earlier
 batches that carried the same request), and counters: ``created`` (one entry per batch created:
-provider and item count) and ``polls``.
+provider and item count), ``create_calls`` (creation requests, answered or not) and ``polls``;
+``create_faults`` answers the next creations with "429" or "500" instead.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class FakeBatchServer(FakeOpenAIServer):
         self.item_fault: Any = None  # (body, seen) -> None | "error" | "invalid" | "expired"
         self.created: list[tuple[str, int]] = []  # (provider, items) per batch created
         self.polls = 0
+        self.create_faults: list[str] = []  # "429" or "500" for the next batch creations
+        self.create_calls = 0
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self.seen: Counter[str] = Counter()  # batches that carried each request body
@@ -211,6 +214,14 @@ class FakeBatchServer(FakeOpenAIServer):
                 path = self.path.split("?")[0]
                 if path == "/v1/files":
                     return self._upload()
+                if path in ("/v1/batches", "/v1/messages/batches"):
+                    with server._lock:
+                        server.create_calls += 1
+                        fault = server.create_faults.pop(0) if server.create_faults else None
+                    if fault is not None:
+                        self._body()
+                        wait = {"Retry-After": "0"} if fault == "429" else {}
+                        return self._send(int(fault), b'{"error": {"message": "busy"}}', wait)
                 if path == "/v1/batches":
                     return self._openai_create()
                 if path == "/v1/messages/batches":
