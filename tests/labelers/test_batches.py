@@ -1,0 +1,244 @@
+"""Batch mode pieces: custom ids, the ledger, splitting, the runner's retries, and the backends'
+batch calls against the fake batch server (real HTTP, real SDKs)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import Counter
+
+import pytest
+
+from rlaif.errors import ConfigError, LabelerCallError
+from rlaif.labelers.base import GenerateParams, create_labeler
+from rlaif.labelers.batches import (
+    BatchLedger,
+    BatchRunner,
+    BatchSettings,
+    BatchState,
+    ItemResult,
+    custom_id,
+    job_key,
+    split_items,
+)
+from rlaif.labelers.reliability import ApiCaller, ApiSettings, RetrySettings, Verdict
+
+from .fake_batch_server import FakeBatchServer
+
+ANTHROPIC_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+def test_custom_ids_come_from_the_content_and_fit_anthropic_rules():
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    same = {"max_tokens": 8, "messages": [{"content": "hi", "role": "user"}], "model": "m"}
+    assert custom_id(body) == custom_id(same)  # key order does not matter
+    assert custom_id(body, 0) != custom_id(body, 1)
+    assert custom_id(body) != custom_id({**body, "max_tokens": 9})
+    ids = [custom_id(body, i) for i in (0, 7, 99_999)]
+    assert all(ANTHROPIC_ID.match(i) for i in ids), ids
+    assert ids[2].endswith("-99999") and len(ids[2]) <= 64
+
+
+def test_job_keys_name_the_items_not_their_order():
+    assert job_key("openai", "u m", ["a", "b"]) == job_key("openai", "u m", ["b", "a"])
+    assert job_key("openai", "u m", ["a", "b"]) != job_key("openai", "u m", ["a"])
+    assert job_key("openai", "u m", ["a"]) != job_key("openai", "v m", ["a"])
+
+
+def test_the_ledger_survives_a_reopen_and_forgets_dead_batches(tmp_path):
+    path = tmp_path / "batches.sqlite"
+    ledger = BatchLedger(path)
+    ledger.submitted("k1", "openai", "batch_1", "validating", 3)
+    ledger.submitted("k2", "openai", "batch_2", "in_progress", 5)
+    ledger.status("k2", "expired", finished=True)
+    ledger.close()  # as a kill would leave it: the rows were committed at once
+
+    again = BatchLedger(path)
+    entry = again.live("k1")
+    assert entry is not None and (entry.batch_id, entry.items) == ("batch_1", 3)
+    assert again.live("k2") is None  # ended expired: not re-attached
+    assert again.live("k3") is None
+    assert [(e.batch_id, e.status, e.finished is not None) for e in again.entries()] == [
+        ("batch_1", "validating", False),
+        ("batch_2", "expired", True),
+    ]
+    in_memory = BatchLedger(None)
+    in_memory.submitted("k", "anthropic", "msgbatch_1", "in_progress", 1)
+    assert in_memory.live("k").batch_id == "msgbatch_1"
+
+
+def test_items_are_split_at_both_limits():
+    items = [(f"id{i}", {"n": i}) for i in range(7)]
+    by_count = split_items(items, 3, 10**9, lambda cid, body: 1)
+    assert [[cid for cid, _ in part] for part in by_count] == [
+        ["id0", "id1", "id2"],
+        ["id3", "id4", "id5"],
+        ["id6"],
+    ]
+    by_bytes = split_items(items, 100, 25, lambda cid, body: 10)
+    assert [len(p) for p in by_bytes] == [2, 2, 2, 1]
+    assert split_items([], 3, 10, lambda c, b: 1) == []
+
+
+class Scripted:
+    """A provider in memory: ``answer(cid, seen)`` decides each item's result."""
+
+    name = "scripted"
+    endpoint = "memory m"
+    max_bytes = 10**9
+
+    def __init__(self, answer, max_items=1000, dead=False):
+        self.answer = answer
+        self.max_items = max_items
+        self.dead = dead
+        self.batches: list[list[str]] = []
+        self.seen: Counter[str] = Counter()
+
+    def item_size(self, cid, body):
+        return 1
+
+    async def prepare(self, items):
+        return items
+
+    async def create(self, items):
+        self.batches.append([cid for cid, _ in items])
+        return f"b{len(self.batches) - 1}", "in_progress"
+
+    async def state(self, batch_id):
+        if self.dead:
+            return BatchState("failed", False, True, {}, "batch failed: bad input line 3")
+        return BatchState("completed", True, False, {"total": 1})
+
+    async def results(self, batch_id):
+        out = {}
+        for cid in self.batches[int(batch_id[1:])]:
+            out[cid] = self.answer(cid, self.seen[cid])
+            self.seen[cid] += 1
+        return out
+
+
+SECRET = "sk-PLANTED-runner-key-77aa66"
+
+
+def runner(provider, tmp_path=None, max_retries=2, errors="resubmit", online=None):
+    settings = BatchSettings(batch=True, batch_poll=0.01, batch_errors=errors, state_dir=tmp_path)
+    api = ApiSettings(model="m", retry=RetrySettings(max_retries=max_retries, base_delay=0.0))
+    caller = ApiCaller(api, lambda e: Verdict(False, str(e)), (SECRET,))
+    return BatchRunner(provider, settings, caller, online)
+
+
+ITEMS = {f"id{i}": {"i": i} for i in range(4)}
+
+
+def test_the_runner_resubmits_what_may_succeed_and_fails_the_rest_with_the_reason():
+    def answer(cid, seen):
+        if cid == "id1" and seen == 0:
+            return ItemResult(None, "the item was expired", True)
+        if cid == "id2":
+            return ItemResult(None, f"HTTP 500: boom (key {SECRET})", True)
+        if cid == "id3":
+            return ItemResult(None, "HTTP 400: invalid request", False)
+        return ItemResult({"answer": cid})
+
+    provider = Scripted(answer)
+    r = runner(provider, max_retries=2)
+    got, online = asyncio.run(r.run(ITEMS))
+    # id1 and id2 again; then id2 once more (3 tries in all); id3 never again
+    assert provider.batches == [["id0", "id1", "id2", "id3"], ["id1", "id2"], ["id2"]]
+    assert got["id0"] == {"answer": "id0"} and got["id1"] == {"answer": "id1"}
+    assert isinstance(got["id2"], LabelerCallError) and got["id2"].attempts == 3
+    assert got["id2"].reason == "scripted batch item: HTTP 500: boom (key [redacted])"
+    assert isinstance(got["id3"], LabelerCallError) and not got["id3"].retryable
+    assert got["id3"].reason == "scripted batch item: HTTP 400: invalid request"
+    assert online == set() and r.created == 3 and r.caller.retries == 3
+
+
+def test_errored_items_go_online_when_asked():
+    sent = []
+
+    async def online(body):
+        sent.append(body)
+        return {"online": body["i"]}
+
+    provider = Scripted(
+        lambda cid, seen: ItemResult(None, "boom") if cid == "id3" else ItemResult({"batch": cid})
+    )
+    got, online_ids = asyncio.run(runner(provider, errors="online", online=online).run(ITEMS))
+    assert provider.batches == [["id0", "id1", "id2", "id3"]]
+    assert sent == [{"i": 3}] and got["id3"] == {"online": 3} and online_ids == {"id3"}
+    assert got["id0"] == {"batch": "id0"}
+
+
+def test_parts_go_out_as_separate_batches_and_a_rerun_reattaches_to_each(tmp_path):
+    provider = Scripted(lambda cid, seen: ItemResult({"a": cid}), max_items=3)
+    first = runner(provider, tmp_path)
+    got, _ = asyncio.run(first.run({f"id{i}": {} for i in range(7)}))
+    assert [len(b) for b in provider.batches] == [3, 3, 1] and len(got) == 7
+    first.close()
+
+    again = runner(provider, tmp_path)  # same items, same state_dir: found in the ledger
+    got_again, _ = asyncio.run(again.run({f"id{i}": {} for i in range(7)}))
+    assert len(provider.batches) == 3 and again.created == 0 and again.reattached == 3
+    assert got_again == got
+
+
+def test_a_failed_batch_fails_its_items_and_is_not_reattached(tmp_path):
+    provider = Scripted(lambda cid, seen: ItemResult({}), dead=True)
+    r = runner(provider, tmp_path)
+    got, _ = asyncio.run(r.run({"x": {}}))
+    assert isinstance(got["x"], LabelerCallError)
+    assert got["x"].reason == "scripted batch item: batch failed: bad input line 3"
+    assert len(provider.batches) == 1  # a failed validation is not worth resubmitting
+    assert [e.status for e in r.ledger.entries()] == ["failed"]
+    provider.dead = False
+    got, _ = asyncio.run(runner(provider, tmp_path).run({"x": {}}))
+    assert len(provider.batches) == 2 and got["x"] == {}
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_batch_settings_in_the_backends(provider, tmp_path):
+    with FakeBatchServer() as server:
+        url = server.url if provider == "openai" else server.root_url
+        lab = create_labeler(f"{provider}:m", base_url=url, batch=True, state_dir=tmp_path)
+        plain = create_labeler(f"{provider}:m", base_url=url)
+    assert lab.prefers_whole_stages and not plain.prefers_whole_stages
+    assert lab.max_batch_size >= 50_000 and plain.max_batch_size == 1
+    assert lab.max_concurrency == 4 and plain.max_concurrency == plain.settings.concurrency
+    assert lab.describe()["batch"] is True and "batch" not in plain.describe()
+    assert str(tmp_path) not in str(lab.describe())
+    with pytest.raises(ConfigError, match="batch_pol"):
+        create_labeler(f"{provider}:m", base_url="http://x/v1", batch_pol=1)
+    with pytest.raises(ConfigError, match="batch_errors"):
+        create_labeler(f"{provider}:m", base_url="http://x/v1", batch_errors="ignore")
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_identical_conversations_in_one_call_are_sent_once(provider, tmp_path):
+    params = GenerateParams(max_tokens=8, temperature=0.3, top_p=0.9, n=2, stop=("###",))
+    conv = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
+    other = [{"role": "user", "content": "other"}]
+    with FakeBatchServer() as server:
+        url = server.url if provider == "openai" else server.root_url
+        lab = create_labeler(
+            f"{provider}:m", base_url=url, batch=True, batch_poll=0.01, state_dir=tmp_path
+        )
+
+        async def go():
+            try:
+                return await lab.generate([conv, other, conv], params)
+            finally:
+                await lab.aclose()
+
+        got = asyncio.run(go())
+        (batch,) = server.batches.values()
+    assert got[0] == got[2] and got[0] != got[1] and len(got[0]) == 2
+    bodies = [body for _, body in batch["items"]]
+    hello = next(b for b in bodies if b["messages"][-1]["content"] == "hello")
+    if provider == "openai":  # n samples in one request, as online
+        assert len(bodies) == 2 and hello["n"] == 2 and hello["stop"] == ["###"]
+        assert hello["messages"][0] == {"role": "system", "content": "be brief"}
+    else:  # one item per sample; the SDK passes sampling settings through to the provider
+        assert len(bodies) == 4 and hello["system"] == "be brief"
+        assert (hello["temperature"], hello["top_p"]) == (0.3, 0.9)
+        assert hello["stop_sequences"] == ["###"]
+    assert got[0][0].text == "echo: hello" + (" #0" if provider == "openai" else "")
