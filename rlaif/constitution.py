@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 from ruamel.yaml.comments import CommentedMap
 
 from rlaif.errors import ConstitutionError
+from rlaif.resources import locate
 from rlaif.yamlio import line_of, parse_yaml, validate_yaml, yaml_parser
 
 T = TypeVar("T")
@@ -175,8 +176,9 @@ def _duplicate_ids(root: Any, section: str) -> list[tuple[int | None, str]]:
 
 
 def load_constitution(path: str | Path) -> Constitution:
-    """Parse and validate a constitution file; raise ``ConstitutionError`` naming file and line."""
-    path = Path(path)
+    """Parse and validate a constitution file (a path, or the name of a shipped one such as
+    ``harmless``); raise ``ConstitutionError`` naming file and line."""
+    path = locate(path, "constitution")
     root, raw = parse_yaml(path, ConstitutionError)
     if not isinstance(root, CommentedMap):
         raise ConstitutionError(path, [(1, "a constitution must be a YAML mapping of keys")])

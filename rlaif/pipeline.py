@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from rlaif import __version__
 from rlaif.data.sources import read_prompts, source_sha256
 from rlaif.errors import ConfigError
-from rlaif.resources import data_file, default_constitution
+from rlaif.resources import ConstitutionPath, PromptsPath, data_file, default_constitution
 
 MANIFEST = "manifest.json"
 
@@ -76,14 +76,16 @@ class RunConfig(BaseModel):
     base_model: str = "smollm2"
     labeler: str = "smollm2"
     labeler_settings: dict[str, Any] = {}
-    constitution: Path = Field(default_factory=default_constitution)
+    constitution: ConstitutionPath = Field(default_factory=default_constitution)
     templates: Path | None = None
-    prompts: Path
+    prompts: PromptsPath
     prompt_format: str = "auto"
     train_prompts: int = Field(default=16, ge=1, description="first N prompts train")
-    eval_prompts: Path | None = Field(default=None, description="default: prompts after those")
+    eval_prompts: PromptsPath | None = Field(
+        default=None, description="default: prompts after those"
+    )
     eval_limit: int = Field(default=8, ge=1)
-    benign_prompts: Path = Field(default_factory=lambda: data_file("benign_prompts.txt"))
+    benign_prompts: PromptsPath = Field(default_factory=lambda: data_file("benign_prompts.txt"))
     benign_limit: int | None = Field(default=4, ge=1)
     iterations: int = Field(default=0, ge=0, description="extra rounds of relabel -> RM -> RL")
     seed: int = 0

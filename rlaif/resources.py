@@ -9,6 +9,9 @@ wheel both work without duplicating the files.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AfterValidator
 
 _PKG = Path(__file__).resolve().parent
 
@@ -37,3 +40,52 @@ def evaluation_constitution() -> Path:
 def data_file(name: str) -> Path:
     """A prompt set shipped with rlaif (``benign_prompts.txt``, ``sycophancy_probes.txt``)."""
     return _PKG / "data" / name
+
+
+# what a bare name refers to, per kind: the folder of shipped files and the suffix to try
+_SHIPPED = {
+    "constitution": (lambda: builtin_dir("constitution"), ".yaml"),
+    "prompts": (lambda: _PKG / "data", ".txt"),
+    "recipe": (lambda: builtin_dir("recipes"), ".yaml"),
+}
+
+
+def locate(value: str | Path, kind: str) -> Path:
+    """A path as given when it exists; otherwise the shipped file of that name, if there is one
+    (``harmless`` -> the built-in ``constitution/harmless.yaml``, ``demo_prompts.txt`` -> the demo
+    prompts, ``quickstart`` or ``train/sft`` -> a shipped recipe). Recipes and configs refer to
+    shipped files this way, so they work from any directory and from an installed wheel. A local
+    file of the same name always wins."""
+    path = Path(value)
+    if path.exists() or path.is_absolute():
+        return path
+    folder_of, suffix = _SHIPPED[kind]
+    try:
+        folder = folder_of()
+    except FileNotFoundError:
+        return path
+    for candidate in (folder / path, folder / f"{path}{suffix}"):
+        if candidate.is_file():
+            return candidate
+    return path
+
+
+def shipped_names(kind: str) -> list[str]:
+    """Names ``locate`` resolves for ``kind`` (for error messages and ``rlaif init``)."""
+    folder_of, suffix = _SHIPPED[kind]
+    try:
+        folder = folder_of()
+    except FileNotFoundError:
+        return []
+    found = folder.rglob(f"*{suffix}") if kind == "recipe" else folder.glob(f"*{suffix}")
+    files = sorted(p for p in found if p.is_file())
+    return [str(p.relative_to(folder))[: -len(suffix)] for p in files]
+
+
+def _located(kind: str) -> Any:
+    return AfterValidator(lambda p: locate(p, kind))
+
+
+# config fields naming a constitution or prompt file: a shipped name works as well as a path
+ConstitutionPath = Annotated[Path, _located("constitution")]
+PromptsPath = Annotated[Path, _located("prompts")]

@@ -131,15 +131,46 @@ def validate_yaml(model: type[M], root: Any, path: Path, error: type[ProblemsErr
         raise error(path, problems) from None
 
 
-def load_yaml_model(path: str | Path, model: type[M], error: type[ProblemsError]) -> M:
-    """Parse a YAML mapping file and validate it against ``model``."""
+def load_yaml_model(
+    path: str | Path,
+    model: type[M],
+    error: type[ProblemsError],
+    overrides: dict[str, Any] | None = None,
+) -> M:
+    """Parse a YAML mapping file and validate it against ``model``; ``overrides`` (``--set``,
+    dotted keys for nested settings) replace the file's values first. A problem in a key the file
+    has names its line; one in an override names the ``--set``."""
     path = Path(path)
     root, _ = parse_yaml(path, error)
     if root is None:
         root = CommentedMap()
     if not isinstance(root, CommentedMap):
         raise error(path, [(1, "expected a YAML mapping of keys")])
-    return validate_yaml(model, root, path, error)
+    given: set[tuple[str, ...]] = set()
+    for dotted, value in (overrides or {}).items():
+        keys = tuple(dotted.split("."))
+        node = root
+        for i, key in enumerate(keys[:-1]):
+            if not isinstance(node.get(key), CommentedMap):
+                if key in node and node[key] is not None:
+                    at = ".".join(keys[: i + 1])
+                    raise error(path, [(None, f"--set {dotted}: '{at}' is not a mapping")])
+                node[key] = CommentedMap()
+            node = node[key]
+        node[keys[-1]] = value
+        given.add(keys)
+    try:
+        return model.model_validate(plain(root))
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            loc = tuple(str(x) for x in err["loc"])
+            hit = next((k for k in given if loc[: len(k)] == k or k[: len(loc)] == loc), None)
+            if hit is not None:
+                problems.append((None, f"--set {'.'.join(hit)}: {_describe(err, model)}"))
+            else:
+                problems.append((line_of(root, err["loc"]), _describe(err, model)))
+        raise error(path, problems) from None
 
 
 def parse_key_values(pairs: Sequence[str], flag: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from rlaif.engine.sl_cai import DATASET_FILE as SL_CAI_FILE
 from rlaif.engine.sl_cai import SLCAIConfig, SLCAIResult, run_sl_cai
 from rlaif.errors import ConfigError, ConfigFileError
 from rlaif.labelers.base import run_sync
+from rlaif.resources import locate
 from rlaif.yamlio import parse_key_values, parse_yaml, validate_yaml
 
 M = TypeVar("M", bound=BaseModel)
@@ -205,6 +206,7 @@ def config_from_args(
                 for err in e.errors()
             )
             raise ConfigError(problems) from None
+    args.config = locate(args.config, "recipe")  # a path, or a shipped recipe by name
     root, _ = parse_yaml(args.config, ConfigFileError)
     if root is None or not hasattr(root, "items"):
         raise ConfigFileError(args.config, [(1, "expected a YAML mapping of settings")])

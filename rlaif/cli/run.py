@@ -9,7 +9,8 @@ from typing import Any
 from rich.console import Console
 
 from rlaif.errors import ConfigFileError
-from rlaif.yamlio import load_yaml_model
+from rlaif.resources import locate
+from rlaif.yamlio import load_yaml_model, parse_key_values
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,11 +22,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "command again skips finished stages whose inputs did not change and resumes an "
         "interrupted one. Ends with OUT/report.html and OUT/report.md.",
     )
-    p.add_argument("recipe", type=Path, help="run recipe (YAML)")
+    p.add_argument(
+        "recipe", help="run recipe: a YAML file, or a shipped recipe by name (quickstart)"
+    )
     p.add_argument("--out", type=Path, metavar="DIR", help="output folder (outputs/<name>)")
     p.add_argument("--from", dest="start", metavar="STAGE", help="rerun from this stage on")
     p.add_argument("--until", metavar="STAGE", help="stop after this stage")
     p.add_argument("--list", action="store_true", help="list the stages and their state, run none")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe setting, nested keys dotted: --set sft.learning_rate=1e-5 "
+        "--set rl.settings.kl_coef=0.1 (repeatable; values read as YAML)",
+    )
     p.set_defaults(func=run)
 
 
@@ -33,7 +45,12 @@ def run(args: argparse.Namespace) -> int:
     from rlaif.pipeline import RunConfig, plan, read_manifest, run_pipeline
 
     console = Console()
-    cfg = load_yaml_model(args.recipe, RunConfig, ConfigFileError)
+    cfg = load_yaml_model(
+        locate(args.recipe, "recipe"),
+        RunConfig,
+        ConfigFileError,
+        parse_key_values(args.overrides, "--set"),
+    )
     if args.out is not None:
         cfg = cfg.model_copy(update={"out": args.out})
     if args.list:

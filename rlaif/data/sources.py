@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rlaif.errors import PromptDataError
+from rlaif.resources import locate
 
 PromptFormat = Literal["auto", "text", "jsonl", "csv", "hh-rlhf", "dataset"]
 HHContext = Literal["first", "context"]
@@ -61,7 +62,7 @@ def read_text_file(path: Path) -> str:
 
 def source_sha256(path: str | Path) -> str:
     """Content hash of a prompt source (a file, or every file of a saved dataset)."""
-    path = Path(path)
+    path = locate(path, "prompts")
     h = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for f in files:
@@ -134,8 +135,9 @@ def read_prompts(
     id_field: str = "id",
     hh_context: HHContext = "first",
 ) -> list[PromptRow]:
-    """Read prompt data; raise ``PromptDataError`` naming the file (and line) on bad input."""
-    path = Path(path)
+    """Read prompt data (a path, or a shipped prompt set by name such as ``demo_prompts.txt``);
+    raise ``PromptDataError`` naming the file (and line) on bad input."""
+    path = locate(path, "prompts")
     if fmt == "dataset" or (fmt == "auto" and path.is_dir()):
         return _finish(path, list(_read_dataset(path, prompt_field, id_field)))
     text = read_text_file(path)

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rlaif.errors import ConfigError, ConfigFileError
+from rlaif.resources import locate
 
 C = TypeVar("C")
 
@@ -65,7 +66,8 @@ def load_recipe(
     values: dict[str, Any] = {}
     root: Any = None
     if path is not None:
-        root, _ = parse_yaml(Path(path), ConfigFileError)
+        path = locate(path, "recipe")  # a path, or a shipped recipe by name (train/sft)
+        root, _ = parse_yaml(path, ConfigFileError)
         if root is None:
             root = {}
         if not hasattr(root, "items"):
