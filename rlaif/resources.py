@@ -1,7 +1,7 @@
-"""Where the built-in constitutions and prompt templates live.
+"""Where the built-in constitutions, prompt templates and recipes live, and how names find them.
 
-They sit at the top of the repository (``constitution/``, ``prompts/``) so users find and copy
-them; a wheel carries them as ``rlaif/_data/...`` (hatch ``force-include``). We look in the
+They sit at the top of the repository (``constitution/``, ``prompts/``, ``recipes/``) so users
+find and copy them; a wheel carries them as ``rlaif/_data/...`` (hatch ``force-include``). We look in the
 installed location first and fall back to the source checkout, so an editable install and a
 wheel both work without duplicating the files.
 """
@@ -17,7 +17,7 @@ _PKG = Path(__file__).resolve().parent
 
 
 def builtin_dir(kind: str) -> Path:
-    """The directory holding the built-in ``constitution`` or ``prompts`` files."""
+    """The directory holding the built-in ``constitution``, ``prompts`` or ``recipes`` files."""
     for candidate in (_PKG / "_data" / kind, _PKG.parent / kind):
         if candidate.is_dir():
             return candidate
