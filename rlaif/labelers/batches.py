@@ -12,14 +12,16 @@ speaks its API):
 - **Custom ids from content.** An item's ``custom_id`` is a hash of its canonical request body
   plus a sample index (``custom_id``), so the same request always has the same id, identical items
   in one call are sent once, and ids fit Anthropic's ``^[a-zA-Z0-9_-]{1,64}$``.
-- **Money is never spent twice.** A batch's id goes into a small SQLite ledger
-  (``batches.sqlite`` in ``state_dir``, the run's output folder) and is committed right after the
-  create call returns, before the first poll. The ledger's key is a hash of the provider, the
-  endpoint and the sorted custom ids of the batch, so a rerun that asks for the same pending
-  requests (a killed run asks for exactly those again, since nothing of them reached the cache)
-  finds the batch and re-attaches to it: it polls and collects it instead of submitting it again.
+- **Money is never spent twice.** A batch's id, and the custom ids of the items it carries, go
+  into a small SQLite ledger (``batches.sqlite`` in ``state_dir``, the run's output folder) and
+  are committed right after the create call returns, before the first poll. Before submitting
+  anything, the runner looks its items up there: items that a live batch of the same provider and
+  endpoint already carries are collected from that batch (re-attached), and only the rest go out
+  in new batches. A killed run asks for the same pending requests again on the rerun (nothing of
+  them reached the cache), so it pays nothing twice, however the rerun's stage is cut into calls.
   A batch that ended failed, expired or cancelled is not re-attached. Without a ``state_dir`` the
-  ledger lives in memory and protects only the running process.
+  ledger lives in memory and protects only the running process. Each batch row also has a job
+  key (a hash of the provider, the endpoint and its sorted custom ids).
 - **Splitting** at the providers' limits (items and bytes per batch); the parts go out at once.
 - **Errored and expired items** are resubmitted in a new batch (``batch_errors="resubmit"``) or
   sent online (``"online"``), as often as the retry settings allow; an item that still fails, or
@@ -101,6 +103,7 @@ DEAD = frozenset({"failed", "expired", "cancelled", "cancelling", "canceling", "
 class LedgerEntry:
     job_key: str
     provider: str
+    endpoint: str
     batch_id: str
     status: str
     items: int
@@ -108,34 +111,83 @@ class LedgerEntry:
     finished: float | None
 
 
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS batches (job_key TEXT PRIMARY KEY, provider TEXT NOT NULL,"
+    " endpoint TEXT NOT NULL, batch_id TEXT NOT NULL, status TEXT NOT NULL,"
+    " items INTEGER NOT NULL, submitted REAL NOT NULL, finished REAL)",
+    "CREATE TABLE IF NOT EXISTS items (custom_id TEXT NOT NULL, job_key TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS items_by_id ON items (custom_id)",
+)
+
+
 class BatchLedger:
-    """Submitted batches by job key: written and committed before any poll."""
+    """Submitted batches (by job key) and the items each carries: written and committed before
+    any poll. Opened on first use, so a labeler reused after ``close`` opens it again."""
 
     def __init__(self, path: Path | None):
         self.path = path
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path) if path is not None else ":memory:")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS batches (job_key TEXT PRIMARY KEY, provider TEXT NOT NULL,"
-            " batch_id TEXT NOT NULL, status TEXT NOT NULL, items INTEGER NOT NULL,"
-            " submitted REAL NOT NULL, finished REAL)"
-        )
-        self._db.commit()
+        self._conn: sqlite3.Connection | None = None
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(str(self.path) if self.path is not None else ":memory:")
+            with self._conn:
+                for statement in _SCHEMA:
+                    self._conn.execute(statement)
+        return self._conn
 
     def live(self, key: str) -> LedgerEntry | None:
         """The batch submitted for ``key`` that can still be collected, if any."""
         row = self._db.execute("SELECT * FROM batches WHERE job_key = ?", (key,)).fetchone()
-        if row is None or row[3] in DEAD:
+        if row is None or row[4] in DEAD:
             return None
         return LedgerEntry(*row)
 
-    def submitted(self, key: str, provider: str, batch_id: str, status: str, items: int) -> None:
-        with self._db:  # committed before the caller polls
-            self._db.execute(
-                "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?, NULL)",
-                (key, provider, batch_id, status, items, time.time()),
+    def covering(
+        self, provider: str, endpoint: str, ids: Sequence[str], exclude: set[str] = frozenset()
+    ) -> dict[str, tuple[LedgerEntry, list[str]]]:
+        """Live batches of this provider and endpoint that carry some of ``ids`` (each id goes to
+        the latest such batch), by job key, with the ids each one answers; batches whose id is in
+        ``exclude`` do not count."""
+        latest: dict[str, LedgerEntry] = {}
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            found = self._db.execute(
+                "SELECT i.custom_id, b.* FROM items i JOIN batches b ON b.job_key = i.job_key"
+                f" WHERE b.provider = ? AND b.endpoint = ? AND i.custom_id IN ({marks})",
+                (provider, endpoint, *chunk),
             )
+            for cid, *row in found:
+                entry = LedgerEntry(*row)
+                if entry.status in DEAD or entry.batch_id in exclude:
+                    continue
+                if cid not in latest or entry.submitted > latest[cid].submitted:
+                    latest[cid] = entry
+        out: dict[str, tuple[LedgerEntry, list[str]]] = {}
+        for cid, entry in latest.items():
+            out.setdefault(entry.job_key, (entry, []))[1].append(cid)
+        return out
+
+    def submitted(
+        self,
+        key: str,
+        provider: str,
+        endpoint: str,
+        batch_id: str,
+        status: str,
+        ids: Sequence[str],
+    ) -> None:
+        with self._db:  # committed before the caller polls
+            self._db.execute("DELETE FROM items WHERE job_key = ?", (key,))
+            self._db.execute(
+                "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+                (key, provider, endpoint, batch_id, status, len(ids), time.time()),
+            )
+            self._db.executemany("INSERT INTO items VALUES (?, ?)", ((i, key) for i in ids))
 
     def status(self, key: str, status: str, finished: bool = False) -> None:
         with self._db:
@@ -148,7 +200,9 @@ class BatchLedger:
         return [LedgerEntry(*r) for r in self._db.execute("SELECT * FROM batches ORDER BY rowid")]
 
     def close(self) -> None:
-        self._db.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 # --------------------------------------------------------------------------- providers
@@ -246,12 +300,13 @@ class BatchRunner:
         answered online (at the full price) after errors in a batch."""
         answers: dict[str, dict[str, Any] | Exception] = {}
         online_ids: set[str] = set()
+        collected: set[str] = set()  # batches read in this call: a retry needs a new one
         pending = dict(items)
         retry = self.caller.settings.retry
         attempt = 0
         while pending:
             attempt += 1
-            outcome = await self._round(sorted(pending.items()))
+            outcome = await self._round(sorted(pending.items()), collected)
             again: dict[str, dict[str, Any]] = {}
             for cid, body in pending.items():
                 got = outcome[cid]
@@ -294,44 +349,62 @@ class BatchRunner:
         reason = redact(f"{self.provider.name} batch item: {error}", self.caller.secrets)
         return LabelerCallError(reason, attempts, retryable)
 
-    async def _round(self, items: list[tuple[str, dict[str, Any]]]) -> dict[str, ItemResult]:
+    async def _round(
+        self, items: list[tuple[str, dict[str, Any]]], collected: set[str]
+    ) -> dict[str, ItemResult]:
+        """One answer per item: from live batches in the ledger that carry it (a killed run's,
+        however its stage was cut into calls), the rest from new batches."""
         p = self.provider
-        parts = split_items(items, p.max_items, p.max_bytes, p.item_size)
-        found = await asyncio.gather(*(self._one_batch(part) for part in parts))
+        known = self.ledger.covering(p.name, p.endpoint, [cid for cid, _ in items], collected)
+        jobs = []
+        covered: set[str] = set()
+        for key, (entry, ids) in known.items():
+            self.reattached += 1
+            log.info("%s batch %s: re-attached (%d items)", p.name, entry.batch_id, len(ids))
+            jobs.append(self._collect(key, entry.batch_id, entry.status, ids))
+            covered.update(ids)
+        rest = [(cid, body) for cid, body in items if cid not in covered]
+        for part in split_items(rest, p.max_items, p.max_bytes, p.item_size):
+            jobs.append(self._submit(part))
         merged: dict[str, ItemResult] = {}
-        for part in found:
-            merged.update(part)
+        for batch_id, found in await asyncio.gather(*jobs):
+            collected.add(batch_id)
+            merged.update(found)
         return merged
 
-    async def _one_batch(self, items: list[tuple[str, dict[str, Any]]]) -> dict[str, ItemResult]:
+    async def _submit(
+        self, items: list[tuple[str, dict[str, Any]]]
+    ) -> tuple[str, dict[str, ItemResult]]:
         p = self.provider
-        key = job_key(p.name, p.endpoint, [cid for cid, _ in items])
-        entry = self.ledger.live(key)
-        if entry is not None:
-            batch_id, status = entry.batch_id, entry.status
-            self.reattached += 1
-            log.info("%s batch %s: re-attached (%d items)", p.name, batch_id, len(items))
-        else:
-            prepared = await self.caller.call(lambda: p.prepare(items))
-            batch_id, status = await with_retries(
-                lambda: p.create(prepared),
-                self.caller.settings.retry,
-                submit_classify(self.caller.classify),
-                enforce_timeout=False,
-            )
-            self.ledger.submitted(key, p.name, batch_id, status, len(items))
-            self.created += 1
-            log.info("%s batch %s: submitted %d items", p.name, batch_id, len(items))
+        ids = [cid for cid, _ in items]
+        key = job_key(p.name, p.endpoint, ids)
+        prepared = await self.caller.call(lambda: p.prepare(items))
+        batch_id, status = await with_retries(
+            lambda: p.create(prepared),
+            self.caller.settings.retry,
+            submit_classify(self.caller.classify),
+            enforce_timeout=False,
+        )
+        self.ledger.submitted(key, p.name, p.endpoint, batch_id, status, ids)
+        self.created += 1
+        log.info("%s batch %s: submitted %d items", p.name, batch_id, len(items))
+        return await self._collect(key, batch_id, status, ids)
+
+    async def _collect(
+        self, key: str, batch_id: str, status: str, ids: list[str]
+    ) -> tuple[str, dict[str, ItemResult]]:
+        """Wait for the batch to end; the results of the items ``ids``."""
+        p = self.provider
         state = await self._wait(key, batch_id, status)
         if state.dead:
             why = state.error or f"the batch ended {state.status}"
             retryable = state.status != "failed"  # failed validation fails again
-            return {cid: ItemResult(None, why, retryable) for cid, _ in items}
+            return batch_id, {cid: ItemResult(None, why, retryable) for cid in ids}
         got = await self.caller.call(lambda: p.results(batch_id))
         self.ledger.status(key, state.status, finished=True)
         log.info("%s batch %s: collected %d results", p.name, batch_id, len(got))
         missing = ItemResult(None, f"batch {batch_id} returned no result for the item")
-        return {cid: got.get(cid, missing) for cid, _ in items}
+        return batch_id, {cid: got.get(cid, missing) for cid in ids}
 
     async def _wait(self, key: str, batch_id: str, status: str) -> BatchState:
         p = self.provider

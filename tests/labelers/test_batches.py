@@ -48,8 +48,8 @@ def test_job_keys_name_the_items_not_their_order():
 def test_the_ledger_survives_a_reopen_and_forgets_dead_batches(tmp_path):
     path = tmp_path / "batches.sqlite"
     ledger = BatchLedger(path)
-    ledger.submitted("k1", "openai", "batch_1", "validating", 3)
-    ledger.submitted("k2", "openai", "batch_2", "in_progress", 5)
+    ledger.submitted("k1", "openai", "u m", "batch_1", "validating", ["a", "b", "c"])
+    ledger.submitted("k2", "openai", "u m", "batch_2", "in_progress", ["d", "e"])
     ledger.status("k2", "expired", finished=True)
     ledger.close()  # as a kill would leave it: the rows were committed at once
 
@@ -62,8 +62,18 @@ def test_the_ledger_survives_a_reopen_and_forgets_dead_batches(tmp_path):
         ("batch_1", "validating", False),
         ("batch_2", "expired", True),
     ]
+    # items are found whatever call asks for them; dead batches and other endpoints do not count
+    found = again.covering("openai", "u m", ["b", "c", "d", "x"])
+    assert {k: (e.batch_id, sorted(ids)) for k, (e, ids) in found.items()} == {
+        "k1": ("batch_1", ["b", "c"])
+    }
+    assert again.covering("openai", "v m", ["b"]) == {}
+    assert again.covering("openai", "u m", ["b"], exclude={"batch_1"}) == {}
+    again.close()
+    assert again.live("k1") is not None  # opened again on use
+
     in_memory = BatchLedger(None)
-    in_memory.submitted("k", "anthropic", "msgbatch_1", "in_progress", 1)
+    in_memory.submitted("k", "anthropic", "u m", "msgbatch_1", "in_progress", ["a"])
     assert in_memory.live("k").batch_id == "msgbatch_1"
 
 
@@ -180,6 +190,19 @@ def test_parts_go_out_as_separate_batches_and_a_rerun_reattaches_to_each(tmp_pat
     got_again, _ = asyncio.run(again.run({f"id{i}": {} for i in range(7)}))
     assert len(provider.batches) == 3 and again.created == 0 and again.reattached == 3
     assert got_again == got
+
+
+def test_a_rerun_that_cuts_its_stage_differently_still_pays_nothing_twice(tmp_path):
+    provider = Scripted(lambda cid, seen: ItemResult({"a": cid}))
+    killed = runner(provider, tmp_path)
+    killed.ledger.submitted("k", provider.name, provider.endpoint, "b0", "in_progress", ["a", "b"])
+    provider.batches.append(["a", "b"])  # what the killed run had submitted
+    r = runner(provider, tmp_path)
+    got, _ = asyncio.run(r.run({"b": {}, "c": {}}))
+    # b comes from the killed run's batch; only c goes out
+    assert provider.batches == [["a", "b"], ["c"]]
+    assert got == {"b": {"a": "b"}, "c": {"a": "c"}}
+    assert (r.created, r.reattached) == (1, 1)
 
 
 def test_a_failed_batch_fails_its_items_and_is_not_reattached(tmp_path):
