@@ -237,3 +237,23 @@ def test_a_killed_run_reattaches_to_its_batch_and_pays_nothing_twice(provider, t
         assert main(sl_cai(server, provider, tmp_path, "online", batch=False, n=3, rounds=1)) == 0
     assert rows(tmp_path / "batch" / "sl_cai.jsonl") == rows(tmp_path / "online" / "sl_cai.jsonl")
     no_key_in(tmp_path / "batch")
+
+
+def test_a_ledger_entry_the_provider_does_not_know_stops_the_run_with_its_message(tmp_path, capsys):
+    from rlaif.labelers.batches import BatchLedger
+
+    with FakeBatchServer() as server:
+        first = sl_cai(server, "openai", tmp_path, "first", batch=True, n=1, rounds=1)
+        assert main(first) == 0
+        with sqlite3.connect(tmp_path / "first" / "batches.sqlite") as db:
+            (answer_id,) = db.execute("SELECT custom_id FROM items ORDER BY rowid").fetchone()
+        # a ledger that says the answer went out in a batch the provider does not know
+        ledger = BatchLedger(tmp_path / "batch" / "batches.sqlite")
+        where = f"{server.url} fake"
+        ledger.submitted("k", "openai", where, "batch_gone", "in_progress", [answer_id])
+        ledger.close()
+        created = len(server.created)
+        assert main(sl_cai(server, "openai", tmp_path, "batch", batch=True, n=1, rounds=1)) == 4
+        assert len(server.created) == created  # nothing submitted
+    err = capsys.readouterr().err
+    assert "HTTP 404" in err and "No batch found with id 'batch_gone'" in err

@@ -272,6 +272,10 @@ class FakeBatchServer(FakeOpenAIServer):
                 parts = self.path.split("?")[0].strip("/").split("/")
                 with server._lock:
                     server.polls += 1
+                known = parts[3:4] if parts[:3] == ["v1", "messages", "batches"] else parts[2:3]
+                if known and known[0] not in server.batches and known[0] not in server.files:
+                    err = {"error": {"message": f"No batch found with id '{known[0]}'."}}
+                    return self._send(404, json.dumps(err).encode())
                 if parts[:2] == ["v1", "batches"] and len(parts) == 3:
                     return self._json(server._openai_batch(server.batches[parts[2]]))
                 if parts[:2] == ["v1", "files"] and len(parts) == 4 and parts[3] == "content":
