@@ -239,7 +239,8 @@ class BatchProvider(Protocol):
         ...
 
     async def create(self, prepared: Any) -> tuple[str, str]:
-        """Create the batch; returns its id and status. One attempt: see ``submit_classify``."""
+        """Create the batch; returns its id and status. Retried only when the failure says no
+        batch was created (``submit_classify``)."""
         ...
 
     async def state(self, batch_id: str) -> BatchState: ...
