@@ -30,9 +30,9 @@ from rlaif.engine.cache import Cache
 from rlaif.engine.journal import Journal, write_jsonl_atomic
 from rlaif.engine.runner import run_rows
 from rlaif.engine.scheduler import EngineStats, Scheduler
-from rlaif.errors import EndpointError, LabelerCallError
+from rlaif.errors import ConfigError, EndpointError, LabelerCallError
 from rlaif.labelers.base import Labeler, backend_class, create_labeler, parse_spec
-from rlaif.resources import default_constitution
+from rlaif.resources import ConstitutionPath, PromptsPath, default_constitution
 
 
 class JobInputs(BaseModel):
@@ -40,13 +40,13 @@ class JobInputs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompts: Path
+    prompts: PromptsPath
     prompt_format: PromptFormat = "auto"
     prompt_field: str = "prompt"
     id_field: str = "id"
     hh_context: HHContext = "first"
     limit: int | None = Field(default=None, ge=1)
-    constitution: Path = Field(default_factory=default_constitution)
+    constitution: ConstitutionPath = Field(default_factory=default_constitution)
     templates: Path | None = None
     labeler: str = "smollm2"
     labeler_settings: dict[str, Any] = {}
@@ -70,9 +70,12 @@ class JobInputs(BaseModel):
     @field_validator("ray_settings")
     @classmethod
     def _known_ray_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from rlaif.scale.ray import RaySettings
+        from rlaif.scale.ray import check_settings
 
-        RaySettings(**value)  # a typo fails here, before any prompt is read
+        try:
+            check_settings(value)  # a typo fails here, before any prompt is read
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
         return value
 
 

@@ -44,6 +44,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ from rlaif.errors import ClusterError, ConfigError, LabelerCallError, RlaifError
 from rlaif.labelers.base import Conversation, GenerateParams, Labeler, create_labeler
 
 INSTALL_HINT = "pip install 'rlaif[ray]'"
+RESTART_TIMEOUT_S = 300.0  # a restarted actor that does not answer by then leaves the pool
 # passed to the actors' environment where set on the driver (never keys or tokens)
 _FORWARD_ENV = (
     "HF_HUB_OFFLINE",
@@ -212,11 +214,13 @@ def plan(roles: list[Role], nodes: list[dict[str, float]], s: RaySettings, n: in
     if gpus is None:
         gpus = float(max(gpus_wanted(r) for r in roles)) if any_gpus else 0.0
     cpus = s.cpus_per_actor
+    per_node = None  # at most this many actors on one node
     if cpus is None:
         vllm_on_cpu = gpus == 0 and any(r.backend == "vllm" for r in roles)
         cpus = min(node.get("CPU", 0) for node in nodes) if vllm_on_cpu else 1.0
         cpus = max(cpus, 1.0)
-    fits = sum(_fits(node, cpus, gpus) for node in nodes)
+        per_node = 1 if vllm_on_cpu else None
+    fits = sum(min(_fits(node, cpus, gpus), per_node or 1 << 30) for node in nodes)
     total = (sum(node.get("CPU", 0) for node in nodes), sum(node.get("GPU", 0) for node in nodes))
     have = f"the cluster has {total[0]:g} CPUs and {total[1]:g} GPUs"
     asks = f"an actor asks for {cpus:g} CPUs and {gpus:g} GPUs"
@@ -294,8 +298,8 @@ class ActorPool:
         except BaseException:
             self._disconnect()
             raise
-        self.max_failures = s.max_restarts + 1
-        self._failures = dict.fromkeys(range(len(self.actors)), 0)
+        self._alive = len(self.actors)
+        self._recovering: set[int] = set()  # died in a call: ping before the next one
         self._idle: asyncio.Queue[int] = asyncio.Queue()
         for i in range(len(self.actors)):
             self._idle.put_nowait(i)
@@ -307,25 +311,53 @@ class ActorPool:
         return len(self.actors)
 
     async def call(self, method: str, role: str, *args: Any) -> Any:
-        ray = self._ray
-        if not self._failures:
-            raise LabelerCallError("every Ray labeler actor died", 1, False, permanent=True)
-        i = await self._idle.get()
+        """One labeler call on an idle actor. The call in flight when its actor dies fails
+        (retryable: its rows fail, a rerun retries them); the actor's next call waits for Ray's
+        restart of it. An actor Ray gave up on (``max_restarts``) leaves the pool."""
+        i = await self._take()
         try:
             result = await getattr(self.actors[i], method).remote(role, *args)
-        except ray.exceptions.RayTaskError:
+        except self._ray.exceptions.RayTaskError:
+            self._idle.put_nowait(i)
             raise  # a bug in the actor's own code, not a labeler failure
-        except ray.exceptions.RayError as e:
-            self._failures[i] += 1
-            if self._failures[i] < self.max_failures:
-                self._idle.put_nowait(i)
-            else:
-                del self._failures[i]  # it keeps dying: no more calls go to it
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        except self._ray.exceptions.RayError as e:
+            self._recovering.add(i)
+            self._idle.put_nowait(i)
+            text = str(e).strip()
+            first = text.splitlines()[0] if text else type(e).__name__
             raise LabelerCallError(f"Ray actor died: {first}", 1, True) from None
-        self._failures[i] = 0
         self._idle.put_nowait(i)
         return _untag(result)
+
+    async def _take(self) -> int:
+        while True:
+            i = await self._idle.get()
+            if i < 0:  # no actor left
+                self._idle.put_nowait(i)
+                raise LabelerCallError("every Ray labeler actor died", 1, False, permanent=True)
+            if i not in self._recovering:
+                return i
+            if await self._revived(i):
+                self._recovering.discard(i)
+                return i
+            self._alive -= 1
+            if self._alive == 0:
+                self._idle.put_nowait(-1)
+
+    async def _revived(self, i: int) -> bool:
+        """Wait for a restarted actor to answer; False when Ray gave up on it."""
+        errors = self._ray.exceptions
+        deadline = time.monotonic() + RESTART_TIMEOUT_S
+        while True:
+            try:
+                await self.actors[i].where.remote()
+                return True
+            except errors.ActorUnavailableError:  # restarting
+                if time.monotonic() > deadline:
+                    return False
+                await asyncio.sleep(0.2)
+            except errors.RayError:
+                return False
 
     def where(self) -> list[dict[str, Any]]:
         """Pid and node of every actor (diagnostics)."""

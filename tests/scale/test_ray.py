@@ -1,0 +1,267 @@
+"""``--ray``: the same rows as a one-process run, resumable after a kill, and clean shut-down.
+
+The Ray tests start a local Ray instance of 2 CPUs with two actors on the tiny random Llama,
+greedy. Greedy tokens do not depend on how the scheduler cut the batches (left padding with the
+attention mask), so the one-process run and the two-actor run use the same batch size setting
+and must write the same bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rlaif.cli import main
+from rlaif.errors import ClusterError, LabelerCallError
+from rlaif.scale.ray import RaySettings, Role, gpus_wanted, plan
+
+RAY_FLAGS = ["--ray", "--ray-actors", "2", "--ray-set", "num_cpus=2"]
+N_PROMPTS = 16
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _command(tiny_llama_dir: Path, prompts: Path, out: str, *extra: str) -> list[str]:
+    return [
+        "generate", "sl-cai", "--prompts", str(prompts), "--labeler",
+        f"transformers:{tiny_llama_dir}", "--rounds", "1", "--max-tokens", "12",
+        "--temperature", "0", "--batch-size", "4", "--out", out, *extra,
+    ]  # fmt: skip
+
+
+def _ray_pids() -> set[int]:
+    """Processes of any Ray instance on this machine (raylet, GCS, agents, workers)."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if b"ray::" in cmd or b"/site-packages/ray/" in cmd:
+            pids.add(int(entry.name))
+    return pids
+
+
+def _no_new_ray_processes(before: set[int], timeout: float = 15.0) -> None:
+    deadline = time.time() + timeout
+    while (left := _ray_pids() - before) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not left, f"Ray processes left running: {sorted(left)}"
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    path.write_text("\n".join(f"Question {i}: how do I do thing {i}?" for i in range(N_PROMPTS)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_llama_dir: Path, prompts: Path, tmp_path_factory) -> Path:
+    """The reference: the same job without Ray, run from its own folder (``out``)."""
+    here = tmp_path_factory.mktemp("one")
+    cwd = Path.cwd()
+    os.chdir(here)
+    try:
+        assert main(_command(tiny_llama_dir, prompts, "out")) == 0
+    finally:
+        os.chdir(cwd)
+    return here / "out"
+
+
+# --------------------------------------------------------------------------- without a cluster
+
+
+def test_ray_not_installed_is_one_line(tiny_llama_dir, prompts, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    assert main(_command(tiny_llama_dir, prompts, str(tmp_path / "out"), "--ray")) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        "rlaif: error: --ray needs Ray, which is not installed: pip install 'rlaif[ray]'"
+    ]
+
+
+def test_ray_settings_typo_and_config_key(tiny_llama_dir, prompts, tmp_path, capsys):
+    cmd = _command(tiny_llama_dir, prompts, str(tmp_path / "out"), "--ray-set", "num_cpu=2")
+    assert main(cmd) == 2
+    assert "num_cpu: Extra inputs are not permitted" in capsys.readouterr().err
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(f"prompts: {prompts}\nray: auto\nray_settings:\n  cpus_per_actr: 1\n")
+    assert main(["generate", "sl-cai", "--config", str(cfg)]) == 2
+    assert f"{cfg}:3: ray_settings: bad Ray settings: cpus_per_actr" in capsys.readouterr().err
+
+
+def test_api_labelers_stay_off_ray(prompts, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    cmd = ["generate", "prefs", "--prompts", str(prompts), "--labeler", "openai:m", "--ray",
+           "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(cmd) == 2
+    err = capsys.readouterr().err
+    assert "API labelers (openai)" in err and "--concurrency" in err
+
+
+def _role(backend: str, **settings) -> Role:
+    return Role(labeler=None, backend=backend, settings=settings)  # type: ignore[arg-type]
+
+
+def test_plan_sizes_the_pool_from_the_cluster():
+    s = RaySettings()
+    cpu_nodes = [{"CPU": 8.0}, {"CPU": 4.0}]
+    gpu_nodes = [{"CPU": 32.0, "GPU": 4.0}, {"CPU": 32.0, "GPU": 4.0}]
+    tf = _role("transformers", model="m", device="auto")
+    # transformers on CPUs: one single-threaded actor per CPU
+    assert plan([tf], cpu_nodes, s, None).actors == 12
+    # on GPUs: one per GPU, one CPU each
+    shape = plan([tf], gpu_nodes, s, None)
+    assert (shape.actors, shape.cpus, shape.gpus) == (8, 1.0, 1.0)
+    # vLLM with tensor parallelism: one actor per tensor_parallel_size GPUs of a node
+    tp = _role("vllm", model="m", engine_args={"tensor_parallel_size": 4})
+    assert gpus_wanted(tp) == 4
+    shape = plan([tp], gpu_nodes, s, None)
+    assert (shape.actors, shape.gpus) == (2, 4.0)
+    # vLLM on CPUs: one actor per node, holding the smallest node's CPUs
+    shape = plan([_role("vllm", model="m")], cpu_nodes, s, None)
+    assert (shape.actors, shape.cpus) == (2, 4.0)
+    # what the user sets wins; more actors than fit is an error, not a run that waits forever
+    assert plan([tf], cpu_nodes, RaySettings(cpus_per_actor=4), None).actors == 3
+    assert plan([tf], cpu_nodes, s, 5).actors == 5
+    with pytest.raises(ClusterError, match="13 Ray actors asked for, 12 fit"):
+        plan([tf], cpu_nodes, s, 13)
+    with pytest.raises(ClusterError, match="no Ray node can hold"):
+        plan([tf], cpu_nodes, RaySettings(gpus_per_actor=1), None)
+
+
+# --------------------------------------------------------------------------- a local cluster
+
+
+def _card(path: Path) -> str:
+    return re.sub(r"- [0-9.]+ s wall time", "- (time) s wall time", path.read_text())
+
+
+@pytest.mark.slow
+def test_two_actors_write_the_one_process_bytes(
+    tiny_llama_dir, prompts, tmp_path, monkeypatch, one_process
+):
+    pytest.importorskip("ray")
+    before = _ray_pids()
+    (tmp_path / "ray").mkdir()
+    monkeypatch.chdir(tmp_path / "ray")
+    assert main(_command(tiny_llama_dir, prompts, "out", *RAY_FLAGS)) == 0
+    out = tmp_path / "ray" / "out"
+    assert len((out / "sl_cai.jsonl").read_text().splitlines()) == N_PROMPTS
+    assert _sha(out / "sl_cai.jsonl") == _sha(one_process / "sl_cai.jsonl")
+    # the card: the same but for the wall time and the command that made it
+    one_cmd = "rlaif " + " ".join(_command(tiny_llama_dir, prompts, "out"))
+    expected = _card(one_process / "README.md").replace(one_cmd, f"{one_cmd} {' '.join(RAY_FLAGS)}")
+    assert _card(out / "README.md") == expected
+    _no_new_ray_processes(before)
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_driver_then_rerun(tiny_llama_dir, prompts, tmp_path, one_process):
+    pytest.importorskip("ray")
+    before = _ray_pids()
+    out = tmp_path / "killed"
+    cmd = _command(tiny_llama_dir, prompts, str(out), *RAY_FLAGS)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlaif", *cmd],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,  # its local Ray instance lives in this process group
+    )
+    partial = out / ".sl_cai.jsonl.partial"
+    try:
+        deadline = time.time() + 120
+        while not (partial.exists() and partial.read_bytes().count(b"\n") >= 2):
+            assert proc.poll() is None, f"finished before the kill: {proc.stderr.read()}"
+            assert time.time() < deadline, "no rows written in time"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        # a driver killed with -9 leaves some Ray helpers of its local instance behind
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    kept = partial.read_bytes().decode()
+    kept = kept[: kept.rfind("\n") + 1].splitlines()
+    assert 2 <= len(kept) < N_PROMPTS, "the kill should land mid-run"
+    _no_new_ray_processes(before)
+
+    assert main(cmd) == 0
+    lines = (out / "sl_cai.jsonl").read_text().splitlines()
+    ids = [json.loads(x)["id"] for x in lines]
+    assert ids == [f"line-{i}" for i in range(1, N_PROMPTS + 1)]  # once each, in order
+    assert lines[: len(kept)] == kept
+    assert _sha(out / "sl_cai.jsonl") == _sha(one_process / "sl_cai.jsonl")
+    _no_new_ray_processes(before)
+
+
+@pytest.mark.slow
+def test_a_dead_actor_fails_its_call_and_is_restarted(tiny_llama_dir):
+    ray = pytest.importorskip("ray")
+    from rlaif.labelers.base import GenerateParams, create_labeler, run_sync
+    from rlaif.scale.ray import distribute
+
+    before = _ray_pids()
+    inner = create_labeler(f"transformers:{tiny_llama_dir}", batch_size=2)
+    role = Role(inner, "transformers", {"model": str(tiny_llama_dir), "batch_size": 2})
+    labeler = distribute(True, 1, {"num_cpus": 1, "max_restarts": 1}, {"labeler": role})["labeler"]
+    assert labeler.max_concurrency == 1 and labeler.model_name == inner.model_name
+    assert labeler.describe() == inner.describe()
+    convs = [[{"role": "user", "content": f"Hello there, {name}"}] for name in ("Ann", "Bob")]
+    params = GenerateParams(temperature=0, max_tokens=256)
+    options = [" (A)", " (B)"]
+
+    async def killed_in_a_call(pid: int) -> LabelerCallError:
+        call = asyncio.ensure_future(labeler.generate(convs, params))
+        await asyncio.sleep(0.05)  # the call is on its way to the actor
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(LabelerCallError) as died:
+            await call
+        assert died.value.retryable and not died.value.permanent
+        return died.value
+
+    async def scenario() -> tuple[str, str, str, list[list[float]]]:
+        try:
+            first = (await labeler.generate(convs, params))[0][0].text
+            scores = await labeler.option_logprobs(convs, options)
+            pid = labeler.pool.where()[0]["pid"]
+            died = await killed_in_a_call(pid)
+            again = (await labeler.generate(convs, params))[0][0].text  # waits for the restart
+            restarted = labeler.pool.where()[0]["pid"]
+            assert restarted != pid
+            await killed_in_a_call(restarted)  # its last restart (max_restarts=1) is spent
+            with pytest.raises(LabelerCallError, match="every Ray labeler actor died") as gone:
+                await labeler.generate(convs, params)
+            assert gone.value.permanent  # the run stops (resumable) instead of failing rows
+            return first, died.reason, again, scores
+        finally:
+            await labeler.aclose()
+
+    first, reason, again, scores = run_sync(scenario())
+    assert reason.startswith("Ray actor died")
+    assert again == first
+    # what the actor computed is what this process computes with the same model
+    assert first == inner.generate_sync(convs, params)[0][0].text
+    local = inner.option_logprobs_sync(convs, options)
+    assert all(x < 0 for row in scores for x in row)
+    assert scores == [pytest.approx(row, abs=1e-4) for row in local]
+    assert not ray.is_initialized()  # aclose disconnected what it started
+    _no_new_ray_processes(before)
