@@ -43,6 +43,7 @@ from rlaif.errors import ConfigError
 from rlaif.resources import ConstitutionPath, PromptsPath, data_file, default_constitution
 
 MANIFEST = "manifest.json"
+RAY_KEYS = ("ray", "ray_actors", "ray_settings")
 
 
 class RLSettings(BaseModel):
@@ -95,6 +96,21 @@ class RunConfig(BaseModel):
     rm: dict[str, Any] = {}
     rl: RLSettings = Field(default_factory=RLSettings)
     eval: dict[str, Any] = {}
+    # the data stages' labeler calls in Ray actors (docs/scaling.md); not part of fingerprints
+    ray: bool | str = False
+    ray_actors: int | None = Field(default=None, ge=1)
+    ray_settings: dict[str, Any] = {}
+
+    @field_validator("ray_settings")
+    @classmethod
+    def _known_ray_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from rlaif.scale.ray import check_settings
+
+        try:
+            check_settings(value)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        return value
 
     @property
     def root(self) -> Path:
@@ -160,6 +176,12 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def fingerprinted(settings: dict[str, Any]) -> dict[str, Any]:
+    """A stage's settings as its fingerprint sees them: where the labeler calls ran (``ray``)
+    changes nothing the stage writes, so switching Ray on or off never reruns a stage."""
+    return {k: v for k, v in settings.items() if k not in RAY_KEYS}
+
+
 def _file_hash(path: Path) -> str:
     return source_sha256(path) if path.exists() else "missing"
 
@@ -183,6 +205,10 @@ def plan(cfg: RunConfig) -> list[Stage]:
     from rlaif import stages
 
     root = cfg.root
+    ray = {k: getattr(cfg, k) for k in RAY_KEYS if k in cfg.model_fields_set}
+    if ray:  # the top-level keys reach the data stages; a stage section's own keys win
+        sections = {"sl_cai": {**ray, **cfg.sl_cai}, "prefs": {**ray, **cfg.prefs}}
+        cfg = cfg.model_copy(update=sections)
     s = stages.StageBuilder(cfg, root)
     out = [
         Stage("sl_cai", s.sl_cai, s.sl_cai_settings, [cfg.prompts, cfg.constitution]),
@@ -239,7 +265,7 @@ def run_pipeline(
         stage_dir = root / stage.name
         fp = _hash({
             "stage": stage.name,
-            "settings": resolved[stage.name],
+            "settings": fingerprinted(resolved[stage.name]),
             "inputs": {str(p): _file_hash(p) for p in stage.inputs},
             "upstream": [fingerprints[n] for n in names[:i]],
             "rlaif": __version__,

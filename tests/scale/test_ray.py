@@ -265,3 +265,29 @@ def test_a_dead_actor_fails_its_call_and_is_restarted(tiny_llama_dir):
     assert scores == [pytest.approx(row, abs=1e-4) for row in local]
     assert not ray.is_initialized()  # aclose disconnected what it started
     _no_new_ray_processes(before)
+
+
+def test_recipe_ray_keys_reach_the_data_stages_not_their_fingerprints(prompts, tmp_path):
+    from rlaif.errors import ConfigFileError
+    from rlaif.pipeline import RunConfig, fingerprinted, plan
+    from rlaif.yamlio import parse_yaml, validate_yaml
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"name: r\nprompts: {prompts}\ntrain_prompts: 8\nout: {tmp_path / 'run'}\n"
+        "ray: auto\nray_actors: 3\nprefs:\n  ray_actors: 2\n"
+    )
+    root, _ = parse_yaml(recipe, ConfigFileError)
+    cfg = validate_yaml(RunConfig, root, recipe, ConfigFileError)
+    plain = RunConfig(name="r", prompts=prompts, train_prompts=8, out=tmp_path / "run")
+    with_ray = {stage.name: stage.settings() for stage in plan(cfg)}
+    without = {stage.name: stage.settings() for stage in plan(plain)}
+    assert with_ray["sl_cai"]["ray"] == "auto" and with_ray["sl_cai"]["ray_actors"] == 3
+    assert with_ray["prefs"]["ray_actors"] == 2  # a stage section's own key wins
+    assert "ray" not in with_ray["sft"] and "ray" not in without["sl_cai"]
+    for name in without:
+        assert fingerprinted(with_ray[name]) == fingerprinted(without[name]), name
+    recipe.write_text(f"name: r\nprompts: {prompts}\nray_settings:\n  cpus: 2\n")
+    root, _ = parse_yaml(recipe, ConfigFileError)
+    with pytest.raises(ConfigFileError, match="bad Ray settings: cpus"):
+        validate_yaml(RunConfig, root, recipe, ConfigFileError)
