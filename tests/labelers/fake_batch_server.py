@@ -9,7 +9,8 @@ Knobs for tests: ``delay`` (seconds a batch stays ``in_progress``), ``item_fault
 (return ``"error"``, ``"invalid"`` or ``"expired"`` to fail an item; ``seen`` counts earlier
 batches that carried the same request), and counters: ``created`` (one entry per batch created:
 provider and item count), ``create_calls`` (creation requests, answered or not) and ``polls``;
-``create_faults`` answers the next creations with "429" or "500" instead.
+``create_faults`` answers the next creations with "429" or "500" instead; ``fail_validation``
+makes OpenAI batches end ``failed`` with a validation error.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class FakeBatchServer(FakeOpenAIServer):
         self.polls = 0
         self.create_faults: list[str] = []  # "429" or "500" for the next batch creations
         self.create_calls = 0
+        self.fail_validation = False  # OpenAI batches end "failed" with a validation error
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self.seen: Counter[str] = Counter()  # batches that carried each request body
@@ -92,19 +94,24 @@ class FakeBatchServer(FakeOpenAIServer):
     # ------------------------------------------------------------------ OpenAI shapes
 
     def _openai_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
-        done = self._finish(batch)
+        done = not self.fail_validation and self._finish(batch)
         counts = self._counts(batch, done)
         failed = counts["error"] + counts["invalid"] + counts["expired"]
         status = "in_progress"
         out_id = err_id = None
-        if done:
+        errors = None
+        if self.fail_validation:
+            done, status = False, "failed"
+            line = {"code": "invalid_request", "message": "model is not allowed in batches"}
+            errors = {"object": "list", "data": [{**line, "line": 1}]}
+        elif done:
             status = "expired" if counts["expired"] else "completed"
             out_id, err_id = self._openai_files(batch)
         return {
             "id": batch["id"],
             "object": "batch",
             "endpoint": "/v1/chat/completions",
-            "errors": None,
+            "errors": errors,
             "input_file_id": batch["input_file_id"],
             "completion_window": "24h",
             "status": status,

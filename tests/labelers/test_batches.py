@@ -265,3 +265,52 @@ def test_identical_conversations_in_one_call_are_sent_once(provider, tmp_path):
         assert (hello["temperature"], hello["top_p"]) == (0.3, 0.9)
         assert hello["stop_sequences"] == ["###"]
     assert got[0][0].text == "echo: hello" + (" #0" if provider == "openai" else "")
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_call_over_the_providers_limit_goes_out_as_several_batches(provider, monkeypatch):
+    import rlaif.labelers.anthropic as anthropic_backend
+    import rlaif.labelers.openai as openai_backend
+
+    monkeypatch.setattr(openai_backend._OpenAIBatches, "max_items", 3)
+    monkeypatch.setattr(anthropic_backend._AnthropicBatches, "max_items", 3)
+    convs = [[{"role": "user", "content": f"question {i}"}] for i in range(7)]
+    params = GenerateParams(max_tokens=8, temperature=0.0)
+    with FakeBatchServer() as server:
+        url = server.url if provider == "openai" else server.root_url
+        lab = create_labeler(f"{provider}:m", base_url=url, batch=True, batch_poll=0.01)
+        online = create_labeler(f"{provider}:m", base_url=url)
+
+        async def go():
+            try:
+                return await lab.generate(convs, params), await online.generate(convs, params)
+            finally:
+                await lab.aclose()
+                await online.aclose()
+
+        got, expected = asyncio.run(go())
+    assert sorted(n for _, n in server.created) == [1, 3, 3]
+    assert got == expected and got[6][0].text == "echo: question 6"
+
+
+def test_a_batch_that_fails_validation_fails_its_rows_with_the_providers_message(tmp_path):
+    with FakeBatchServer() as server:
+        server.fail_validation = True
+        lab = create_labeler(
+            "openai:m", base_url=server.url, batch=True, batch_poll=0.01, state_dir=tmp_path
+        )
+
+        async def go():
+            try:
+                return await lab.generate([[{"role": "user", "content": "hi"}]], GenerateParams())
+            finally:
+                await lab.aclose()
+
+        (got,) = asyncio.run(go())
+    assert isinstance(got, LabelerCallError) and not got.retryable
+    assert got.reason == (
+        'openai batch item: batch failed: {"code":"invalid_request",'
+        '"line":1,"message":"model is not allowed in batches"}'
+    )
+    assert len(server.created) == 1  # not resubmitted: it would fail the same way
+    assert [e.status for e in BatchLedger(tmp_path / "batches.sqlite").entries()] == ["failed"]
