@@ -68,7 +68,11 @@ class Completion:
 class Labeler(Protocol):
     """What the engine may call. ``generate`` returns ``n`` completions per conversation;
     ``option_logprobs`` returns, per conversation, the total log-probability of each option
-    string as a continuation of the conversation (after the assistant prefill, if any)."""
+    string as a continuation of the conversation (after the assistant prefill, if any).
+
+    A call fails as a whole by raising (``LabelerCallError``). A backend that answers many
+    conversations in one call (a provider batch) may instead put an exception in the place of one
+    conversation's result: that conversation alone fails, and the others keep their answers."""
 
     backend: ClassVar[str]
     supports_logprobs: ClassVar[bool]
