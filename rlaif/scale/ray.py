@@ -31,11 +31,18 @@ and the built-in names are built on each node.
 
 Failures. A labeler error inside an actor comes back as it is (a ``LabelerCallError`` fails its
 row; any other ``RlaifError`` stops the run with its message). An actor that dies fails the call
-it held with a retryable ``LabelerCallError`` (the row fails and a rerun retries it), and Ray
-restarts the actor (``max_restarts``); an actor that keeps dying is dropped from the pool, and
-when none is left the failure is permanent and the run stops (``EndpointError``), resumable.
-``aclose`` kills the actors and, if this process connected to Ray, disconnects (``ray.shutdown``,
-which also stops a local instance started here), after an error as after success.
+it held with a retryable ``LabelerCallError`` (its rows fail, a rerun retries them): a batch that
+kills its actor (out of memory) then costs its rows, not the run. Ray restarts the actor
+(``max_restarts``) and its next call waits for the restart; an actor Ray gave up on leaves the
+pool, and when none is left the failure is permanent and the run stops (``EndpointError``),
+resumable. ``aclose`` kills the actors and, if this process connected to Ray, disconnects
+(``ray.shutdown``, which also stops a local instance started here), after an error as after
+success.
+
+Sampling: each batch is seeded, so a sampled answer depends on the batch it was computed in, as
+in one process (where batches depend on timing too). Greedy answers do not: batches are padded on
+the left under an attention mask, and the tests compare a two-actor run with a one-process run
+byte for byte.
 """
 
 from __future__ import annotations
@@ -252,6 +259,14 @@ def import_ray() -> Any:
     return ray
 
 
+def _why(e: BaseException) -> str:
+    """Ray's reason for a failed connection, with the first sentence of its cause."""
+    text = str(e)
+    if e.__cause__ is not None:
+        text = f"{text}: {str(e.__cause__).split('. ')[0]}"
+    return text
+
+
 class ActorPool:
     """K actors, each used by one call at a time; shared by the roles of one job."""
 
@@ -277,7 +292,7 @@ class ActorPool:
             try:
                 ray.init(**kwargs)
             except (ConnectionError, ValueError, RuntimeError) as e:
-                raise ClusterError(f"cannot start or reach Ray ({where}): {e}") from None
+                raise ClusterError(f"cannot start or reach Ray ({where}): {_why(e)}") from None
             self.connected_here = True
         try:
             nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]

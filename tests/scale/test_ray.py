@@ -146,6 +146,23 @@ def test_plan_sizes_the_pool_from_the_cluster():
         plan([tf], cpu_nodes, RaySettings(gpus_per_actor=1), None)
 
 
+def test_actors_load_what_the_driver_resolved(tmp_path, monkeypatch):
+    from rlaif import models
+    from rlaif.scale.ray import actor_settings
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ckpt").mkdir()
+    local = actor_settings("transformers", {"model": "ckpt", "batch_size": 4})
+    assert local == {"model": str(tmp_path / "ckpt"), "batch_size": 4}
+    assert actor_settings("transformers", {"model": "tiny-random"})["model"] == "tiny-random"
+    pinned = models.HubModel("org/model", "main", "0123abcd" * 5, tmp_path)
+    monkeypatch.setattr(models, "hub_model", lambda name: pinned if name == "org/model" else None)
+    assert actor_settings("vllm", {"model": "org/model"})["model"] == f"org/model@{'0123abcd' * 5}"
+    engine_args = {"tensor_parallel_size": 2}
+    tp = actor_settings("vllm", {"model": "tiny-random", "engine_args": engine_args})
+    assert tp["engine_args"] == {"tensor_parallel_size": 2, "distributed_executor_backend": "mp"}
+
+
 # --------------------------------------------------------------------------- a local cluster
 
 
