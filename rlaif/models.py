@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlaif.errors import ModelNotFoundError
+from rlaif.errors import ModelNotFoundError, RlaifError
 
 log = logging.getLogger(__name__)
 
@@ -284,12 +284,22 @@ def parse_hub_id(name: str) -> tuple[str, str | None] | None:
     return m["repo"], m["revision"]
 
 
-def _fetch_hint(repo_id: str, revision: str | None) -> str:
-    return f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
+def _fetch_hint(repo_id: str, revision: str | None, repo_type: str = "model") -> str:
+    kind = "" if repo_type == "model" else f" --repo-type {repo_type}"
+    return f"hf download {repo_id}{kind}" + (f" --revision {revision}" if revision else "")
 
 
-def _snapshot(repo_id: str, revision: str | None, allow: list[str]) -> Path:
-    """``snapshot_download`` with rlaif's file patterns, its errors turned into one line each."""
+def hub_snapshot(
+    repo_id: str,
+    revision: str | None,
+    allow: list[str] | None,
+    repo_type: str = "model",
+    error: type[RlaifError] = ModelNotFoundError,
+    ignore: list[str] | None = HUB_IGNORE,
+) -> Path:
+    """``snapshot_download`` of a model or dataset repo with the given file patterns, through
+    the user's Hub cache (``HF_HUB_OFFLINE`` honoured); each failure becomes one line naming the
+    repo and how to fetch it, raised as ``error``."""
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -299,41 +309,42 @@ def _snapshot(repo_id: str, revision: str | None, allow: list[str]) -> Path:
         RevisionNotFoundError,
     )
 
-    what = f"'{repo_id}'" + (f" at revision '{revision}'" if revision else "")
+    what = f"{repo_type} '{repo_id}'" + (f" at revision '{revision}'" if revision else "")
+    hint = _fetch_hint(repo_id, revision, repo_type)
     try:
         return Path(
-            snapshot_download(repo_id, revision=revision, allow_patterns=allow,
-                              ignore_patterns=HUB_IGNORE)
+            snapshot_download(repo_id, revision=revision, repo_type=repo_type,
+                              allow_patterns=allow, ignore_patterns=ignore)
         )  # fmt: skip
     except LocalEntryNotFoundError as e:
         if constants.HF_HUB_OFFLINE:
-            raise ModelNotFoundError(
-                f"model {what} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
-                f"HF_HUB_OFFLINE is set: fetch it with `{_fetch_hint(repo_id, revision)}`, or "
-                "unset HF_HUB_OFFLINE to let rlaif download it"
+            raise error(
+                f"{what} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+                f"HF_HUB_OFFLINE is set: fetch it with `{hint}`, or unset HF_HUB_OFFLINE to let "
+                "rlaif download it"
             ) from None
         cause = e.__cause__ or e
-        raise ModelNotFoundError(
-            f"model {what} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the "
+        raise error(
+            f"{what} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the "
             f"Hub could not be reached ({type(cause).__name__}); check the connection or fetch "
-            f"it with `{_fetch_hint(repo_id, revision)}`"
+            f"it with `{hint}`"
         ) from None
     except GatedRepoError:
-        raise ModelNotFoundError(
-            f"model '{repo_id}' is gated: accept its terms on the Hub, then set HF_TOKEN or run "
-            "`hf auth login`"
+        raise error(
+            f"{repo_type} '{repo_id}' is gated: accept its terms on the Hub, then set HF_TOKEN or "
+            "run `hf auth login`"
         ) from None
     except RepositoryNotFoundError:
-        raise ModelNotFoundError(
-            f"model '{repo_id}' was not found on the Hugging Face Hub (a private repo needs "
+        raise error(
+            f"{repo_type} '{repo_id}' was not found on the Hugging Face Hub (a private repo needs "
             "HF_TOKEN or `hf auth login`), and it is not a local folder either"
         ) from None
     except RevisionNotFoundError:
-        raise ModelNotFoundError(
-            f"model '{repo_id}' has no revision '{revision}' (a branch, tag or commit sha)"
+        raise error(
+            f"{repo_type} '{repo_id}' has no revision '{revision}' (a branch, tag or commit sha)"
         ) from None
     except HfHubHTTPError as e:
-        raise ModelNotFoundError(f"could not download model {what}: {e}".splitlines()[0]) from None
+        raise error(f"could not download {what}: {e}".splitlines()[0]) from None
 
 
 def resolve_hub(name: str) -> HubModel:
@@ -354,14 +365,14 @@ def resolve_hub(name: str) -> HubModel:
         return _RESOLVED[key]
     if not constants.HF_HUB_OFFLINE:
         log.info("fetching %s from the Hugging Face Hub into %s", name, constants.HF_HUB_CACHE)
-    path = _snapshot(repo_id, revision, HUB_ALLOW)
+    path = hub_snapshot(repo_id, revision, HUB_ALLOW)
     commit = path.name  # snapshots/<commit sha>
     if not (path / "config.json").is_file():
         raise ModelNotFoundError(
             f"model '{repo_id}' (commit {commit}) has no config.json: not a transformers model"
         )
     if not any(path.glob("*.safetensors")):
-        path = _snapshot(repo_id, commit, HUB_ALLOW_BIN)  # pinned: the same snapshot
+        path = hub_snapshot(repo_id, commit, HUB_ALLOW_BIN)  # pinned: the same snapshot
         if not any(path.glob("pytorch_model*.bin")):
             raise ModelNotFoundError(
                 f"model '{repo_id}' (commit {commit}) has no safetensors or pytorch_model.bin "

@@ -1,9 +1,9 @@
 """Where the built-in constitutions, prompt templates and recipes live, and how names find them.
 
 They sit at the top of the repository (``constitution/``, ``prompts/``, ``recipes/``) so users
-find and copy them; a wheel carries them as ``rlaif/_data/...`` (hatch ``force-include``). We look in the
-installed location first and fall back to the source checkout, so an editable install and a
-wheel both work without duplicating the files.
+find and copy them; a wheel carries them as ``rlaif/_data/...`` (hatch ``force-include``). We
+look in the installed location first and fall back to the source checkout, so an editable
+install and a wheel both work without duplicating the files.
 """
 
 from __future__ import annotations
@@ -57,9 +57,11 @@ def locate(value: str | Path, kind: str) -> Path:
     shipped files this way, so they work from any directory and from an installed wheel. A local
     file of the same name always wins."""
     path = Path(value)
+    folder_of, suffix = _SHIPPED[kind]
     if path.exists() or path.is_absolute():
         return path
-    folder_of, suffix = _SHIPPED[kind]
+    if path.suffix != suffix and Path(f"{path}{suffix}").is_file():  # quickstart.yaml, here
+        return Path(f"{path}{suffix}")
     try:
         folder = folder_of()
     except FileNotFoundError:

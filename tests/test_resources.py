@@ -23,6 +23,8 @@ def test_bare_names_resolve_to_shipped_files_and_local_files_win(tmp_path, monke
     # a file of the same name where the user runs always wins
     (tmp_path / "harmless").write_text("name: mine\n")
     assert locate("harmless", "constitution").resolve() == tmp_path / "harmless"
+    (tmp_path / "quickstart.yaml").write_text("name: mine\n")  # the name with its suffix, too
+    assert locate("quickstart", "recipe").resolve() == tmp_path / "quickstart.yaml"
     # an unknown name stays as given, so the caller's not-found error names it
     assert str(locate("no-such", "recipe")) == "no-such"
 

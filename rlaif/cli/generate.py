@@ -69,13 +69,24 @@ def add_input_arguments(s: argparse.ArgumentParser, out_default: str) -> None:
         "--prompts",
         type=Path,
         metavar="SRC",
-        help="prompt data: .txt (a prompt a line), .jsonl, .csv, hh-rlhf .jsonl(.gz), or a "
-        "folder saved with datasets' save_to_disk",
+        help="prompt data: .txt (a prompt a line), .jsonl, .csv, .parquet, hh-rlhf .jsonl(.gz), "
+        "a dataset folder (save_to_disk, or data files laid out like a Hub repo), or a Hugging "
+        "Face Hub dataset id (ORG/NAME[@REVISION] or hf://datasets/ORG/NAME), read through the "
+        "Hub cache",
     )
     a(
         "--prompt-format",
-        choices=["auto", "text", "jsonl", "csv", "hh-rlhf", "dataset"],
+        choices=["auto", "text", "jsonl", "csv", "parquet", "hh-rlhf", "dataset", "hub"],
         help="format of --prompts (default: auto, from the name and the first record)",
+    )
+    a("--split", metavar="NAME", help="datasets: the split to read (needed when there are several)")
+    a("--data-dir", metavar="DIR", help="datasets: a folder inside the dataset (harmless-base)")
+    a("--subset", metavar="NAME", help="datasets: the configuration (load_dataset's name)")
+    a(
+        "--streaming",
+        action="store_true",
+        default=None,
+        help="datasets: read only the first --limit records instead of preparing the whole source",
     )
     a("--prompt-field", metavar="NAME", help="JSONL/CSV/dataset field with the prompt (prompt)")
     a("--id-field", metavar="NAME", help="field with a stable row id, if any (id)")
@@ -115,7 +126,8 @@ def add_input_arguments(s: argparse.ArgumentParser, out_default: str) -> None:
     )
     a("--ray", nargs="?", const=True, metavar="ADDRESS",
       help="compute the local labelers' calls in Ray actors: alone, a local Ray instance (or "
-      "the cluster RAY_ADDRESS names); or a cluster address: auto, ray://HOST:10001. "
+      "the cluster RAY_ADDRESS names); local (always a new instance); or a cluster address: "
+      "auto, HOST:6379, ray://HOST:10001. "
       "The journal, cache and dataset stay here (pip install 'rlaif[ray]'; "
       "docs/scaling.md)")  # fmt: skip
     a("--ray-actors", type=positive_int, metavar="N",

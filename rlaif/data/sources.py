@@ -1,4 +1,4 @@
-"""Readers for prompt data (``--prompts SRC``): text, JSONL, CSV, hh-rlhf and saved datasets.
+"""Readers for prompt data (``--prompts SRC``): text, JSONL, CSV, parquet, hh-rlhf, datasets.
 
 Every reader returns ``PromptRow(id, prompt)`` in file order. Ids are stable: the record's own id
 field when it has one, else its 1-based position (``line-N`` for text, ``row-N`` otherwise), so
@@ -12,8 +12,15 @@ Formats (``auto`` picks by the path, then by the first JSON record):
 - ``hh-rlhf``: ``{"chosen", "rejected"}`` transcripts of ``\\n\\nHuman: ...\\n\\nAssistant: ...``
   turns. ``first``: the first Human turn (a red-team prompt); ``context``: the whole conversation
   before the final Assistant turn, as a transcript ending in the last Human turn.
-- ``dataset``: a ``datasets`` dataset saved with ``save_to_disk`` (a folder).
-Any file may be gzip-compressed (``.gz``).
+- ``parquet``: a parquet file, read through ``datasets``.
+- ``dataset``: a folder: a ``datasets`` dataset saved with ``save_to_disk``, or data files laid
+  out like a Hub dataset repo (``--data-dir``, ``--split``, ``--subset`` as in ``load_dataset``).
+- ``hub``: a Hugging Face Hub dataset id (``ORG/NAME[@REVISION]`` or ``hf://datasets/...``), read
+  from the user's Hub cache (``datasets_io``).
+Text files may be gzip-compressed (``.gz``). In JSONL and datasets, a ``prompt`` that is a list of
+chat messages (TRL's conversational format) is a multi-turn prompt: one user message is taken as
+it is; a longer conversation becomes the same ``Human:``/``Assistant:`` transcript that hh-rlhf's
+``context`` mode gives, ending with the person's last turn.
 """
 
 from __future__ import annotations
@@ -24,15 +31,24 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from rlaif.data.datasets_io import (
+    LoadOptions,
+    hub_id,
+    is_saved_dataset,
+    load_records,
+    load_saved,
+    resolve_dataset,
+    take,
+)
 from rlaif.errors import PromptDataError
 from rlaif.resources import locate
 
-PromptFormat = Literal["auto", "text", "jsonl", "csv", "hh-rlhf", "dataset"]
+PromptFormat = Literal["auto", "text", "jsonl", "csv", "parquet", "hh-rlhf", "dataset", "hub"]
 HHContext = Literal["first", "context"]
 
 
@@ -61,7 +77,11 @@ def read_text_file(path: Path) -> str:
 
 
 def source_sha256(path: str | Path) -> str:
-    """Content hash of a prompt source (a file, or every file of a saved dataset)."""
+    """Content hash of a prompt source: a file, every file of a folder, a Hub dataset's commit."""
+    hub = hub_id(path)
+    if hub is not None:
+        source = resolve_dataset(*hub, None)
+        return hashlib.sha256(f"{source.repo_id}@{source.commit}".encode()).hexdigest()
     path = locate(path, "prompts")
     h = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -78,6 +98,8 @@ def _detect(path: Path, text: str | None) -> PromptFormat:
     suffix = Path(name).suffix.lower()
     if suffix == ".csv":
         return "csv"
+    if suffix == ".parquet":
+        return "parquet"
     if suffix in {".jsonl", ".json", ".ndjson"}:
         first = next((ln for ln in (text or "").splitlines() if ln.strip()), "")
         try:
@@ -115,6 +137,43 @@ def hh_prompt(transcript: str, mode: HHContext) -> str | None:
     return "\n\n".join(f"{speaker}: {text}" for speaker, text in context)
 
 
+def conversation_prompt(messages: list[Any]) -> str | None:
+    """A chat-message list (TRL's conversational ``prompt``) as rlaif's prompt text."""
+    turns = []
+    for m in messages:
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+            return None
+        role = {"user": "Human", "assistant": "Assistant", "system": "System"}.get(m.get("role"))
+        if role is None or not m["content"].strip():
+            return None
+        turns.append((role, m["content"].strip()))
+    if not turns or turns[-1][0] != "Human":
+        return None
+    if len(turns) == 1:
+        return turns[0][1]
+    return "\n\n".join(f"{speaker}: {text}" for speaker, text in turns)
+
+
+def record_prompt(
+    rec: dict[str, Any], prompt_field: str, hh: bool, hh_context: HHContext
+) -> str | None:
+    """The prompt of one record: an hh-rlhf transcript, a text field or a message list."""
+    if hh:
+        transcript = rec.get("chosen")
+        return hh_prompt(transcript, hh_context) if isinstance(transcript, str) else None
+    value = rec.get(prompt_field)
+    if isinstance(value, list):
+        return conversation_prompt(value)
+    return value.strip() or None if isinstance(value, str) else None
+
+
+def _bad_prompt(prompt_field: str, keys: Iterable[str]) -> str:
+    return (
+        f"no text field '{prompt_field}' (keys: {', '.join(sorted(keys)) or 'none'}); set "
+        "--prompt-field (a string, or a list of chat messages ending with the user's turn)"
+    )
+
+
 def jsonl_records(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -134,12 +193,35 @@ def read_prompts(
     prompt_field: str = "prompt",
     id_field: str = "id",
     hh_context: HHContext = "first",
+    options: LoadOptions | None = None,
+    limit: int | None = None,
 ) -> list[PromptRow]:
-    """Read prompt data (a path, or a shipped prompt set by name such as ``demo_prompts.txt``);
-    raise ``PromptDataError`` naming the file (and line) on bad input."""
+    """Read prompt data: a path, a shipped prompt set by name (``demo_prompts.txt``) or a Hub
+    dataset id; raise ``PromptDataError`` naming the source (and line) on bad input. ``limit``
+    keeps the first N prompts."""
+    options = options or LoadOptions()
+    hub = hub_id(path) if fmt in ("auto", "hub") else None
+    if hub is not None:
+        source = resolve_dataset(*hub, options.data_dir)
+        records, columns = load_records(path, source.path, options, limit)
+        return _finish(path, _dataset_rows(records, columns, prompt_field, id_field, fmt,
+                                           hh_context, limit))  # fmt: skip
     path = locate(path, "prompts")
-    if fmt == "dataset" or (fmt == "auto" and path.is_dir()):
-        return _finish(path, list(_read_dataset(path, prompt_field, id_field)))
+    if fmt == "hub":
+        raise PromptDataError(path, "not a Hub dataset id (ORG/NAME[@REVISION])")
+    if fmt in ("auto", "dataset", "hh-rlhf") and path.is_dir():
+        if is_saved_dataset(path):
+            records, columns = load_saved(path, path)
+        else:
+            records, columns = load_records(path, path, options, limit)
+        rows = _dataset_rows(records, columns, prompt_field, id_field, fmt, hh_context, limit)
+        return _finish(path, rows)
+    if fmt == "parquet" or (fmt == "auto" and _detect(path, None) == "parquet"):
+        if not path.is_file():
+            raise PromptDataError(path, "prompt file not found")
+        records, columns = load_records(path, path, options, limit)
+        rows = _dataset_rows(records, columns, prompt_field, id_field, fmt, hh_context, limit)
+        return _finish(path, rows)
     text = read_text_file(path)
     fmt = _detect(path, text) if fmt == "auto" else fmt
     rows: list[PromptRow] = []
@@ -149,21 +231,12 @@ def read_prompts(
             for n, line in enumerate(text.splitlines(), start=1)
             if line.strip() and not line.lstrip().startswith("#")
         ]
-    elif fmt == "jsonl":
+    elif fmt in ("jsonl", "hh-rlhf"):
         for n, rec in jsonl_records(path, text):
-            value = rec.get(prompt_field)
-            if not isinstance(value, str) or not value.strip():
-                keys = ", ".join(sorted(rec)) or "none"
-                raise PromptDataError(
-                    path, f"no text field '{prompt_field}' (keys: {keys}); set --prompt-field", n
-                )
-            rows.append(PromptRow(str(rec.get(id_field, f"row-{n}")), value.strip()))
-    elif fmt == "hh-rlhf":
-        for n, rec in jsonl_records(path, text):
-            transcript = rec.get("chosen")
-            prompt = hh_prompt(transcript, hh_context) if isinstance(transcript, str) else None
+            prompt = record_prompt(rec, prompt_field, fmt == "hh-rlhf", hh_context)
             if prompt is None:
-                raise PromptDataError(path, "no Human turn in 'chosen'", n)
+                bad = "no Human turn in 'chosen'" if fmt == "hh-rlhf" else None
+                raise PromptDataError(path, bad or _bad_prompt(prompt_field, rec), n)
             rows.append(PromptRow(str(rec.get(id_field, f"row-{n}")), prompt))
     elif fmt == "csv":
         reader = csv.DictReader(io.StringIO(text))
@@ -176,29 +249,29 @@ def read_prompts(
                 rows.append(PromptRow(str(rec.get(id_field) or f"row-{n - 1}"), value))
     else:
         raise PromptDataError(path, f"unknown prompt format '{fmt}'")
-    return _finish(path, rows)
+    return _finish(path, rows[:limit] if limit else rows)
 
 
-def _read_dataset(path: Path, prompt_field: str, id_field: str) -> Iterator[PromptRow]:
-    try:
-        from datasets import load_from_disk
-    except ImportError:
-        raise PromptDataError(
-            path, "reading a saved dataset needs `pip install datasets`"
-        ) from None
-    try:
-        ds = load_from_disk(str(path))
-    except (FileNotFoundError, ValueError) as e:
-        raise PromptDataError(path, f"not a dataset saved with save_to_disk ({e})") from None
-    if isinstance(ds.column_names, dict):
-        raise PromptDataError(path, "a DatasetDict: save a single split with save_to_disk")
-    if prompt_field not in ds.column_names:
-        cols = ", ".join(ds.column_names)
-        raise PromptDataError(path, f"no column '{prompt_field}' (columns: {cols})")
-    for n, rec in enumerate(ds, start=1):
-        value = rec[prompt_field]
-        if isinstance(value, str) and value.strip():
-            yield PromptRow(str(rec.get(id_field, f"row-{n}")), value.strip())
+def _dataset_rows(
+    records: Iterable[dict[str, Any]],
+    columns: list[str],
+    prompt_field: str,
+    id_field: str,
+    fmt: str,
+    hh_context: HHContext,
+    limit: int | None,
+) -> list[PromptRow]:
+    hh = fmt == "hh-rlhf" or (
+        {"chosen", "rejected"} <= set(columns) and prompt_field not in columns
+    )
+    if not hh and prompt_field not in columns:
+        raise PromptDataError("--prompts", _bad_prompt(prompt_field, columns))
+    rows = []
+    for n, rec in take(records, limit):
+        prompt = record_prompt(rec, prompt_field, hh, hh_context)
+        if prompt is not None:
+            rows.append(PromptRow(str(rec.get(id_field) or f"row-{n}"), prompt))
+    return rows
 
 
 def _finish(path: Path, rows: list[PromptRow]) -> list[PromptRow]:

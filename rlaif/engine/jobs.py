@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rlaif import __version__
+from rlaif.data.datasets_io import LoadOptions, hub_id, resolve_dataset
 from rlaif.data.sources import HHContext, PromptFormat, read_prompts, source_sha256
 from rlaif.engine.cache import Cache
 from rlaif.engine.journal import Journal, write_jsonl_atomic
@@ -45,6 +46,10 @@ class JobInputs(BaseModel):
     prompt_field: str = "prompt"
     id_field: str = "id"
     hh_context: HHContext = "first"
+    split: str | None = Field(default=None, description="dataset split (load_dataset's split)")
+    data_dir: str | None = Field(default=None, description="folder inside a dataset repo")
+    subset: str | None = Field(default=None, description="dataset configuration (its name)")
+    streaming: bool = Field(default=False, description="read only the first --limit records")
     limit: int | None = Field(default=None, ge=1)
     constitution: ConstitutionPath = Field(default_factory=default_constitution)
     templates: Path | None = None
@@ -79,21 +84,39 @@ class JobInputs(BaseModel):
         return value
 
 
+def load_options(cfg: JobInputs) -> LoadOptions:
+    return LoadOptions(cfg.split, cfg.data_dir, cfg.subset, cfg.streaming)
+
+
 def read_rows(cfg: JobInputs) -> list[dict[str, Any]]:
     prompts = read_prompts(
-        cfg.prompts, cfg.prompt_format, cfg.prompt_field, cfg.id_field, cfg.hh_context
+        cfg.prompts,
+        cfg.prompt_format,
+        cfg.prompt_field,
+        cfg.id_field,
+        cfg.hh_context,
+        load_options(cfg),
+        cfg.limit,
     )
-    return [{"id": p.id, "prompt": p.prompt} for p in prompts][: cfg.limit]
+    return [{"id": p.id, "prompt": p.prompt} for p in prompts]
 
 
 def source_provenance(cfg: JobInputs) -> dict[str, Any]:
-    return {
+    record: dict[str, Any] = {
         "file": Path(cfg.prompts).name,
         "sha256": source_sha256(cfg.prompts),
         "format": cfg.prompt_format,
         "prompt_field": cfg.prompt_field,
         "hh_context": cfg.hh_context,
     }
+    hub = hub_id(cfg.prompts)
+    if hub is not None:  # a Hub dataset: its id and the commit that was read
+        source = resolve_dataset(*hub, cfg.data_dir)
+        record.update(file=source.repo_id, revision=hub[1] or "main", commit=source.commit)
+    for key in ("split", "data_dir", "subset"):
+        if getattr(cfg, key) is not None:
+            record[key] = getattr(cfg, key)
+    return record
 
 
 def base_provenance() -> dict[str, Any]:

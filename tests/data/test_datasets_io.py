@@ -1,0 +1,182 @@
+"""Prompts through ``datasets``: parquet, folders laid out like Hub repos, Hub ids read offline
+from a Hub-layout cache, conversational prompts, and the errors a user can cause."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rlaif.data import datasets_io
+from rlaif.data.datasets_io import LoadOptions, hub_id
+from rlaif.data.sources import read_prompts, source_sha256
+from rlaif.errors import PromptDataError
+
+from ..conftest import FIXTURES
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+def hh_repo(root: Path) -> Path:
+    """A dataset repo laid out like Anthropic/hh-rlhf: one folder per subset, split files."""
+    (root / "harmless-base").mkdir(parents=True)
+    (root / "helpful-base").mkdir()
+    shutil.copy(FIXTURES / "hh_small.jsonl.gz", root / "harmless-base" / "test.jsonl.gz")
+    rows = [{"chosen": "\n\nHuman: Train me.\n\nAssistant: ok", "rejected": "x"}] * 2
+    with gzip.open(root / "harmless-base" / "train.jsonl.gz", "wt") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    with gzip.open(root / "helpful-base" / "test.jsonl.gz", "wt") as f:
+        f.write(json.dumps({"chosen": "\n\nHuman: Helpful?\n\nAssistant: yes", "rejected": "n"}))
+    return root
+
+
+@pytest.fixture
+def hf_home(tmp_path, monkeypatch):
+    """An offline Hub cache holding ``test-org/hh`` at commit SHA (refs/main)."""
+    from huggingface_hub import constants
+
+    home = tmp_path / "hf-home"
+    repo = home / "hub" / "datasets--test-org--hh"
+    hh_repo(repo / "snapshots" / SHA)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(SHA)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets_io, "_RESOLVED", {})
+    return home
+
+
+def test_parquet_file(tmp_path):
+    from datasets import Dataset
+
+    path = tmp_path / "p.parquet"
+    Dataset.from_dict({"id": ["a", "b"], "prompt": ["first?", "second?"]}).to_parquet(str(path))
+    rows = read_prompts(path)
+    assert [(r.id, r.prompt) for r in rows] == [("a", "first?"), ("b", "second?")]
+    assert [r.prompt for r in read_prompts(path, limit=1)] == ["first?"]
+
+
+def test_folder_like_a_hub_repo_with_data_dir_and_split(tmp_path):
+    repo = hh_repo(tmp_path / "repo")
+    rows = read_prompts(repo, options=LoadOptions(split="test", data_dir="harmless-base"))
+    expected = read_prompts(FIXTURES / "hh_small.jsonl.gz")  # hh-rlhf transcripts recognised
+    assert [r.prompt for r in rows] == [r.prompt for r in expected]
+    assert [r.id for r in rows] == ["row-1", "row-2", "row-3"]
+    with pytest.raises(PromptDataError, match=r"several splits .*choose one with --split"):
+        read_prompts(repo, options=LoadOptions(data_dir="harmless-base"))
+    limited = read_prompts(
+        repo, options=LoadOptions(split="test", data_dir="harmless-base", streaming=True), limit=2
+    )
+    assert [r.prompt for r in limited] == [r.prompt for r in expected[:2]]
+
+
+def test_hub_id_read_offline_from_the_hub_cache(hf_home):
+    assert hub_id("test-org/hh") == ("test-org/hh", None)
+    assert hub_id(f"hf://datasets/test-org/hh@{SHA}") == ("test-org/hh", SHA)
+    assert hub_id(Path("hf://datasets/test-org/hh")) == ("test-org/hh", None)
+    opts = LoadOptions(split="test", data_dir="harmless-base")
+    rows = read_prompts("test-org/hh", options=opts)
+    assert rows[1].prompt == "My roommate ate my food again."
+    helpful = read_prompts(
+        "hf://datasets/test-org/hh", options=LoadOptions(data_dir="helpful-base")
+    )
+    assert [r.prompt for r in helpful] == ["Helpful?"]  # one split: no --split needed
+    # the source's hash is its commit: the same snapshot, the same hash
+    assert source_sha256("test-org/hh") == source_sha256(f"test-org/hh@{SHA}")
+
+
+def test_hub_id_not_cached_offline_is_one_line_naming_the_fetch(hf_home):
+    with pytest.raises(PromptDataError) as err:
+        read_prompts("test-org/missing", options=LoadOptions(split="test"))
+    said = str(err.value)
+    assert "dataset 'test-org/missing' is not in the Hugging Face cache" in said
+    assert "hf download test-org/missing --repo-type dataset" in said and "\n" not in said
+
+
+def test_conversational_prompts_in_jsonl(tmp_path):
+    path = tmp_path / "chat.jsonl"
+    lines = [
+        {"id": "one", "prompt": [{"role": "user", "content": "Hello?"}]},
+        {
+            "id": "multi",
+            "prompt": [
+                {"role": "user", "content": "I need help."},
+                {"role": "assistant", "content": "With what?"},
+                {"role": "user", "content": "Picking a lock."},
+            ],
+        },
+        {
+            "id": "bad",
+            "prompt": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}],
+        },
+    ]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines[:2]))
+    rows = read_prompts(path)
+    assert rows[0].prompt == "Hello?"
+    assert (
+        rows[1].prompt == "Human: I need help.\n\nAssistant: With what?\n\nHuman: Picking a lock."
+    )
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with pytest.raises(PromptDataError, match=r"chat\.jsonl:3: no text field 'prompt'"):
+        read_prompts(path)
+
+
+def test_dataset_without_the_prompt_column_names_its_columns(tmp_path):
+    from datasets import Dataset
+
+    path = tmp_path / "q.parquet"
+    Dataset.from_dict({"question": ["a"]}).to_parquet(str(path))
+    with pytest.raises(PromptDataError, match=r"no text field 'prompt' \(keys: question\)"):
+        read_prompts(path)
+    assert [r.prompt for r in read_prompts(path, prompt_field="question")] == ["a"]
+
+
+def test_generate_sl_cai_from_a_hub_id_offline_records_the_commit(hf_home, tmp_path):
+    pytest.importorskip("openai")
+    from rlaif.cli import main
+
+    from ..labelers.fake_openai_server import FakeOpenAIServer
+
+    out = tmp_path / "out"
+    with FakeOpenAIServer() as server:
+        args = ["--prompts", "test-org/hh", "--data-dir", "harmless-base", "--split", "test"]
+        args += ["--labeler", "openai:fake", "--labeler-set", f"base_url={server.url}"]
+        args += ["--limit", "2", "--max-tokens", "8", "--out", str(out)]
+        assert main(["generate", "sl-cai", *args]) == 0
+    rows = [json.loads(x) for x in (out / "sl_cai.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == [
+        r.prompt for r in read_prompts(FIXTURES / "hh_small.jsonl.gz")
+    ][:2]
+    source = rows[0]["provenance"]["source"]
+    assert source["file"] == "test-org/hh" and source["commit"] == SHA
+    assert source["split"] == "test" and source["data_dir"] == "harmless-base"
+    assert 'source_datasets: ["test-org/hh"]' in (out / "README.md").read_text()
+
+
+def test_generate_from_parquet_and_conversational_jsonl(tmp_path):
+    pytest.importorskip("openai")
+    from datasets import Dataset
+
+    from rlaif.cli import main
+
+    from ..labelers.fake_openai_server import FakeOpenAIServer
+
+    parquet = tmp_path / "p.parquet"
+    Dataset.from_dict({"prompt": ["one?", "two?"]}).to_parquet(str(parquet))
+    chat = tmp_path / "chat.jsonl"
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    chat.write_text(json.dumps({"prompt": [*turns, {"role": "user", "content": "Lockpicks?"}]}))
+    with FakeOpenAIServer() as server:
+        for src, name in ((parquet, "pq"), (chat, "chat")):
+            args = ["--prompts", str(src), "--labeler", "openai:fake", "--max-tokens", "8"]
+            args += ["--labeler-set", f"base_url={server.url}", "--out", str(tmp_path / name)]
+            assert main(["generate", "sl-cai", *args]) == 0
+    pq = [json.loads(x) for x in (tmp_path / "pq" / "sl_cai.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in pq] == ["one?", "two?"]
+    (row,) = [json.loads(x) for x in (tmp_path / "chat" / "sl_cai.jsonl").read_text().splitlines()]
+    assert row["prompt"] == "Human: Hi\n\nAssistant: Hello\n\nHuman: Lockpicks?"
