@@ -3,8 +3,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# torch first, pinned: pip then keeps this CPU build instead of pulling a multi-GB CUDA wheel.
-# On a GPU machine, override: make setup TORCH="torch==2.13.0 --index-url <your CUDA index>"
+# torch first, pinned, so that the later installs keep it. On Linux the PyPI wheel is a large
+# CUDA build; for a CPU-only machine use the CPU index, for a GPU the CUDA build of your driver:
+#   make setup TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+#   make setup TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 LLAMA_STAMP := $(VENV)/.llama-server
