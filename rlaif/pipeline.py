@@ -67,7 +67,7 @@ def check_keys(values: dict[str, Any], allowed: list[str]) -> None:
 
 
 class RunConfig(BaseModel):
-    """A run recipe (``recipes/quickstart.yaml``). Per-stage sections pass settings through to
+    """A run recipe (the shipped ``quickstart``). Per-stage sections pass settings through to
     the stage's own config (the same names as ``rlaif generate`` / ``rlaif train``)."""
 
     model_config = ConfigDict(extra="forbid")

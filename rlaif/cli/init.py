@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         files[root / "templates" / template.name] = template.read_bytes()
     own = {"constitution": "constitution/harmless.yaml", "prompts": "data/prompts.txt"}
     recipe = _recipe(locate("quickstart", "recipe"), **own, templates="templates")
-    recipe = recipe.replace("rlaif run recipes/quickstart.yaml", "rlaif run recipe.yaml")
+    recipe = recipe.replace("rlaif run quickstart", "rlaif run recipe.yaml")
     files[root / "recipe.yaml"] = recipe.encode()
     files[root / "sl-cai.yaml"] = _recipe(
         locate("sl-cai", "recipe"), **own, templates="templates", out="outputs/sl-cai"

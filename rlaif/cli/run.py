@@ -17,10 +17,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
         help="the full loop: SL-CAI -> SFT -> AI feedback -> RM -> RL -> eval -> report",
-        description="Run the whole RL-CAI loop from one recipe (recipes/quickstart.yaml runs on "
-        "CPU with the embedded model). Each stage writes OUT/<stage>/ and a manifest; the same "
-        "command again skips finished stages whose inputs did not change and resumes an "
-        "interrupted one. Ends with OUT/report.html and OUT/report.md.",
+        description="Run the whole RL-CAI loop from one recipe (the shipped `quickstart` runs "
+        "on CPU with the embedded model; `rlaif init DIR` writes a copy to edit). Each stage "
+        "writes OUT/<stage>/ and a manifest; the same command again skips finished stages whose "
+        "inputs did not change and resumes an interrupted one. Ends with OUT/report.html and "
+        "OUT/report.md.",
     )
     p.add_argument(
         "recipe", help="run recipe: a YAML file, or a shipped recipe by name (quickstart)"

@@ -37,11 +37,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         k = kinds.add_parser(
             kind,
             help=what,
-            description=f"{what}. Settings come from a YAML recipe (recipes/train/{kind}.yaml "
-            "is a starting point) and --set overrides; every key of the trainer's config is "
-            "accepted (TRL's TrainingArguments included) and an unknown key is an error naming "
-            "the file and line. Writes the model, metrics.jsonl, PNG plots of loss, reward, KL "
-            "and length, and rlaif_train.json (the resolved settings) to output_dir.",
+            description=f"{what}. Settings come from a YAML recipe (the shipped `--config "
+            f"train/{kind}` is a starting point) and --set overrides; every key of the trainer's "
+            "config is accepted (TRL's TrainingArguments included) and an unknown key is an error "
+            "naming the file and line. Writes the model, metrics.jsonl, PNG plots of loss, "
+            "reward, KL and length, and rlaif_train.json (the resolved settings) to output_dir.",
         )
         k.add_argument("--config", type=Path, metavar="RECIPE", help="YAML recipe")
         k.add_argument(

@@ -8,9 +8,10 @@ refusals; ``mix_dataset`` + ``mix_ratio`` add such rows (any JSONL/dataset with 
 The policy is trained in fp32 (master weights) whatever its checkpoint's dtype; ``bf16: true``
 adds bf16 autocast (``rlaif.train.common``). Checkpoints every ``save_steps``; a rerun resumes.
 
-Run: ``rlaif train sft --config recipes/train/sft.yaml``; on several processes
-``python -m torch.distributed.run --nproc_per_node N -m rlaif.train.sft --config ...`` (CPUs
-too) or ``accelerate launch --config_file recipes/accelerate/ddp.yaml -m rlaif.train.sft ...``.
+Run: ``rlaif train sft --config train/sft`` (a shipped recipe, or your own YAML); on several
+processes ``python -m torch.distributed.run --nproc_per_node N -m rlaif.train.sft --config ...``
+(CPUs too) or ``accelerate launch --config_file ddp.yaml -m rlaif.train.sft ...`` (accelerate
+configs are in ``recipes/accelerate/`` of the source tree).
 """
 
 from __future__ import annotations
