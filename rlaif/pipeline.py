@@ -121,6 +121,14 @@ class RunConfig(BaseModel):
     def _known_stage_keys(cls, value: dict[str, Any], info: Any) -> dict[str, Any]:
         """A misspelt key in a stage section is an error now, not after an hour of SL-CAI."""
         check_keys(value, stage_keys(info.field_name, "ppo"))
+        feedback = value.get("feedback") if info.field_name == "prefs" else None
+        if isinstance(feedback, dict):  # the one nested section: its keys are known too
+            from rlaif.engine.feedback import FeedbackSettings
+
+            try:
+                check_keys(feedback, list(FeedbackSettings.model_fields))
+            except ValueError as e:
+                raise ValueError(f"in feedback: {e}") from None
         return value
 
 

@@ -56,6 +56,11 @@ def test_run_set_overrides_nested_keys():
         ("rl.settings.kl_coeff=0.1", "--set rl.settings.kl_coeff: rl: unknown key 'kl_coeff'"),
         ("train_prompt=3", "--set train_prompt: unknown key 'train_prompt' (did you mean"),
         ("name.sub=1", "--set name.sub: 'name' is not a mapping"),
+        (
+            "prefs.feedback.few_shoot=false",
+            "--set prefs.feedback.few_shoot: prefs: in feedback: unknown key 'few_shoot' (did you "
+            "mean 'few_shot'?)",
+        ),
     ],
 )
 def test_run_set_typos_are_errors_naming_the_override(override, message, capsys):
