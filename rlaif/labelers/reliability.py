@@ -368,17 +368,30 @@ def classify_sdk_error(
         reason = f"HTTP {status} from {url}: {said}" if said else f"HTTP {status} from {url}"
         permanent = status in PERMANENT_STATUS
         return Verdict(transient, reason, retry_after_from(headers), permanent)
+    refused = _no_connection(exc) if isinstance(exc, sdk.APIConnectionError) else None
+    if refused is not None:
+        # no connection at all: nothing listens there, or the host is unknown
+        return Verdict(True, f"cannot connect to {url}: {refused}", permanent=True)
     if isinstance(exc, sdk.APITimeoutError):
         return Verdict(True, f"timed out: {url}")
     if isinstance(exc, sdk.APIConnectionError):
         cause = exc.__cause__
-        if cause is not None and any(c.__name__ == "ConnectError" for c in type(cause).__mro__):
-            # no connection at all: nothing listens there, or the host is unknown
-            return Verdict(True, f"cannot connect to {url}: {cause}", permanent=True)
         return Verdict(True, f"connection problem with {url}: {cause or exc}")
     if isinstance(exc, sdk.APIResponseValidationError | ValueError):
         return Verdict(True, f"unparsable response: {type(exc).__name__}")
     return Verdict(False, f"{type(exc).__name__}: {exc}")
+
+
+def _no_connection(exc: BaseException) -> BaseException | None:
+    """The cause that says no connection could be made at all: httpx's ``ConnectError``, or
+    aiohttp's ``ClientConnectorError`` (which the SDKs' aiohttp transport reports as a connect
+    timeout)."""
+    cause = exc.__cause__
+    while cause is not None:
+        if any(c.__name__ in ("ConnectError", "ClientConnectorError") for c in type(cause).__mro__):
+            return cause
+        cause = cause.__cause__
+    return None
 
 
 # the key (401, 403) or the model/URL (404) is wrong: no request to this endpoint can succeed
