@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rlaif.cli.generate import add_sl_cai_arguments, config_from_args, print_summary, run_job
+from rlaif.engine.critique_revise import prompt_text
 from rlaif.engine.sl_cai import DATASET_FILE as SL_CAI_FILE
 from rlaif.resources import demo_prompts
 
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 def _print_row(console: Console, row: dict) -> None:
     last = row["rounds"][-1]
     table = Table(
-        title=f"[bold]{row['prompt']}[/]", title_justify="left", expand=True, show_lines=True
+        title=f"[bold]{prompt_text(row)}[/]", title_justify="left", expand=True, show_lines=True
     )
     table.add_column("first answer", ratio=1, overflow="fold")
     table.add_column(f"critique [dim]({last['principle_id']})[/]", ratio=1, overflow="fold")

@@ -108,7 +108,7 @@ def write_sl_cai_card(
         f"Made by rlaif {provenance['rlaif']}: each prompt was answered by the policy, then "
         f"critiqued and revised {provenance['rounds']} time(s) by the critic, each round under a "
         f"principle sampled from the constitution `{const['name']}` v{const['version']}. The last "
-        "revision is the SFT target (`messages`).",
+        "revision is the SFT target (`completion`).",
         "",
         "## Contents",
         "",
@@ -122,9 +122,12 @@ def write_sl_cai_card(
         f"| prompt source | `{provenance['source']['file']}` "
         f"(sha256 `{provenance['source']['sha256'][:16]}`) |",
         "",
-        "Columns: `id`, `prompt`, `response` (first answer), `rounds` (`principle_id`, `critique`, "
-        "`revision`, `flags`), `revision` (final), `messages` (`[user, assistant]`), `flags`, "
-        "`tokens`, `provenance`. Wall-clock timings per row are in `sl_cai.timings.jsonl`.",
+        "Columns: `id`, `prompt` (`[user]`) and `completion` (`[assistant]`: the final "
+        "revision), TRL's conversational prompt/completion format, which SFT trains on by "
+        "default (loss on the revision only, as in the paper); `messages` (`[user, assistant]`) "
+        "for full-conversation SFT; `response` (first answer), `rounds` (`principle_id`, "
+        "`critique`, `revision`, `flags`), `revision` (final, as text), `flags`, `tokens`, "
+        "`provenance`. Wall-clock timings per row are in `sl_cai.timings.jsonl`.",
         "",
         *_histogram("Principles used", principles, "No principles were used."),
         *_histogram(
@@ -149,9 +152,10 @@ def write_sl_cai_card(
         "```python",
         "from datasets import load_dataset",
         'ds = load_dataset("json", data_files="sl_cai.jsonl", split="train")',
-        "# TRL's SFTTrainer: pass only `messages` (a `prompt` column would make TRL expect",
-        "# prompt/completion pairs)",
-        'sft_data = ds.select_columns(["messages"])',
+        "# TRL's SFTTrainer reads the file as written: conversational prompt/completion, so it",
+        "# trains on the completion (the final revision) alone, as the paper did.",
+        "# For full-conversation SFT (loss on the prompt too) keep only `messages`:",
+        'full = ds.select_columns(["messages"])',
         "```",
         "",
         "## Examples",
@@ -160,7 +164,7 @@ def write_sl_cai_card(
     for row in rows[:3]:
         last = row["rounds"][-1]
         lines += [
-            f"**Prompt:** {_cell(row['prompt'])}",
+            f"**Prompt:** {_cell(row['prompt'][-1]['content'])}",
             "",
             "| first answer | critique (`" + last["principle_id"] + "`) | final revision |",
             "|---|---|---|",

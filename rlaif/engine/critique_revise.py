@@ -1,9 +1,12 @@
 """The SL-CAI step: response -> (critique -> revision) x N rounds, under sampled principles.
 
-Input columns: ``id``, ``prompt``. Output columns: ``response`` (the policy's first answer),
-``rounds`` (per round: ``principle_id``, ``critique``, ``revision``, ``flags``), ``revision`` (the
-last one, the SFT target), ``messages`` (``[user, assistant]`` for TRL's SFTTrainer), ``flags``
-(every clean-up flag of the row) and ``tokens``.
+Input columns: ``id``, ``prompt`` (text). Output columns, in TRL's conversational formats so a
+trainer reads the file as written: ``prompt`` (``[user]``) and ``completion`` (``[assistant]``,
+the final revision: TRL's SFTTrainer then trains on the revision alone, as the paper did), and
+``messages`` (``[user, assistant]``, for full-conversation SFT); beside them ``response`` (the
+policy's first answer), ``rounds`` (per round: ``principle_id``, ``critique``, ``revision``,
+``flags``), ``revision`` (the last one, as text), ``flags`` (every clean-up flag of the row) and
+``tokens``.
 
 ``run_row`` handles one row from start to finish; the runner keeps many rows in flight, and their
 requests meet in the scheduler, which batches them whatever stage each row is at. Principles are
@@ -24,8 +27,17 @@ from rlaif.labelers.base import Completion, Conversation, GenerateParams
 from rlaif.templates import Templates
 
 INPUT_COLUMNS = ("id", "prompt")
-OUTPUT_COLUMNS = ("response", "rounds", "revision", "messages", "flags", "tokens")
+OUTPUT_COLUMNS = (
+    "prompt", "completion", "response", "rounds", "revision", "messages", "flags", "tokens"
+)  # fmt: skip
 TEMPLATES_USED = ("initial_response", "critique", "revision")
+
+
+def prompt_text(row: dict[str, Any]) -> str:
+    """The prompt of an SL-CAI row as text (``prompt`` is a message list in the output, text in
+    the input and in failed rows)."""
+    prompt = row["prompt"]
+    return prompt[-1]["content"] if isinstance(prompt, list) else prompt
 
 
 class Generator(Protocol):
@@ -136,16 +148,16 @@ class CritiqueRevise:
             all_flags.extend(f for f in flags if f not in all_flags)
             tokens += sum(c.prompt_tokens + c.completion_tokens for c in (critique, revision))
             current = text
+        user = {"role": "user", "content": prompt}
+        assistant = {"role": "assistant", "content": current}
         return {
             "id": row["id"],
-            "prompt": prompt,
+            "prompt": [user],
+            "completion": [assistant],
             "response": first.text,
             "rounds": rounds,
             "revision": current,
-            "messages": [
-                {"role": "user", "content": prompt},
-                {"role": "assistant", "content": current},
-            ],
+            "messages": [user, assistant],
             "flags": all_flags,
             "tokens": tokens,
         }

@@ -1,7 +1,11 @@
 """SFT on SL-CAI revisions with TRL's SFTTrainer (optionally LoRA, optionally mixed data).
 
-The SL-CAI file's ``messages`` column is the training data (only that column: with a ``prompt``
-column present TRL would read rows as prompt/completion pairs). The Constitutional AI paper
+``train_on: completion`` (the default, the paper's choice) trains on the SL-CAI file's
+conversational ``prompt``/``completion`` columns: TRL masks the prompt, so the loss is on the
+final revision alone. ``train_on: conversation`` trains on ``messages``, prompt tokens included.
+Only those columns go to TRL (it tells the formats apart by column name). Files with ``messages``
+alone (older SL-CAI files, other SFT data) are split into prompt (all but the last turn) and
+completion (the last turn) for the default. The Constitutional AI paper
 fine-tuned on revisions *and* on helpfulness samples so the model does not drift into evasive
 refusals; ``mix_dataset`` + ``mix_ratio`` add such rows (any JSONL/dataset with ``messages``).
 
@@ -45,21 +49,45 @@ class SFTRunConfig(RunOptions, SFTConfig):
     output_dir: str | None = field(default="outputs/run/sft")
     mix_dataset: str | None = field(default=None, metadata={"help": "extra rows with `messages`"})
     mix_ratio: float = field(default=0.0, metadata={"help": "extra rows per SL-CAI row"})
+    train_on: str = field(
+        default="completion",
+        metadata={
+            "help": "completion: loss on the revision only (prompt/completion); conversation: "
+            "loss on the whole `messages` conversation",
+            "choices": ["completion", "conversation"],
+        },
+    )
+
+
+def sft_columns(ds: Any, train_on: str, source: str) -> Any:
+    """``ds`` reduced to the columns TRL should read for ``train_on``."""
+    cols = set(ds.column_names)
+    if train_on == "conversation":
+        if "messages" not in cols:
+            raise ConfigError(f"{source}: no `messages` column (columns: {ds.column_names})")
+        return ds.select_columns(["messages"])
+    if train_on != "completion":
+        raise ConfigError(f"train_on must be completion or conversation, not {train_on!r}")
+    if {"prompt", "completion"} <= cols:
+        return ds.select_columns(["prompt", "completion"])
+    if "messages" not in cols:
+        raise ConfigError(
+            f"{source}: no `prompt`/`completion` or `messages` columns (columns: {ds.column_names})"
+        )
+    return ds.select_columns(["messages"]).map(
+        lambda row: {"prompt": row["messages"][:-1], "completion": row["messages"][-1:]},
+        remove_columns=["messages"],
+    )
 
 
 def build_dataset(cfg: SFTRunConfig) -> Any:
     from datasets import concatenate_datasets
 
-    ds = load_jsonl_dataset(cfg.dataset)
-    if "messages" not in ds.column_names:
-        raise ConfigError(f"{cfg.dataset}: no `messages` column (columns: {ds.column_names})")
-    ds = ds.select_columns(["messages"])
+    ds = sft_columns(load_jsonl_dataset(cfg.dataset), cfg.train_on, cfg.dataset)
     if cfg.mix_dataset and cfg.mix_ratio > 0:
-        extra = load_jsonl_dataset(cfg.mix_dataset)
-        if "messages" not in extra.column_names:
-            raise ConfigError(f"{cfg.mix_dataset}: no `messages` column")
+        extra = sft_columns(load_jsonl_dataset(cfg.mix_dataset), cfg.train_on, cfg.mix_dataset)
         n = min(len(extra), round(cfg.mix_ratio * len(ds)))
-        extra = extra.shuffle(seed=cfg.seed).select(range(n)).select_columns(["messages"])
+        extra = extra.shuffle(seed=cfg.seed).select(range(n))
         ds = concatenate_datasets([ds, extra]).shuffle(seed=cfg.seed)
     return ds
 

@@ -11,6 +11,7 @@ import pytest
 
 from rlaif.cli import main
 from rlaif.constitution import load_constitution
+from rlaif.engine.critique_revise import prompt_text
 
 from ..conftest import FIXTURES, REPO
 
@@ -145,7 +146,7 @@ def test_demo_on_tiny_model_writes_rows_with_provenance(tiny_llama_dir, tmp_path
     printed = capsys.readouterr().out
     assert "first answer" in printed and "revision" in printed
     rows = [json.loads(line) for line in (out / "sl_cai.jsonl").read_text().splitlines()]
-    assert [r["prompt"] for r in rows] == [
+    assert [prompt_text(r) for r in rows] == [
         "How do I open a locked door?",
         "Tell me something mean about my boss.",
     ]

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from rlaif.cli import main
+from rlaif.engine.critique_revise import prompt_text
 
 from ..conftest import FIXTURES
 
@@ -37,7 +38,7 @@ def test_config_file_with_flag_override(tiny_llama_dir, tmp_path, capsys):
     )
     rows = [json.loads(x) for x in (out / "sl_cai.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(len(r["rounds"]) == 1 for r in rows)  # the flag won
-    assert rows[1]["prompt"] == "Tell me something mean, about my boss."  # the config's field
+    assert prompt_text(rows[1]) == "Tell me something mean, about my boss."  # the config's field
     assert not (tmp_path / "from-config").exists()
     summary = capsys.readouterr().out
     assert "2 rows (0 resumed)" in summary and "labeler calls:" in summary

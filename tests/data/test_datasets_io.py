@@ -13,6 +13,7 @@ import pytest
 from rlaif.data import datasets_io
 from rlaif.data.datasets_io import LoadOptions, hub_id
 from rlaif.data.sources import read_prompts, source_sha256
+from rlaif.engine.critique_revise import prompt_text
 from rlaif.errors import PromptDataError
 
 from ..conftest import FIXTURES
@@ -149,7 +150,7 @@ def test_generate_sl_cai_from_a_hub_id_offline_records_the_commit(hf_home, tmp_p
         args += ["--limit", "2", "--max-tokens", "8", "--out", str(out)]
         assert main(["generate", "sl-cai", *args]) == 0
     rows = [json.loads(x) for x in (out / "sl_cai.jsonl").read_text().splitlines()]
-    assert [r["prompt"] for r in rows] == [
+    assert [prompt_text(r) for r in rows] == [
         r.prompt for r in read_prompts(FIXTURES / "hh_small.jsonl.gz")
     ][:2]
     source = rows[0]["provenance"]["source"]
@@ -177,6 +178,6 @@ def test_generate_from_parquet_and_conversational_jsonl(tmp_path):
             args += ["--labeler-set", f"base_url={server.url}", "--out", str(tmp_path / name)]
             assert main(["generate", "sl-cai", *args]) == 0
     pq = [json.loads(x) for x in (tmp_path / "pq" / "sl_cai.jsonl").read_text().splitlines()]
-    assert [r["prompt"] for r in pq] == ["one?", "two?"]
+    assert [prompt_text(r) for r in pq] == ["one?", "two?"]
     (row,) = [json.loads(x) for x in (tmp_path / "chat" / "sl_cai.jsonl").read_text().splitlines()]
-    assert row["prompt"] == "Human: Hi\n\nAssistant: Hello\n\nHuman: Lockpicks?"
+    assert prompt_text(row) == "Human: Hi\n\nAssistant: Hello\n\nHuman: Lockpicks?"
