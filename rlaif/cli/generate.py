@@ -38,12 +38,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="first answer -> N x (critique -> revision) for every prompt",
         description="For every prompt: the policy answers; then, N times, the critic critiques "
         "the current answer under a principle sampled from the constitution and revises it. "
-        "Writes OUT/sl_cai.jsonl (one row per prompt, in input order, with `messages` for SFT), "
+        "Writes OUT/sl_cai.jsonl (one row per prompt, in input order, conversational prompt/"
+        "completion for TRL's SFTTrainer, and `messages`), "
         "OUT/README.md (dataset card) and OUT/cache.sqlite. Rerunning the same command costs no "
         "labeler calls; after a crash or Ctrl-C it resumes where it stopped. Every setting can "
         "also come from --config FILE.yaml (same names, underscores); flags win.",
     )
     add_sl_cai_arguments(s)
+    add_push_arguments(s)
     s.set_defaults(func=sl_cai)
     r = kinds.add_parser(
         "prefs",
@@ -58,7 +60,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "settings in --config YAML go under `feedback:`.",
     )
     add_prefs_arguments(r)
+    add_push_arguments(r)
     r.set_defaults(func=prefs)
+
+
+def add_push_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--push-to-hub",
+        metavar="REPO_ID",
+        help="when every row succeeded, upload the dataset and its card to this Hub dataset "
+        "repo (as `rlaif push OUT REPO_ID`)",
+    )
+    s.add_argument("--private", action="store_true", help="with --push-to-hub: a private repo")
 
 
 def add_input_arguments(s: argparse.ArgumentParser, out_default: str) -> None:
@@ -183,7 +196,7 @@ def add_feedback_arguments(s: argparse.ArgumentParser) -> None:
     a("--votes", type=positive_int, metavar="N", help="answers sampled per question, votes (8)")
 
 
-_NOT_SETTINGS = {"config", "func", "command", "kind", "argv"}
+_NOT_SETTINGS = {"config", "func", "command", "kind", "argv", "push_to_hub", "private"}
 _FEEDBACK_FLAGS = {"principles", "both_orders", "cot", "clamp", "scoring", "votes"}
 
 
@@ -284,7 +297,7 @@ def sl_cai(args: argparse.Namespace) -> int:
     if result is None:
         return 130
     print_summary(console, result, SL_CAI_FILE)
-    return 3 if result.failed else 0
+    return finish(console, args, result, cfg.out)
 
 
 def prefs(args: argparse.Namespace) -> int:
@@ -302,4 +315,20 @@ def prefs(args: argparse.Namespace) -> int:
             f"  preference_prob: mean {sum(probs) / len(probs):.3f}, min {min(probs):.3f}, "
             f"max {max(probs):.3f} · position bias {len(flipped)}/{len(checked)} pairs"
         )
-    return 3 if result.failed else 0
+    return finish(console, args, result, cfg.out)
+
+
+def finish(console: Console, args: argparse.Namespace, result: Any, out: Path) -> int:
+    """The exit code (3: some rows failed), after ``--push-to-hub`` when every row succeeded."""
+    if result.failed:
+        if args.push_to_hub:
+            console.print("  [yellow]not pushed[/]: some rows failed; rerun to fill them first")
+        return 3
+    if not args.push_to_hub:
+        return 0
+    from rlaif.data.hub import prepare, push
+
+    files = ", ".join(prepare(out).paths_in_repo)
+    url = push(out, args.push_to_hub, private=args.private)
+    console.print(f"  pushed {files} to {url}")
+    return 0

@@ -114,3 +114,29 @@ def test_prefs_push_takes_the_plot_the_card_shows(tmp_path):
     assert "![" in (out / "README.md").read_text()
     upload = prepare(out)
     assert [f.name for f in upload.files] == ["preferences.jsonl", "preference_prob.png"]
+
+
+def test_generate_push_to_hub_uploads_when_every_row_succeeded(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda: RecordingHub(hub))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("one question\nprompt number 2\n")
+    with FakeOpenAIServer() as server:
+        args = ["--prompts", str(prompts), "--labeler", "openai:fake", "--max-tokens", "8"]
+        args += ["--labeler-set", f"base_url={server.url}", "--out", str(tmp_path / "o")]
+        args += ["--push-to-hub", "me/sl", "--private"]
+        assert main(["generate", "sl-cai", *args]) == 0
+        assert "pushed sl_cai.jsonl, README.md to https://huggingface.co/datasets/me/sl" in (
+            " ".join(capsys.readouterr().out.split())
+        )
+        assert sorted(p.name for p in hub.iterdir()) == ["README.md", "sl_cai.jsonl"]
+        # a run with a failed row pushes nothing
+        for p in hub.iterdir():
+            p.unlink()
+        server.fail_if = lambda request: "prompt number 2" in json.dumps(request["messages"])
+        args[args.index(str(tmp_path / "o"))] = str(tmp_path / "o2")
+        assert main(["generate", "sl-cai", *args, "--labeler-set", "retry={max_retries: 0}"]) == 3
+    assert "not pushed" in capsys.readouterr().out and not list(hub.iterdir())
