@@ -156,6 +156,8 @@ class Journal:
 
 
 def _side(line: str) -> str | None:
+    if '"failed"' not in line and '"unlabeled"' not in line:
+        return None  # the common case, without parsing (a quote inside a value is escaped)
     try:
         record = json.loads(line)
     except ValueError:
