@@ -39,10 +39,11 @@ resumable. ``aclose`` kills the actors and, if this process connected to Ray, di
 (``ray.shutdown``, which also stops a local instance started here), after an error as after
 success.
 
-Sampling: each batch is seeded, so a sampled answer depends on the batch it was computed in, as
-in one process (where batches depend on timing too). Greedy answers do not: batches are padded on
-the left under an attention mask, and the tests compare a two-actor run with a one-process run
-byte for byte.
+Sampling: each batch is seeded, so a sampled answer depends on the batch it was computed in (and
+on torch's thread count); more actors keep more rows in flight and cut other batches, so sampled
+runs are reproducible for the same pool but differ from a one-process run, as with another batch
+size. Greedy answers do not depend on the batch: it is padded on the left under an attention
+mask, and the tests compare a two-actor run with a one-process run byte for byte.
 """
 
 from __future__ import annotations
