@@ -135,6 +135,9 @@ def build(cfg: PrefsConfig) -> PrefsJob:
         max_tokens=cfg.max_tokens,
         seed=cfg.seed,
     )
+    # templates render before labelers exist (Ray actors start with them)
+    Feedback(constitution, templates, None, cfg.feedback).check_templates()  # type: ignore[arg-type]
+    templates.render("initial_response", prompt="p")
     labeler, policy = labeler_and_policy(cfg, cfg.out)
     cache = Cache(cfg.cache or Path(cfg.out) / "cache.sqlite")
     stats = EngineStats()
@@ -147,8 +150,6 @@ def build(cfg: PrefsConfig) -> PrefsJob:
     feedback = Feedback(
         constitution, templates, labeler_sched, cfg.feedback, labeler.supports_logprobs, cfg.seed
     )
-    feedback.check_templates()
-    templates.render("initial_response", prompt="p")
     provenance = {
         **base_provenance(),
         "source": source_provenance(cfg),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,18 @@ def build(cfg: SLCAIConfig) -> Prepared:
     params = GenerateParams.checked(
         temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed
     )
+    unwired = CritiqueRevise(
+        constitution=constitution,
+        templates=templates,
+        policy=None,  # type: ignore[arg-type]  # wired below, once the templates render
+        critic=None,  # type: ignore[arg-type]
+        rounds=cfg.rounds,
+        seed=cfg.seed,
+        params=params,
+        few_shot=cfg.few_shot,
+        cleanup=cfg.cleanup,
+    )
+    unwired.check_templates()  # before labelers exist (Ray actors start with them)
     critic, policy = labeler_and_policy(cfg, cfg.out)
     cache = Cache(cfg.cache or Path(cfg.out) / "cache.sqlite")
     stats = EngineStats()
@@ -98,18 +110,7 @@ def build(cfg: SLCAIConfig) -> Prepared:
         if policy is critic
         else Scheduler(policy, cache, stats, cfg.batch_size, cfg.concurrency)
     )
-    step = CritiqueRevise(
-        constitution=constitution,
-        templates=templates,
-        policy=policy_sched,
-        critic=critic_sched,
-        rounds=cfg.rounds,
-        seed=cfg.seed,
-        params=params,
-        few_shot=cfg.few_shot,
-        cleanup=cfg.cleanup,
-    )
-    step.check_templates()
+    step = replace(unwired, policy=policy_sched, critic=critic_sched)
     provenance = {
         **base_provenance(),
         "source": source_provenance(cfg),

@@ -134,3 +134,25 @@ def test_policy_and_critic_can_be_different_labelers(tiny_llama_dir, tmp_path):
     # two labelers, two schedulers: the policy's first answers and the critic's work are
     # separate requests (3 + 3 * 2)
     assert result.stats.requests == 9
+
+
+@pytest.mark.parametrize("job", ["sl_cai", "prefs"])
+def test_a_broken_template_fails_before_any_labeler_is_made(tmp_path, monkeypatch, job):
+    """Labelers can be costly to start (Ray actors, a vLLM engine): a template error must come
+    first, with nothing started."""
+    import importlib
+
+    from rlaif.errors import TemplateError
+
+    module = importlib.import_module(f"rlaif.engine.{job}")
+    made = []
+    monkeypatch.setattr(module, "labeler_and_policy", lambda *a, **k: made.append(a))
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    broken = "critique.j2" if job == "sl_cai" else "feedback.j2"
+    (templates / broken).write_text("<<<user>>>\n{{ principle.no_such_field }}\n")
+    config = module.SLCAIConfig if job == "sl_cai" else module.PrefsConfig
+    cfg = config(prompts=FIXTURES / "red_team.txt", templates=templates, out=tmp_path / "o")
+    with pytest.raises(TemplateError, match=broken.replace(".", r"\.")):
+        module.build(cfg)
+    assert made == []
