@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, ClassVar
 
 from pydantic import Field
@@ -82,6 +82,18 @@ def _aiohttp_client() -> Any:
         return DefaultAioHttpClient()
     except (ImportError, RuntimeError):  # an older SDK, or one without its aiohttp extra
         return None
+
+
+async def _closed_with_the_loop(clients: list[Any]) -> AsyncIterator[None]:
+    """Closes ``clients`` as their event loop shuts down: ``asyncio.run`` finalises the async
+    generators still open before it closes the loop. A labeler used under several loops (a judge
+    called from synchronous code) or never closed then leaves no open HTTP session behind, which
+    aiohttp would report at exit. Closing twice is harmless."""
+    try:
+        yield
+    finally:
+        for client in clients:
+            await client.close()
 
 
 # --------------------------------------------------------------------------- bodies and answers
@@ -223,6 +235,9 @@ class OpenAILabeler(ApiLabelerMixin):
                 )
                 for url in self._urls
             ]
+            # closed when this loop shuts down, if aclose() has not closed them by then
+            self._closer = _closed_with_the_loop(self._clients)
+            self._closer_task = loop.create_task(anext(self._closer))
         return min(range(len(self._urls)), key=lambda i: self._inflight[i])
 
     def _batch_client(self) -> Any:

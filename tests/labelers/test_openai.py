@@ -201,3 +201,21 @@ def test_a_refused_connection_is_permanent_after_connect_retries():
         run_sync(lab.generate([CONV], GenerateParams()))
     assert err.value.permanent and err.value.attempts == 3  # not max_retries (6) + 1
     assert err.value.reason.startswith(f"cannot connect to {url}/chat/completions: ")
+
+
+def test_a_labeler_used_under_several_event_loops_leaves_no_open_session(caplog):
+    """A judge calls the labeler from synchronous code, one event loop per call, and may never
+    close it: the HTTP clients of each loop are closed as that loop shuts down."""
+    import gc
+
+    with FakeOpenAIServer() as server:
+        lab = labeler(server.url)
+        for i in range(3):
+            conv = [{"role": "user", "content": f"call {i}"}]
+            assert run_sync(lab.generate([conv], GenerateParams()))[0][0].text == f"echo: call {i}"
+        clients = lab._clients
+        del lab
+        gc.collect()
+    assert len(server.requests) == 3
+    assert all(c.is_closed() for c in clients)
+    assert not [r for r in caplog.records if "Unclosed" in r.getMessage()]
