@@ -66,6 +66,7 @@ class FakeLabeler:
 
     max_batch_size = 4
     max_concurrency = 1
+    prefers_whole_stages = False
     retries = 0
     cost = None
 

@@ -86,6 +86,10 @@ class TransformersLabeler:
     def max_concurrency(self) -> int:
         return 1  # one model, one forward pass at a time; batching is where the speed is
 
+    @property
+    def prefers_whole_stages(self) -> bool:
+        return False  # a batch answers in seconds: send rows on as soon as they are ready
+
     def describe(self) -> dict[str, Any]:
         from rlaif.models import model_provenance
 

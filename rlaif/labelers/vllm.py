@@ -77,6 +77,10 @@ class VLLMLabeler:
     def max_concurrency(self) -> int:
         return 1  # one engine; vLLM's own scheduler batches inside each call
 
+    @property
+    def prefers_whole_stages(self) -> bool:
+        return False
+
     def describe(self) -> dict[str, Any]:
         from rlaif.models import model_provenance
 
