@@ -126,7 +126,9 @@ def test_resume_false_starts_over(tiny_llama_dir, sl_cai_file, tmp_path, capsys)
 def test_nan_stops_sft_at_its_step_before_its_checkpoint(tiny_llama_dir, sl_cai_file, tmp_path):
     out = tmp_path / "sft"
     # Adam's first step moves every weight by ~lr = 1e30: the next step's gradients overflow
-    cfg = sft_cfg(tiny_llama_dir, sl_cai_file, out, max_steps=4, save_steps=1, learning_rate=1e30)
+    # (the loss over the whole conversation, so step 1's gradient norm is the one measured here)
+    cfg = sft_cfg(tiny_llama_dir, sl_cai_file, out, max_steps=4, save_steps=1, learning_rate=1e30,
+                  train_on="conversation")  # fmt: skip
     with pytest.raises(TrainingDivergedError, match=r"diverged at step 2: grad_norm not finite"):
         sft.main(cfg)
     rows = [r for r in read_metrics(out) if "loss" in r]
