@@ -38,6 +38,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rlaif import __version__
+from rlaif.data.datasets_io import hub_id
 from rlaif.data.sources import read_prompts, source_sha256
 from rlaif.errors import ConfigError
 from rlaif.resources import ConstitutionPath, PromptsPath, data_file, default_constitution
@@ -191,7 +192,7 @@ def fingerprinted(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _file_hash(path: Path) -> str:
-    return source_sha256(path) if path.exists() else "missing"
+    return source_sha256(path) if path.exists() or hub_id(path) else "missing"
 
 
 def read_manifest(stage_dir: Path) -> dict[str, Any] | None:

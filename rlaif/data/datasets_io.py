@@ -79,6 +79,19 @@ def resolve_dataset(repo_id: str, revision: str | None, data_dir: str | None) ->
     return _RESOLVED[key]
 
 
+def dataset_commit(repo_id: str, revision: str | None) -> str:
+    """The commit a Hub dataset id resolves to, fetching at most its README (a hash of the source
+    must not download the data)."""
+    from rlaif.models import hub_snapshot
+
+    for (repo, rev, _), source in _RESOLVED.items():
+        if (repo, rev) == (repo_id, revision):
+            return source.commit
+    return hub_snapshot(
+        repo_id, revision, ["README.md"], repo_type="dataset", error=_hub_error, ignore=None
+    ).name
+
+
 def _hub_error(message: str) -> PromptDataError:
     return PromptDataError("--prompts", message)
 

@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 from rlaif.data.datasets_io import (
     LoadOptions,
+    dataset_commit,
     hub_id,
     is_saved_dataset,
     load_records,
@@ -80,8 +81,9 @@ def source_sha256(path: str | Path) -> str:
     """Content hash of a prompt source: a file, every file of a folder, a Hub dataset's commit."""
     hub = hub_id(path)
     if hub is not None:
-        source = resolve_dataset(*hub, None)
-        return hashlib.sha256(f"{source.repo_id}@{source.commit}".encode()).hexdigest()
+        repo_id, revision = hub
+        commit = dataset_commit(repo_id, revision)
+        return hashlib.sha256(f"{repo_id}@{commit}".encode()).hexdigest()
     path = locate(path, "prompts")
     h = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -204,8 +206,8 @@ def read_prompts(
     if hub is not None:
         source = resolve_dataset(*hub, options.data_dir)
         records, columns = load_records(path, source.path, options, limit)
-        return _finish(path, _dataset_rows(records, columns, prompt_field, id_field, fmt,
-                                           hh_context, limit))  # fmt: skip
+        return _finish(path, _dataset_rows(path, records, columns, prompt_field, id_field,
+                                           fmt, hh_context, limit))  # fmt: skip
     path = locate(path, "prompts")
     if fmt == "hub":
         raise PromptDataError(path, "not a Hub dataset id (ORG/NAME[@REVISION])")
@@ -214,13 +216,13 @@ def read_prompts(
             records, columns = load_saved(path, path)
         else:
             records, columns = load_records(path, path, options, limit)
-        rows = _dataset_rows(records, columns, prompt_field, id_field, fmt, hh_context, limit)
+        rows = _dataset_rows(path, records, columns, prompt_field, id_field, fmt, hh_context, limit)
         return _finish(path, rows)
     if fmt == "parquet" or (fmt == "auto" and _detect(path, None) == "parquet"):
         if not path.is_file():
             raise PromptDataError(path, "prompt file not found")
         records, columns = load_records(path, path, options, limit)
-        rows = _dataset_rows(records, columns, prompt_field, id_field, fmt, hh_context, limit)
+        rows = _dataset_rows(path, records, columns, prompt_field, id_field, fmt, hh_context, limit)
         return _finish(path, rows)
     text = read_text_file(path)
     fmt = _detect(path, text) if fmt == "auto" else fmt
@@ -253,6 +255,7 @@ def read_prompts(
 
 
 def _dataset_rows(
+    source: str | Path,
     records: Iterable[dict[str, Any]],
     columns: list[str],
     prompt_field: str,
@@ -265,7 +268,7 @@ def _dataset_rows(
         {"chosen", "rejected"} <= set(columns) and prompt_field not in columns
     )
     if not hh and prompt_field not in columns:
-        raise PromptDataError("--prompts", _bad_prompt(prompt_field, columns))
+        raise PromptDataError(source, _bad_prompt(prompt_field, columns))
     rows = []
     for n, rec in take(records, limit):
         prompt = record_prompt(rec, prompt_field, hh, hh_context)

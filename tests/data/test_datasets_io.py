@@ -91,6 +91,19 @@ def test_hub_id_read_offline_from_the_hub_cache(hf_home):
     assert source_sha256("test-org/hh") == source_sha256(f"test-org/hh@{SHA}")
 
 
+def test_hashing_a_hub_source_fetches_no_data(hf_home, monkeypatch):
+    from rlaif import models
+
+    asked = []
+    real = models.hub_snapshot
+    monkeypatch.setattr(models, "hub_snapshot", lambda *a, **k: asked.append(a[2]) or real(*a, **k))
+    digest = source_sha256("test-org/hh")
+    assert asked == [["README.md"]]  # the commit is resolved; no data file is fetched
+    read_prompts("test-org/hh", options=LoadOptions(split="test", data_dir="harmless-base"))
+    assert asked[1] == ["harmless-base/**", "README.md", "*.json"]  # only the folder asked for
+    assert source_sha256("test-org/hh") == digest and len(asked) == 2  # resolved: no new call
+
+
 def test_hub_id_not_cached_offline_is_one_line_naming_the_fetch(hf_home):
     with pytest.raises(PromptDataError) as err:
         read_prompts("test-org/missing", options=LoadOptions(split="test"))
