@@ -12,6 +12,7 @@ from rlaif.cli.args import positive_int
 from rlaif.cli.generate import add_feedback_arguments, config_from_args
 from rlaif.cli.progress import RowProgress
 from rlaif.eval.labeler import ROWS_FILE, LabelerEvalConfig, LabelerEvalResult, run_labeler_eval
+from rlaif.eval.stats import fmt_interval
 from rlaif.labelers.base import run_sync
 
 
@@ -89,7 +90,10 @@ def print_report(console: Console, result: LabelerEvalResult) -> None:
     table.add_column("value", justify="right")
     rows = [
         ("rows scored", f"{m['scored']} of {m['rows']}"),
-        ("agreement with the human label", _pct(m["agreement"])),
+        (
+            "agreement with the human label",
+            f"{_pct(m['agreement'])} (95% CI {fmt_interval(m['agreement_ci95'])}, n={m['scored']})",
+        ),
     ]
     if m["pairs"]:
         rows += [

@@ -47,6 +47,7 @@ from rlaif.engine.runner import run_rows
 from rlaif.engine.scheduler import EngineStats, Scheduler
 from rlaif.errors import LabelerCallError
 from rlaif.eval.gold import GoldChoice, GoldFormat, GoldPair, GoldRow, read_gold
+from rlaif.eval.stats import wilson
 from rlaif.labelers.base import GenerateParams, Labeler, first_option
 from rlaif.resources import default_constitution
 from rlaif.templates import Templates
@@ -152,6 +153,7 @@ def summarise(rows: list[dict[str, Any]], bins: int) -> dict[str, Any]:
         "unscored": len(rows) - n,
         "failed": sum("failed" in r for r in rows),
         "agreement": sum(r["agree"] for r in scored) / n if n else None,
+        "agreement_ci95": wilson(sum(r["agree"] for r in scored), n),  # Wilson, per gold row
         "pairs": len(pairs),
         "pair_agreement": sum(r["agree"] for r in pairs) / len(pairs) if pairs else None,
         "mean_prob_chosen": (sum(r["prob_correct"] for r in pairs) / len(pairs) if pairs else None),

@@ -60,6 +60,9 @@ def test_eval_labeler_prints_the_metrics(tiny_llama_dir, tmp_path, capsys):
         assert name in text
     report = json.loads((out / "labeler_eval.json").read_text())["metrics"]
     assert report["rows"] == 3 and report["scored"] == 3
+    lo, hi = report["agreement_ci95"]
+    assert lo <= report["agreement"] <= hi
+    assert f"(95% CI {100 * lo:.1f}-{100 * hi:.1f}%, n=3)" in text
     assert 0.0 <= report["agreement"] <= 1.0 and 0.0 <= report["position_bias_rate"] <= 1.0
     assert (out / "reliability.png").is_file()
     assert main([*args, "--limit", "2"]) == 0  # a smaller rerun: all from the cache

@@ -10,6 +10,7 @@ import pytest
 from rlaif.engine.feedback import FeedbackSettings
 from rlaif.eval.gold import read_gold
 from rlaif.eval.labeler import LabelerEvalConfig, calibration, run_labeler_eval, summarise
+from rlaif.eval.stats import wilson
 from rlaif.labelers.base import run_sync
 
 from ..conftest import FIXTURES
@@ -56,6 +57,9 @@ def test_summarise_counts_agreement_ties_and_flips():
     m = summarise(rows, bins=10)
     assert m["scored"] == 2 and m["unscored"] == 1
     assert m["agreement"] == pytest.approx(0.75)
+    # 1.5 agreements of 2 scored rows (a tie counts half): Wilson's interval, wide at n = 2
+    lo, hi = m["agreement_ci95"]
+    assert (lo, hi) == pytest.approx(wilson(1.5, 2)) and lo < 0.3 and hi > 0.95
     assert m["position_bias_rate"] == pytest.approx(0.5)
     assert m["parse_failures"] == 1 and m["parse_failure_rate"] == pytest.approx(1 / 3)
     assert m["unparsed_answers"] == 8
