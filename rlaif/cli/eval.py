@@ -175,6 +175,15 @@ def policy(args: argparse.Namespace) -> int:
     for name, m in result.metrics.items():
         table.add_row(name, *(_num(m[c]) for c in columns))
     console.print(table)
+    for name, m in result.metrics.items():
+        for key, label in (("harmless", "harmless"), ("helpful", "helpful")):
+            change = m.get(f"{key}_win_rate_vs_base_change")
+            if change is not None:
+                ci = fmt_interval(m[f"{key}_win_rate_vs_base_ci95"], percent=False)
+                console.print(
+                    f"  {name}: {label} win rate vs base {_num(m[f'{key}_win_rate_vs_base'])} "
+                    f"(95% CI {ci}, n={m[f'{key}_win_rate_vs_base_n']}): {change}"
+                )
     for path in (result.report, result.samples, result.plot):
         if path is not None:
             console.print(f"  wrote {path}")
