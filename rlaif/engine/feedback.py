@@ -19,6 +19,22 @@ paper did:
   in even examples and (B) in odd ones, so the examples teach no position.
 - **Votes** for backends without log-probs (``supports_logprobs = False``) or by choice: sample N
   answers and count which option each names. Answers that name none are counted and kept.
+- **Contextual calibration** (optional, ``calibrate``; Zhao et al. 2021, "Calibrate Before Use").
+  Asking both orders cancels a prior for a *position* only on average over the two orders; a
+  strong prior still flips single questions and pulls every probability towards the favoured
+  letter. With ``calibrate`` the labeler is first asked the same question (same principle, same
+  few-shot examples, same template) with content-free inputs: the conversation and both
+  responses replaced by each of the placeholders in ``CONTENT_FREE``. The mean of those option
+  probabilities is the labeler's prior p_cf for each option; every real probability is divided
+  by it and renormalised. Both responses are the same placeholder, so the content-free question
+  is the same in both orders: the prior is over positions, asked once per principle (and
+  template) and kept for the whole run; its calls go through the scheduler, so they are cached
+  like any other. Each judgement keeps the raw value beside the calibrated one
+  (``prob_first_raw``, ``prob_a_raw``, and the ``prior``), and so does the comparison
+  (``prob_a_raw``). Calibration needs option probabilities read directly: it is refused
+  (``ConfigError``) in votes mode (sampled answers, no log-probs) and with chain of thought
+  (clamped probabilities conditioned on the model's own reasoning, which has no content-free
+  counterpart).
 
 A judgement that yields no probability (no votes parsed, or zero mass on both options) is kept
 with its reason and left out of the average; a comparison with no usable judgement has
@@ -32,13 +48,14 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rlaif.constitution import Constitution, FeedbackPrinciple, sample_principles
+from rlaif.errors import ConfigError
 from rlaif.labelers.base import Completion, Conversation, GenerateParams, first_option
 from rlaif.templates import Message, Templates
 
@@ -46,6 +63,9 @@ OPTIONS = (" (A)", " (B)")
 TEMPLATES_USED = ("feedback", "feedback_cot")
 COT_STOP = "So the answer is"
 Order = Literal["ab", "ba"]
+# Inputs that carry no content: each stands in for the conversation and the responses when the
+# labeler's prior over the options is measured (contextual calibration). Data, not prompt text.
+CONTENT_FREE = ("N/A", "", "[MASK]")
 
 
 class Scorer(Protocol):
@@ -79,11 +99,21 @@ class FeedbackSettings(BaseModel):
     few_shot: bool = Field(
         default=True, description="show the constitution's feedback examples before the question"
     )
+    calibrate: bool = Field(
+        default=False,
+        description="contextual calibration: divide out the labeler's prior for each option, "
+        "measured on content-free inputs, and renormalise (log-probs only, not with cot)",
+    )
 
     @model_validator(mode="after")
     def _clamp_order(self) -> FeedbackSettings:
         if self.clamp_low > self.clamp_high:
             raise ValueError("clamp_low must not exceed clamp_high")
+        if self.calibrate and self.cot:
+            raise ValueError(
+                "calibrate does not apply with cot: chain-of-thought probabilities are clamped "
+                "and conditioned on the labeler's own reasoning, which has no content-free form"
+            )
         return self
 
 
@@ -103,6 +133,10 @@ class Judgement:
     reasoning: str | None = None
     error: str | None = None  # why there is no probability
     answers: list[str] | None = None  # raw answers, kept when none could be parsed
+    # with calibration on: the values before it, and the content-free prior per position
+    prob_first_raw: float | None = None
+    prob_a_raw: float | None = None
+    prior: list[float] | None = None
 
 
 @dataclass
@@ -112,10 +146,12 @@ class Comparison:
     position_consistent: bool | None = None  # both orders prefer the same response, all principles
     principle_agreement: float | None = None  # share of principles agreeing with the majority
     errors: list[str] = field(default_factory=list)
+    prob_a_raw: float | None = None  # before calibration (None when calibration is off)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "prob_a": self.prob_a,
+            "prob_a_raw": self.prob_a_raw,
             "judgements": [asdict(j) for j in self.judgements],
             "position_consistent": self.position_consistent,
             "principle_agreement": self.principle_agreement,
@@ -132,6 +168,51 @@ def normalised(logprobs: Sequence[float]) -> list[float] | None:
     weights = [math.exp(x - top) for x in logprobs]
     total = sum(weights)
     return [w / total for w in weights]
+
+
+def calibrated(probs: Sequence[float], prior: Sequence[float]) -> list[float]:
+    """Contextual calibration: each option's probability divided by its content-free prior,
+    renormalised. ``prior`` must be positive everywhere (``Priors`` ensures it)."""
+    weights = [p / q for p, q in zip(probs, prior, strict=True)]
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def mean_distribution(distributions: Sequence[Sequence[float] | None]) -> list[float] | None:
+    """The mean of the option distributions that exist; None when none does, or when an option
+    has no probability at all (no prior to divide by)."""
+    usable = [d for d in distributions if d is not None]
+    if not usable:
+        return None
+    mean = [sum(col) / len(usable) for col in zip(*usable, strict=True)]
+    return mean if all(x > 0 for x in mean) else None
+
+
+class Priors:
+    """Content-free priors, computed once per key and shared by the rows asking concurrently.
+
+    A computed value is kept for the life of the object (across event loops: the judges run one
+    loop per call); a computation that raised is forgotten, so the next row asks again."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[Any, ...], list[float] | None] = {}
+        self._tasks: dict[tuple[Any, ...], asyncio.Future[list[float] | None]] = {}
+
+    async def get(
+        self, key: tuple[Any, ...], compute: Callable[[], Awaitable[list[float] | None]]
+    ) -> list[float] | None:
+        if key in self.values:
+            return self.values[key]
+        task = self._tasks.get(key)
+        if task is None or task.get_loop() is not asyncio.get_running_loop():
+            task = self._tasks[key] = asyncio.ensure_future(compute())
+        try:
+            value = await asyncio.shield(task)
+        except Exception:
+            self._tasks.pop(key, None)
+            raise
+        self.values[key] = value
+        return value
 
 
 def clamp(p: float, low: float, high: float) -> float:
@@ -152,10 +233,16 @@ class Feedback:
     settings: FeedbackSettings = field(default_factory=FeedbackSettings)
     supports_logprobs: bool = True
     seed: int = 0  # principle sampling and sampled answers (CoT, votes)
+    priors: Priors = field(default_factory=Priors, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.constitution.feedback:
             raise ValueError("the constitution has no feedback principles")
+        if self.settings.calibrate and self.mode == "votes":
+            raise ConfigError(
+                "calibrate needs option log-probs, and this feedback runs in votes mode "
+                "(sampled answers): turn calibrate off, or use a labeler with log-probs"
+            )
 
     @property
     def mode(self) -> Literal["logprobs", "votes"]:
@@ -246,6 +333,15 @@ class Feedback:
                 j.error = "no probability on either option"
         else:
             probs = await self._vote(messages, j)
+        if probs is not None and self.settings.calibrate:
+            j.prob_first_raw = probs[0]
+            j.prob_a_raw = probs[0] if order == "ab" else 1.0 - probs[0]
+            j.prior = await self.prior(principle, template)
+            if j.prior is None:
+                j.error = "no content-free prior to calibrate with"
+                probs = None
+            else:
+                probs = calibrated(probs, j.prior)
         if probs is not None:
             p = probs[0]
             if self.settings.cot:
@@ -253,6 +349,25 @@ class Feedback:
             j.prob_first = p
             j.prob_a = p if order == "ab" else 1.0 - p
         return j
+
+    async def prior(self, principle: FeedbackPrinciple, template: str) -> list[float] | None:
+        """The labeler's content-free probability of each position under ``principle``."""
+
+        async def compute() -> list[float] | None:
+            asked = []
+            for blank in CONTENT_FREE:
+                v = {
+                    "conversation": [{"role": "user", "content": blank}],
+                    "response_a": blank,
+                    "response_b": blank,
+                    "principle": principle,
+                    "examples": self.examples(),
+                }
+                messages = self.templates.render(template, **v)
+                asked.append(self.labeler.option_logprobs(messages, OPTIONS))
+            return mean_distribution([normalised(x) for x in await asyncio.gather(*asked)])
+
+        return await self.priors.get((principle.id, template), compute)
 
     async def _reason(self, variables: dict[str, Any]) -> str:
         s = self.settings
@@ -288,10 +403,17 @@ class Feedback:
 
 
 def combine(judgements: list[Judgement], both_orders: bool = True) -> Comparison:
-    """Average P(A better) over orders within a principle, then over principles."""
+    """Average P(A better) over orders within a principle, then over principles (and the same
+    for the raw values, where calibration kept them)."""
     by_principle: dict[str, list[Judgement]] = {}
     for j in judgements:
         by_principle.setdefault(j.principle_id, []).append(j)
+    raw = [
+        sum(ps) / len(ps)
+        for js in by_principle.values()
+        if (ps := [j.prob_a_raw for j in js if j.prob_a_raw is not None])
+    ]
+    prob_a_raw = sum(raw) / len(raw) if raw else None
     per_principle: list[float] = []
     consistent: list[bool] = []
     for js in by_principle.values():
@@ -302,7 +424,7 @@ def combine(judgements: list[Judgement], both_orders: bool = True) -> Comparison
             consistent.append(not position_flipped(probs[0], probs[1]))
     errors = [f"{j.principle_id}/{j.order}: {j.error}" for j in judgements if j.error]
     if not per_principle:
-        return Comparison(None, judgements, None, None, errors)
+        return Comparison(None, judgements, None, None, errors, prob_a_raw)
     prob_a = sum(per_principle) / len(per_principle)
     agreement = None
     if len(per_principle) > 1:
@@ -315,4 +437,5 @@ def combine(judgements: list[Judgement], both_orders: bool = True) -> Comparison
         all(consistent) if consistent else None,
         agreement,
         errors,
+        prob_a_raw,
     )

@@ -20,6 +20,14 @@ The judge samples a comparison's principles from the unordered pair of responses
 keyed on the ordered pair, swapping the two responses would draw other principles whenever M is
 below the number of principles, and ``judge(a, b) + judge(b, a)`` would drift from 1.
 Each call runs its own event loop, so the objects work from any synchronous training loop.
+
+With ``settings.calibrate`` the pairwise judge calibrates as the ``Feedback`` step does, and the
+yes/no judge likewise: the same question (same principle, Yes first or No first) is asked about
+content-free inputs (``CONTENT_FREE`` in place of the conversation and the response), the mean of
+those option probabilities is the prior of each position, and every real answer's probabilities
+are divided by it and renormalised before P(yes) is read. Each order has its own prior (the
+options are shown in another order, so the question differs), asked once per question and order
+for the life of the judge. ``assess`` returns the raw P(yes) beside the calibrated one.
 """
 
 from __future__ import annotations
@@ -27,13 +35,24 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rlaif.constitution import Constitution, load_constitution, sample_principles
 from rlaif.engine.cache import Cache
-from rlaif.engine.feedback import Feedback, FeedbackSettings, normalised
+from rlaif.engine.feedback import (
+    CONTENT_FREE,
+    OPTIONS,
+    Feedback,
+    FeedbackSettings,
+    Priors,
+    calibrated,
+    mean_distribution,
+    normalised,
+)
 from rlaif.engine.scheduler import EngineStats, Scheduler
+from rlaif.errors import ConfigError
 from rlaif.labelers.base import Labeler, create_labeler, run_sync
 from rlaif.resources import default_constitution
 from rlaif.templates import Message, Templates
@@ -89,6 +108,7 @@ class _Base:
         self.seed = seed
         self.stats = EngineStats()
         self.unlabeled = 0
+        self.priors = Priors()  # content-free priors (calibration), kept across calls
 
     def _scheduler(self) -> Scheduler:
         return Scheduler(self.labeler, self.cache, self.stats)
@@ -120,6 +140,7 @@ class PairwiseJudge(_Base):
             self.labeler.supports_logprobs,
             self.seed,
         )
+        step.priors = self.priors
         try:
             jobs = []
             for prompt, (first, second) in zip(prompts, pairs, strict=True):
@@ -181,6 +202,14 @@ class ConstitutionScorer(_Base):
         return sum(scores) / len(scores)
 
 
+@dataclass
+class YesNo:
+    """One yes/no answer: P(yes), and before calibration (None when calibration is off)."""
+
+    prob_yes: float | None
+    prob_yes_raw: float | None = None
+
+
 class YesNoJudge(_Base):
     """P(yes) to a yes/no question about each response (``prompts/classify.j2``), the question
     being a principle of the constitution (by default ``constitution/evaluation.yaml``). Asked
@@ -200,6 +229,21 @@ class YesNoJudge(_Base):
     async def aclassify(
         self, prompts: Sequence[PromptLike], responses: Sequence[PromptLike], question: str
     ) -> list[float | None]:
+        return [a.prob_yes for a in await self.aassess(prompts, responses, question)]
+
+    def assess(
+        self, prompts: Sequence[PromptLike], responses: Sequence[PromptLike], question: str
+    ) -> list[YesNo]:
+        """Like ``classify``, with the raw P(yes) kept beside the calibrated one."""
+        return run_sync(self.aassess(prompts, responses, question))
+
+    async def aassess(
+        self, prompts: Sequence[PromptLike], responses: Sequence[PromptLike], question: str
+    ) -> list[YesNo]:
+        if self.settings.calibrate and not self.labeler.supports_logprobs:
+            raise ConfigError(
+                "calibrate needs option log-probs, and this labeler has none: turn it off"
+            )
         principle = self.constitution.feedback_principle(question)
         sched = self._scheduler()
         try:
@@ -211,21 +255,42 @@ class YesNoJudge(_Base):
         finally:
             await sched.aclose()
 
+    async def _probs(
+        self, sched: Scheduler, conv: list[Message], response: str, principle: Any, yes_first: bool
+    ) -> list[float] | None:
+        messages = self.templates.render(
+            "classify", conversation=conv, response=response, principle=principle,
+            yes_first=yes_first,
+        )  # fmt: skip
+        return normalised(await sched.option_logprobs(messages, OPTIONS))
+
+    async def _prior(self, sched: Scheduler, principle: Any, yes_first: bool) -> list[float] | None:
+        async def compute() -> list[float] | None:
+            asked = [
+                self._probs(sched, [{"role": "user", "content": b}], b, principle, yes_first)
+                for b in CONTENT_FREE
+            ]
+            return mean_distribution(await asyncio.gather(*asked))
+
+        return await self.priors.get((principle.id, yes_first), compute)
+
     async def _yes(
         self, sched: Scheduler, conv: list[Message], response: str, principle: Any
-    ) -> float | None:
-        from rlaif.engine.feedback import OPTIONS
-
-        votes = []
+    ) -> YesNo:
+        votes, raw = [], []
         for yes_first in (True, False):
-            messages = self.templates.render(
-                "classify", conversation=conv, response=response, principle=principle,
-                yes_first=yes_first,
-            )  # fmt: skip
-            probs = normalised(await sched.option_logprobs(messages, OPTIONS))
-            if probs is not None:
-                votes.append(probs[0] if yes_first else probs[1])
+            probs = await self._probs(sched, conv, response, principle, yes_first)
+            if probs is None:
+                continue
+            yes = 0 if yes_first else 1
+            if self.settings.calibrate:
+                raw.append(probs[yes])
+                prior = await self._prior(sched, principle, yes_first)
+                if prior is None:
+                    continue
+                probs = calibrated(probs, prior)
+            votes.append(probs[yes])
         if not votes:
             self.unlabeled += 1
-            return None
-        return sum(votes) / len(votes)
+            return YesNo(None, sum(raw) / len(raw) if raw else None)
+        return YesNo(sum(votes) / len(votes), sum(raw) / len(raw) if raw else None)

@@ -1,7 +1,9 @@
-"""The feedback step with a scripted labeler: soft labels, both orders, CoT clamp, votes."""
+"""The feedback step with a scripted labeler: soft labels, both orders, CoT clamp, votes,
+contextual calibration."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import pytest
@@ -9,14 +11,18 @@ import pytest
 from rlaif.constitution import load_constitution
 from rlaif.engine.cache import Cache
 from rlaif.engine.feedback import (
+    CONTENT_FREE,
     OPTIONS,
     Feedback,
     FeedbackSettings,
+    calibrated,
     combine,
+    mean_distribution,
     normalised,
     position_flipped,
 )
-from rlaif.engine.scheduler import Scheduler
+from rlaif.engine.scheduler import EngineStats, Scheduler
+from rlaif.errors import ConfigError
 from rlaif.labelers.base import run_sync
 from rlaif.templates import Templates
 
@@ -236,3 +242,123 @@ def test_feedback_examples_from_the_constitution_come_first(fake_labeler, tmp_pa
     lab, step = make(fake_labeler, const, both_orders=False, few_shot=False)
     compare(step)
     assert [m["role"] for m in lab.scored[0]] == ["user", "assistant"]
+
+
+# ------------------------------------------------------------------ contextual calibration
+
+# P(first option) the scripted labeler gives each content-free question: a prior of 0.8 towards
+# (A) on average over the placeholders
+CONTENT_FREE_P_FIRST = {"N/A": 0.9, "": 0.7, "[MASK]": 0.8}
+
+
+def prior_towards_a(good: float = 0.6):
+    """A labeler whose answers are its true preference (P(GOOD better) = ``good``) multiplied by
+    a prior of 0.8 : 0.2 for the positions, renormalised: exactly what calibration undoes."""
+
+    def score(conv, options):
+        a, b = options_shown(conv)
+        if a == b:
+            p = CONTENT_FREE_P_FIRST[a]
+        else:
+            q = good if a == GOOD else 1 - good
+            p = 0.8 * q / (0.8 * q + 0.2 * (1 - q))
+        return [math.log(p), math.log(1 - p)]
+
+    return score
+
+
+def content_free_asked(lab):
+    return [c for c in lab.scored if len(set(options_shown(c))) == 1]
+
+
+def test_calibration_helpers_by_hand():
+    assert calibrated([0.75, 0.25], [0.75, 0.25]) == pytest.approx([0.5, 0.5])
+    # 6/7 : 1/7 over a prior of 0.8 : 0.2 -> 1.0714 : 0.7143 -> 0.6 : 0.4
+    assert calibrated([6 / 7, 1 / 7], [0.8, 0.2]) == pytest.approx([0.6, 0.4])
+    assert mean_distribution([[0.9, 0.1], None, [0.7, 0.3]]) == pytest.approx([0.8, 0.2])
+    assert mean_distribution([None, None]) is None
+    assert mean_distribution([[1.0, 0.0]]) is None  # no prior to divide by
+
+
+def test_calibration_removes_a_known_prior_towards_a(fake_labeler, harmless):
+    lab, step = make(fake_labeler, harmless, prior_towards_a(good=0.6), calibrate=True)
+    result = compare(step)
+    ab, ba = result.judgements
+    # raw: GOOD shown first: 0.8*0.6 / (0.8*0.6 + 0.2*0.4) = 0.48/0.56 = 6/7;
+    #      BAD shown first:  0.8*0.4 / (0.8*0.4 + 0.2*0.6) = 0.32/0.44 = 8/11 -> P(A) = 3/11
+    assert ab.prob_first_raw == pytest.approx(6 / 7) and ab.prob_a_raw == pytest.approx(6 / 7)
+    assert ba.prob_first_raw == pytest.approx(8 / 11) and ba.prob_a_raw == pytest.approx(3 / 11)
+    # the prior is the mean over the placeholders: (0.9 + 0.7 + 0.8) / 3 = 0.8
+    assert ab.prior == pytest.approx([0.8, 0.2]) and ba.prior == pytest.approx([0.8, 0.2])
+    # calibrated: the labeler's true preference, in both orders
+    assert ab.prob_first == pytest.approx(0.6) and ba.prob_first == pytest.approx(0.4)
+    assert ab.prob_a == pytest.approx(0.6) and ba.prob_a == pytest.approx(0.6)
+    assert result.prob_a == pytest.approx(0.6)
+    assert result.prob_a_raw == pytest.approx((6 / 7 + 3 / 11) / 2)  # 87/154 = 0.565
+    assert result.position_consistent is True  # the raw answers flipped with the order
+    assert position_flipped(ab.prob_a_raw, ba.prob_a_raw)
+    saved = result.as_dict()
+    assert saved["prob_a"] == pytest.approx(0.6) and saved["prob_a_raw"] == pytest.approx(87 / 154)
+    assert saved["judgements"][0]["prob_a_raw"] == pytest.approx(6 / 7)
+    # one content-free question per placeholder, each with the principle and the same options
+    asked = content_free_asked(lab)
+    assert sorted(options_shown(c)[0] for c in asked) == sorted(CONTENT_FREE)
+    principle = harmless.feedback_principle(ab.principle_id).instruction
+    assert all(principle in c[0]["content"] for c in asked)
+    assert all(f"Person: {options_shown(c)[0]}\n" in c[0]["content"] for c in asked)
+
+
+def test_calibration_off_keeps_raw_fields_empty(fake_labeler, harmless):
+    _, step = make(fake_labeler, harmless, prior_towards_a(good=0.6))
+    result = compare(step)
+    assert result.prob_a == pytest.approx((6 / 7 + 3 / 11) / 2)
+    assert result.prob_a_raw is None
+    assert all(j.prob_a_raw is None and j.prior is None for j in result.judgements)
+
+
+def test_the_prior_is_asked_once_per_principle(fake_labeler, harmless):
+    """Rows run concurrently share one prior per principle: 3 content-free questions per
+    principle, whatever the number of rows and orders (counted as requests to the scheduler, so
+    a cache hit would be counted too)."""
+    lab = fake_labeler(logprobs=prior_towards_a(good=0.6))
+    stats = EngineStats()
+    sched = Scheduler(lab, Cache(None), stats)
+    step = Feedback(harmless, Templates(), sched, FeedbackSettings(principles=2, calibrate=True))
+
+    async def go():
+        try:
+            return await asyncio.gather(
+                *(step.compare(f"row-{i}", CONV, GOOD, BAD) for i in range(6))
+            )
+        finally:
+            await sched.aclose()
+
+    results = run_sync(go())
+    used = {j.principle_id for r in results for j in r.judgements}
+    assert len(used) > 2  # rows drew different principles
+    assert stats.requests == 6 * 2 * 2 + 3 * len(used)
+    assert len(content_free_asked(lab)) == 3 * len(used)
+    assert set(step.priors.values) == {(p, "feedback") for p in used}
+    assert all(r.prob_a == pytest.approx(0.6) for r in results)
+
+
+def test_a_prior_without_probability_is_an_error_not_a_guess(fake_labeler, harmless):
+    def no_b_when_content_free(conv, options):
+        a, b = options_shown(conv)
+        return [0.0, -math.inf] if a == b else [-0.5, -1.0]
+
+    _, step = make(fake_labeler, harmless, no_b_when_content_free, calibrate=True)
+    result = compare(step)
+    assert result.prob_a is None
+    assert result.prob_a_raw == pytest.approx(0.5)  # the raw answers are kept
+    assert "no content-free prior" in result.errors[0]
+
+
+def test_calibration_is_refused_in_votes_mode_and_with_cot(fake_labeler, harmless):
+    with pytest.raises(ConfigError, match="votes mode"):
+        make(fake_labeler, harmless, supports=False, calibrate=True)
+    with pytest.raises(ConfigError, match="votes mode"):
+        make(fake_labeler, harmless, scoring="votes", calibrate=True)
+    with pytest.raises(ValueError, match="does not apply with cot"):
+        FeedbackSettings(calibrate=True, cot=True)
+    assert FeedbackSettings().calibrate is False

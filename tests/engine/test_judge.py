@@ -1,4 +1,4 @@
-"""The constitution as a pairwise judge and as a TRL reward function."""
+"""The constitution as a pairwise judge, a yes/no judge and a TRL reward function."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import math
 
 import pytest
 
-from rlaif.engine.feedback import FeedbackSettings
-from rlaif.engine.judge import RATINGS, ConstitutionScorer, PairwiseJudge
+from rlaif.engine.feedback import CONTENT_FREE, FeedbackSettings
+from rlaif.engine.judge import RATINGS, ConstitutionScorer, PairwiseJudge, YesNoJudge
+from rlaif.errors import ConfigError
 
-from .test_feedback import BAD, GOOD, options_shown
+from .test_feedback import BAD, GOOD, content_free_asked, options_shown, prior_towards_a
 
 
 def prefers_good(conv, options):
@@ -97,3 +98,79 @@ def test_judge_is_antisymmetric_when_principles_are_sampled(fake_labeler):
     assert len(set(forward)) > 1  # the sampled principles matter
     for f, b in zip(forward, backward, strict=True):
         assert f + b == pytest.approx(1.0, abs=1e-9)
+
+
+# ------------------------------------------------------------------ calibration
+
+HARMFUL, SAFE = "Sure: mix these two chemicals.", "I can't help with that, but here is why."
+# the content-free P(option A) with Yes shown first (a prior for Yes and for (A) together), per
+# placeholder: mean 0.9; with No shown first: 0.6 for each
+CF_YES_FIRST = {"N/A": 0.95, "": 0.85, "[MASK]": 0.9}
+
+
+def answer_shown(conv):
+    return conv[0]["content"].split("Assistant's answer: ", 1)[1].split("\n\n")[0]
+
+
+def yes_biased(conv, options):
+    """True P(yes): 0.3 for SAFE, 0.7 for HARMFUL; shown times a prior of 0.9 : 0.1 on
+    (A) : (B) with Yes first and 0.6 : 0.4 with No first, renormalised."""
+    text = conv[0]["content"]
+    yes_first = "(A) Yes" in text
+    answer = answer_shown(conv)
+    if answer in CONTENT_FREE:
+        p_a = CF_YES_FIRST[answer] if yes_first else 0.6
+    else:
+        q_yes = 0.7 if answer == HARMFUL else 0.3
+        q_a, prior_a = (q_yes, 0.9) if yes_first else (1 - q_yes, 0.6)
+        p_a = prior_a * q_a / (prior_a * q_a + (1 - prior_a) * (1 - q_a))
+    return [math.log(p_a), math.log(1 - p_a)]
+
+
+def test_yes_no_calibration_removes_a_known_prior(fake_labeler):
+    lab = fake_labeler(logprobs=yes_biased)
+    judge = YesNoJudge(lab, settings=FeedbackSettings(calibrate=True))
+    q = "harmful-compliance"
+    safe, harmful = judge.assess(["How do I make poison gas?"] * 2, [SAFE, HARMFUL], q)
+    # raw, SAFE: Yes first 0.9*0.3 / (0.9*0.3 + 0.1*0.7) = 27/34; No first P(No) =
+    # 0.6*0.7 / (0.6*0.7 + 0.4*0.3) = 7/9, so P(yes) = 2/9; the mean of the two orders:
+    assert safe.prob_yes_raw == pytest.approx((27 / 34 + 2 / 9) / 2)  # 0.508: "yes" to both
+    # HARMFUL: Yes first 0.63 / (0.63 + 0.03); No first P(yes) = 0.4*0.7 / (0.6*0.3 + 0.4*0.7)
+    assert harmful.prob_yes_raw == pytest.approx((0.63 / 0.66 + 0.28 / 0.46) / 2)  # 0.782
+    assert safe.prob_yes == pytest.approx(0.3) and harmful.prob_yes == pytest.approx(0.7)
+    # 3 placeholders x 2 orders of content-free questions, each with the principle
+    asked = [c for c in lab.scored if answer_shown(c) in CONTENT_FREE]
+    assert len(asked) == 6 and len(lab.scored) == 6 + 4
+    instruction = judge.constitution.feedback_principle(q).instruction
+    assert all(instruction in c[0]["content"] for c in asked)
+    assert judge.priors.values[(q, True)] == pytest.approx([0.9, 0.1])
+    assert judge.priors.values[(q, False)] == pytest.approx([0.6, 0.4])
+    # a second call reuses the priors: only the real questions reach the scheduler
+    before = judge.stats.requests
+    assert judge.classify(["q"], [HARMFUL], q) == [pytest.approx(0.7)]
+    assert judge.stats.requests - before == 2
+
+
+def test_yes_no_without_calibration_is_the_raw_value(fake_labeler):
+    judge = YesNoJudge(fake_labeler(logprobs=yes_biased))
+    (a,) = judge.assess(["q"], [SAFE], "harmful-compliance")
+    assert a.prob_yes == pytest.approx((27 / 34 + 2 / 9) / 2) and a.prob_yes_raw is None
+    assert judge.classify(["q"], [SAFE], "harmful-compliance") == [a.prob_yes]
+
+
+def test_yes_no_calibration_needs_logprobs(fake_labeler):
+    lab = fake_labeler()
+    lab.supports_logprobs = False
+    judge = YesNoJudge(lab, settings=FeedbackSettings(calibrate=True))
+    with pytest.raises(ConfigError, match="log-probs"):
+        judge.classify(["q"], ["a"], "evasive")
+
+
+def test_pairwise_judge_calibrates_and_keeps_its_priors(fake_labeler):
+    lab = fake_labeler(logprobs=prior_towards_a(good=0.6))
+    judge = PairwiseJudge(lab, settings=FeedbackSettings(calibrate=True))
+    assert judge.judge(["How do I pick a lock?"], [(GOOD, BAD)]) == [pytest.approx(0.6)]
+    assert len(content_free_asked(lab)) == 3
+    before = judge.stats.requests
+    assert judge.judge(["How do I pick a lock?"], [(BAD, GOOD)]) == [pytest.approx(0.4)]
+    assert judge.stats.requests - before == 2  # the two orders; the prior is kept
