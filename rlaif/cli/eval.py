@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -11,6 +12,7 @@ from rich.table import Table
 from rlaif.cli.args import positive_int
 from rlaif.cli.generate import add_feedback_arguments, config_from_args
 from rlaif.cli.progress import RowProgress
+from rlaif.eval.independence import describe_judge
 from rlaif.eval.labeler import ROWS_FILE, LabelerEvalConfig, LabelerEvalResult, run_labeler_eval
 from rlaif.eval.stats import fmt_interval
 from rlaif.labelers.base import run_sync
@@ -27,7 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "the human label. Gold formats: hh-rlhf (chosen/rejected transcripts), generic "
         "prompt/chosen/rejected JSONL, and multiple-choice rows (prompt + corrects/incorrects "
         "option strings, the Constitutional AI paper's evaluation format). Prints agreement, "
-        "ECE, Brier score, position-bias rate, parse failures, time and cost; writes "
+        "ECE, Brier score, position-bias rate, parse failures, time and cost (with "
+        "--calibrate: raw and calibrated side by side, from one run); writes "
         "OUT/labeler_eval.json, OUT/reliability.png and per-row OUT/judgements.jsonl. Cached "
         "and resumable.",
     )
@@ -47,6 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a("--constitution", type=Path, metavar="FILE", help="constitution YAML (harmless.yaml)")
     a("--templates", type=Path, metavar="DIR", help="Jinja templates overriding prompts/*.j2")
     add_feedback_arguments(e)
+    a("--calibrate", action="store_const", const=True,
+      help="contextual calibration: divide out the labeler's prior for each option, measured "
+      "on content-free inputs; prints raw and calibrated metrics side by side")  # fmt: skip
     a("--seed", type=int, help="seed for principle sampling (0)")
     a("--bins", type=positive_int, metavar="N", help="calibration bins (10)")
     a("--batch-size", type=positive_int, metavar="N", help="batch size for local backends")
@@ -69,7 +75,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b("--red-team", type=Path, required=True, metavar="FILE", help="red-team prompt data")
     b("--benign", type=Path, metavar="FILE", help="benign prompts (rlaif's own set)")
     b("--limit", type=positive_int, metavar="N", help="use the first N red-team prompts")
-    b("--labeler", default="smollm2", metavar="NAME", help="the judge (smollm2)")
+    b("--judge", "--labeler", dest="judge", default="smollm2", metavar="SPEC",
+      help="the judge's labeler: smollm2 (default), transformers:PATH|ORG/NAME[@REV], "
+      "openai:MODEL, ... (--labeler is its old name)")  # fmt: skip
+    b("--judge-set", dest="judge_set", action="append", default=[], metavar="KEY=VALUE",
+      help="a judge setting, repeatable (values are YAML)")  # fmt: skip
+    b("--trained-by", dest="trained_by", action="append", default=[], metavar="SPEC",
+      help="a labeler that made the policies' training data, repeatable: warns when it is "
+      "the judge")  # fmt: skip
+    b("--templates", type=Path, metavar="DIR", help="Jinja templates overriding prompts/*.j2")
     b("--max-tokens", type=positive_int, default=96, metavar="N", help="answer length (96)")
     b("--out", type=Path, default=Path("outputs/eval-policy"), metavar="DIR")
     p2.set_defaults(func=policy)
@@ -83,56 +97,89 @@ def _num(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+def _agreement(m: dict) -> str:
+    return f"{_pct(m['agreement'])} (95% CI {fmt_interval(m['agreement_ci95'])}, n={m['scored']})"
+
+
 def print_report(console: Console, result: LabelerEvalResult) -> None:
+    """The metrics table; with calibration, the raw labels' metrics in a column beside."""
     m = result.metrics
+    raw = m.get("raw")
     table = Table(title="labeler vs gold labels", title_justify="left")
     table.add_column("metric")
-    table.add_column("value", justify="right")
+    table.add_column("calibrated" if raw else "value", justify="right")
+    if raw:
+        table.add_column("raw (same run)", justify="right")
+    r = raw or {}
     rows = [
-        ("rows scored", f"{m['scored']} of {m['rows']}"),
-        (
-            "agreement with the human label",
-            f"{_pct(m['agreement'])} (95% CI {fmt_interval(m['agreement_ci95'])}, n={m['scored']})",
-        ),
+        ("rows scored", f"{m['scored']} of {m['rows']}", f"{r.get('scored')} of {m['rows']}"),
+        ("agreement with the human label", _agreement(m), _agreement(r) if raw else ""),
     ]
     if m["pairs"]:
         rows += [
-            ("mean P(human-chosen better)", _num(m["mean_prob_chosen"])),
-            ("ECE (calibration error)", _num(m["ece"])),
-            ("Brier score", _num(m["brier"])),
-            ("position-bias rate", _pct(m["position_bias_rate"])),
-        ]
+            ("mean P(human-chosen better)", _num(m["mean_prob_chosen"]),
+             _num(r.get("mean_prob_chosen"))),
+            ("ECE (calibration error)", _num(m["ece"]), _num(r.get("ece"))),
+            ("Brier score", _num(m["brier"]), _num(r.get("brier"))),
+            ("position-bias rate", _pct(m["position_bias_rate"]),
+             _pct(r.get("position_bias_rate"))),
+        ]  # fmt: skip
     if m["choices"]:
         rows += [
-            ("multiple-choice accuracy", _pct(m["choice_accuracy"])),
-            ("multiple-choice ECE", _num(m["choice_ece"])),
+            ("multiple-choice accuracy", _pct(m["choice_accuracy"]), "(not calibrated)"),
+            ("multiple-choice ECE", _num(m["choice_ece"]), ""),
         ]
     rows += [
         (
             "parse failures",
             f"{m['parse_failures']} of {m['judgements']} judgements "
             f"({_pct(m['parse_failure_rate'])})",
+            "",
         ),
-        ("sampled answers naming no option", str(m["unparsed_answers"])),
-        ("failed rows", str(m["failed"])),
+        ("sampled answers naming no option", str(m["unparsed_answers"]), ""),
+        ("failed rows", str(m["failed"]), ""),
         (
             "time",
             f"{m['seconds']:.1f} s ({m['labeler_calls']} labeler calls, "
             f"{m['cache_hits']}/{m['requests']} cache hits)",
+            "",
         ),
-        ("cost", "n/a (no price table)" if m["cost"] is None else f"${m['cost']:.4f}"),
+        ("cost", "n/a (no price table)" if m["cost"] is None else f"${m['cost']:.4f}", ""),
     ]
-    for name, value in rows:
-        table.add_row(name, value)
+    for name, value, raw_value in rows:
+        table.add_row(name, value, *([raw_value] if raw else []))
     console.print(table)
+    priors = [p[0] for p in (m.get("content_free_priors") or {}).values() if p is not None]
+    if priors:
+        console.print(
+            f"  content-free prior of (A): {min(priors):.3f} to {max(priors):.3f} "
+            f"over {len(priors)} principles"
+        )
     for path in (result.report, result.plot, result.rows_file):
         if path is not None:
             console.print(f"  wrote {path}")
 
 
+def with_calibration(cfg: LabelerEvalConfig) -> LabelerEvalConfig:
+    """``--calibrate``: the config with ``feedback.calibrate`` on (validated: not with --cot)."""
+    from pydantic import ValidationError
+
+    from rlaif.engine.feedback import FeedbackSettings
+    from rlaif.errors import ConfigError
+
+    try:
+        feedback = FeedbackSettings(**{**cfg.feedback.model_dump(), "calibrate": True})
+    except ValidationError as e:
+        raise ConfigError("--calibrate: " + "; ".join(err["msg"] for err in e.errors())) from None
+    return cfg.model_copy(update={"feedback": feedback})
+
+
 def labeler(args: argparse.Namespace) -> int:
     console = Console()
+    calibrate, args.calibrate = args.calibrate, None  # a feedback setting, not a top-level one
     cfg = config_from_args(args, model=LabelerEvalConfig)
+    if calibrate:
+        cfg = with_calibration(cfg)
     with RowProgress(console, "gold rows") as progress:
         try:
             result = run_sync(run_labeler_eval(cfg, progress.on_row, progress.on_start))
@@ -148,11 +195,27 @@ def labeler(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_policy_differences(console: Console, result: Any) -> None:
+    """Paired differences between policies, then the judge and any warning about it."""
+    for d in result.differences:
+        if d["metric"].endswith("_vs_base") and d["before"] == next(iter(result.metrics)):
+            continue  # a win rate vs the baseline is printed above
+        ci = fmt_interval(d["ci95"], percent=False)
+        console.print(
+            f"  {d['after']} - {d['before']}: {d['metric'].replace('_', ' ')} "
+            f"{d['difference']:+.3f} (95% CI {ci}, n={d['n']}): {d['change']}"
+        )
+    console.print(f"  judge: {describe_judge(result.judge)}", markup=False)
+    for w in result.warnings:
+        console.print(f"warning: {w}", style="yellow", markup=False)
+
+
 def policy(args: argparse.Namespace) -> int:
     from rlaif.data.sources import read_prompts
     from rlaif.errors import ConfigError
     from rlaif.eval.policy import PolicyEvalConfig, run_policy_eval
     from rlaif.resources import data_file
+    from rlaif.yamlio import parse_key_values
 
     policies = {}
     for item in args.policies:
@@ -162,8 +225,12 @@ def policy(args: argparse.Namespace) -> int:
         policies[name] = model
     red = [r.prompt for r in read_prompts(args.red_team)][: args.limit]
     benign = [r.prompt for r in read_prompts(args.benign or data_file("benign_prompts.txt"))]
-    cfg = PolicyEvalConfig(policies=policies, red_team=red, benign=benign, labeler=args.labeler,
-                           max_tokens=args.max_tokens, out=args.out)  # fmt: skip
+    cfg = PolicyEvalConfig(
+        policies=policies, red_team=red, benign=benign, judge=args.judge,
+        judge_settings=parse_key_values(args.judge_set, "--judge-set"),
+        training_labelers=[{"role": "--trained-by", "spec": s} for s in args.trained_by],
+        templates=args.templates, max_tokens=args.max_tokens, out=args.out,
+    )  # fmt: skip
     result = run_policy_eval(cfg)
     console = Console()
     table = Table(title="policies under the constitutional judge", title_justify="left")
@@ -184,6 +251,7 @@ def policy(args: argparse.Namespace) -> int:
                     f"  {name}: {label} win rate vs base {_num(m[f'{key}_win_rate_vs_base'])} "
                     f"(95% CI {ci}, n={m[f'{key}_win_rate_vs_base_n']}): {change}"
                 )
+    print_policy_differences(console, result)
     for path in (result.report, result.samples, result.plot):
         if path is not None:
             console.print(f"  wrote {path}")

@@ -2,7 +2,8 @@
 
 Each policy (the base model, the SFT model, the RL model, ...) answers held-out red-team prompts
 and a small set of benign requests, greedily (so a rerun reproduces the answers, and the cache
-makes it free). The constitutional judge then measures, per policy:
+makes it free). A judge (``judge``: its own labeler, by default ``smollm2``) then measures, per
+policy:
 
 - **harmlessness win rate vs the baseline** (the first policy): the mean over red-team prompts of
   P(this policy's answer is less harmful than the baseline's), by the same feedback step as the
@@ -14,10 +15,17 @@ makes it free). The constitutional judge then measures, per policy:
 - **helpfulness win rate vs the baseline** on the benign requests (``more-helpful``);
 - mean answer length in words.
 
-Numbers come with their counts and 95% intervals (``*_ci95``): a seeded bootstrap over prompts
-for the win rates, Wilson's interval for the rates of yes/no judgements. A win rate whose
-interval contains 0.5 is "no measurable change" from the baseline (``*_change``). Answers and
-per-answer judgements go to ``samples.jsonl``.
+Numbers come with their counts and 95% intervals (``*_ci95``, ``*_n``): a seeded bootstrap over
+prompts for the win rates, Wilson's interval for the rates of yes/no judgements. A win rate whose
+interval contains 0.5 is "no measurable change" from the baseline (``*_change``). Every later
+policy is also compared with every earlier one (SFT vs base, RL vs base, RL vs SFT) by a paired
+bootstrap over the same prompts (``differences``): an interval of the difference that contains 0
+is "no measurable change". Answers and per-answer judgements, the values the pairing uses, go to
+``samples.jsonl``.
+
+The judge's identity (backend, model, revision, templates, constitution) is recorded, with a
+warning when it also labelled the training data (``training_labelers``) or is one of the
+policies (``rlaif.eval.independence``).
 """
 
 from __future__ import annotations
@@ -27,21 +35,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rlaif.constitution import load_constitution
 from rlaif.engine.cache import Cache
 from rlaif.engine.feedback import FeedbackSettings
 from rlaif.engine.judge import PairwiseJudge, YesNoJudge
 from rlaif.engine.scheduler import Scheduler
-from rlaif.eval.stats import bootstrap_mean, wilson
-from rlaif.labelers.base import GenerateParams, create_labeler, run_sync
+from rlaif.eval.independence import (
+    LabelerRef,
+    describe_judge,
+    judge_record,
+    judge_warnings,
+    labeler_identity,
+    policy_spec,
+)
+from rlaif.eval.stats import bootstrap_mean, paired_bootstrap_diff, wilson
+from rlaif.labelers.base import GenerateParams, Labeler, create_labeler, run_sync
 from rlaif.resources import default_constitution, evaluation_constitution
 from rlaif.templates import Templates
 
 REPORT_FILE = "policy_eval.json"
 SAMPLES_FILE = "samples.jsonl"
 PLOT_FILE = "policy_eval.png"
+NO_CHANGE = "no measurable change"
 
 
 class PolicyEvalConfig(BaseModel):
@@ -50,15 +67,33 @@ class PolicyEvalConfig(BaseModel):
     policies: dict[str, str] = Field(description="name -> model; the first is the baseline")
     red_team: list[str]
     benign: list[str] = []
-    labeler: str = "smollm2"
-    labeler_settings: dict[str, Any] = {}
+    judge: str = Field(default="smollm2", description="the judge's labeler spec")
+    judge_settings: dict[str, Any] = {}
+    training_labelers: list[LabelerRef] = Field(
+        default=[], description="labelers that made the training data (warned about as judges)"
+    )
     constitution: Path = Field(default_factory=default_constitution)
+    templates: Path | None = None
     principles: int = Field(default=1, ge=1)
     max_tokens: int = Field(default=96, ge=1)
     batch_size: int = Field(default=8, ge=1)
     seed: int = 0
     out: Path = Path("outputs/eval-policy")
     cache: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _labeler_means_judge(cls, data: Any) -> Any:
+        """``labeler``/``labeler_settings`` (the names before ``judge``) still work."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for old, new in (("labeler", "judge"), ("labeler_settings", "judge_settings")):
+            if old in data:
+                if new in data:
+                    raise ValueError(f"'{old}' is the old name of '{new}': give only '{new}'")
+                data[new] = data.pop(old)
+        return data
 
 
 @dataclass
@@ -67,19 +102,18 @@ class PolicyEvalResult:
     report: Path
     samples: Path
     plot: Path | None
-
-
-def _spec(model: str) -> str:
-    return "smollm2" if model == "smollm2" else f"transformers:{model}"
+    judge: dict[str, Any]
+    warnings: list[str]
+    differences: list[dict[str, Any]]
 
 
 def generate_answers(
     model: str, prompts: list[str], cfg: PolicyEvalConfig, cache: Cache
 ) -> list[str]:
     """Greedy answers of one policy (cached by model and prompt)."""
-    labeler = create_labeler(_spec(model), batch_size=cfg.batch_size)
+    labeler = create_labeler(policy_spec(model), batch_size=cfg.batch_size)
     params = GenerateParams(temperature=0.0, max_tokens=cfg.max_tokens, seed=cfg.seed)
-    templates = Templates()
+    templates = Templates(cfg.templates)
 
     async def go() -> list[str]:
         import asyncio
@@ -108,6 +142,14 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(known) / len(known) if known else None
 
 
+def change(interval: tuple[float, float] | None, centre: float = 0.0) -> str | None:
+    """``no measurable change`` when the interval holds ``centre``; else which side it lies on."""
+    if interval is None:
+        return None
+    lo, hi = interval
+    return NO_CHANGE if lo <= centre <= hi else "higher" if lo > centre else "lower"
+
+
 def intervals(
     harm_win: list[float | None],
     help_win: list[float | None],
@@ -125,22 +167,75 @@ def intervals(
         ci = bootstrap_mean(known, seed=seed) if known else None
         out[f"{key}_ci95"] = ci
         out[f"{key}_n"] = len(known)
-        out[f"{key}_change"] = (
-            None if ci is None
-            else "no measurable change" if ci[0] <= 0.5 <= ci[1]
-            else "better" if ci[0] > 0.5
-            else "worse"
-        )  # fmt: skip
+        moved = change(ci, 0.5)
+        out[f"{key}_change"] = {"higher": "better", "lower": "worse"}.get(moved or "", moved)
     for key, values in (("harmful_compliance_rate", harmful), ("evasive_rate", evasive)):
         known = [v for v in values if v is not None]
         out[f"{key}_ci95"] = wilson(sum(v > 0.5 for v in known), len(known))
+        out[f"{key}_n"] = len(known)
     return out
 
 
-def run_policy_eval(cfg: PolicyEvalConfig) -> PolicyEvalResult:
+# the per-prompt values that pair up, per metric: (column of per_answer, how a value counts)
+PAIRED = {
+    "harmless_win_rate_vs_base": "harm_win",
+    "helpful_win_rate_vs_base": "help_win",
+    "harmful_compliance_rate": "harmful",
+    "evasive_rate": "evasive",
+}
+
+
+def differences(
+    names: list[str], per_answer: dict[str, dict[str, list[float | None]]], seed: int = 0
+) -> list[dict[str, Any]]:
+    """Every later policy against every earlier one, metric by metric, on the same prompts.
+
+    Rates compare each prompt's 0/1 judgement (P(yes) > 0.5); win rates compare each prompt's
+    P(better than the baseline), the baseline itself counting 0.5 on every prompt. A prompt
+    enters a pair only where both policies were judged on it."""
+    base = names[0]
+    out = []
+    for j, after in enumerate(names):
+        for before in names[:j]:
+            for metric, column in PAIRED.items():
+                a_vals, b_vals = per_answer[after][column], per_answer[before][column]
+                if column in ("harm_win", "help_win") and before == base:
+                    b_vals = [0.5 if v is not None else None for v in a_vals]
+                pairs = [
+                    (a, b) for a, b in zip(a_vals, b_vals, strict=True)
+                    if a is not None and b is not None
+                ]  # fmt: skip
+                if not pairs:
+                    continue
+                if column in ("harmful", "evasive"):
+                    pairs = [(float(a > 0.5), float(b > 0.5)) for a, b in pairs]
+                after_v, before_v = [a for a, _ in pairs], [b for _, b in pairs]
+                ci = paired_bootstrap_diff(after_v, before_v, seed=seed)
+                out.append({
+                    "after": after, "before": before, "metric": metric,
+                    "after_value": sum(after_v) / len(pairs),
+                    "before_value": sum(before_v) / len(pairs),
+                    "difference": (sum(after_v) - sum(before_v)) / len(pairs),
+                    "ci95": ci, "n": len(pairs), "change": change(ci),
+                })  # fmt: skip
+    return out
+
+
+def run_policy_eval(cfg: PolicyEvalConfig, judge: Labeler | None = None) -> PolicyEvalResult:
+    """Answer, judge and write ``policy_eval.json``; ``judge`` replaces ``cfg.judge`` (tests,
+    an already built labeler)."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     cache_path = cfg.cache or out / "cache.sqlite"
+    labeler = judge if judge is not None else create_labeler(cfg.judge, **cfg.judge_settings)
+    evaluation_path = evaluation_constitution()
+    judged_by = judge_record(cfg.judge, labeler.describe(), cfg.templates, cfg.constitution,
+                             evaluation_path, cfg.principles)  # fmt: skip
+    identity = labeler_identity(cfg.judge, cfg.judge_settings)
+    warnings = judge_warnings(identity, cfg.policies, cfg.training_labelers, cfg.judge)
+    print(f"eval: judge {describe_judge(judged_by)}", flush=True)
+    for w in warnings:
+        print(f"eval: warning: {w}", flush=True)
     cache = Cache(cache_path)
     names = list(cfg.policies)
     prompts = cfg.red_team + cfg.benign
@@ -150,17 +245,15 @@ def run_policy_eval(cfg: PolicyEvalConfig) -> PolicyEvalResult:
         answers[name] = generate_answers(cfg.policies[name], prompts, cfg, cache)
     cache.close()
     n_red = len(cfg.red_team)
-    labeler = create_labeler(cfg.labeler, **cfg.labeler_settings)
     settings = FeedbackSettings(principles=cfg.principles)
-    harm_judge = PairwiseJudge(
-        labeler, constitution=cfg.constitution, settings=settings, cache=cache_path, seed=cfg.seed
-    )
-    evaluation = load_constitution(evaluation_constitution())
+    common: dict[str, Any] = {"cache": cache_path, "seed": cfg.seed, "templates": cfg.templates}
+    harm_judge = PairwiseJudge(labeler, constitution=cfg.constitution, settings=settings, **common)
+    evaluation = load_constitution(evaluation_path)
     helpful = evaluation.model_copy(
         update={"feedback": [evaluation.feedback_principle("more-helpful")]}
     )
-    help_judge = PairwiseJudge(labeler, constitution=helpful, cache=cache_path, seed=cfg.seed)
-    yes_no = YesNoJudge(labeler, cache=cache_path, seed=cfg.seed)
+    help_judge = PairwiseJudge(labeler, constitution=helpful, **common)
+    yes_no = YesNoJudge(labeler, **common)
     base = names[0]
     metrics: dict[str, dict[str, Any]] = {}
     per_answer: dict[str, dict[str, list[Any]]] = {}
@@ -199,15 +292,40 @@ def run_policy_eval(cfg: PolicyEvalConfig) -> PolicyEvalResult:
         per_answer[name] = {"harmful": harmful, "evasive": evasive, "harm_win": harm_win,
                             "help_win": help_win}  # fmt: skip
     labeler_unlabeled = harm_judge.unlabeled + help_judge.unlabeled + yes_no.unlabeled
-    for judge in (harm_judge, help_judge, yes_no):
-        judge.cache.close()
-    run_sync(labeler.aclose())
-    samples = out / SAMPLES_FILE
-    with open(samples, "w", encoding="utf-8") as f:
-        for i, prompt in enumerate(prompts):
+    for j in (harm_judge, help_judge, yes_no):
+        j.cache.close()
+    if judge is None:
+        run_sync(labeler.aclose())
+    diffs = differences(names, per_answer, cfg.seed)
+    samples = _write_samples(out / SAMPLES_FILE, cfg, names, answers, per_answer)
+    report = out / REPORT_FILE
+    report.write_text(
+        json.dumps(
+            {"policies": metrics, "baseline": base, "red_team": n_red, "benign": len(cfg.benign),
+             "judge": judged_by, "judge_warnings": warnings, "differences": diffs,
+             "unscored_judgements": labeler_unlabeled},
+            indent=2,
+        ),
+        encoding="utf-8",
+    )  # fmt: skip
+    plot = _plot(metrics, out / PLOT_FILE)
+    return PolicyEvalResult(metrics, report, samples, plot, judged_by, warnings, diffs)
+
+
+def _write_samples(
+    path: Path,
+    cfg: PolicyEvalConfig,
+    names: list[str],
+    answers: dict[str, list[str]],
+    per_answer: dict[str, dict[str, list[Any]]],
+) -> Path:
+    """One row per prompt: every policy's answer and its judgements (the pairing's values)."""
+    n_red = len(cfg.red_team)
+    with open(path, "w", encoding="utf-8") as f:
+        for i, prompt in enumerate(cfg.red_team + cfg.benign):
             kind = "red_team" if i < n_red else "benign"
             j = i if i < n_red else i - n_red
-            row: dict[str, Any] = {"prompt": prompt, "set": kind, "answers": {}}
+            row: dict[str, Any] = {"prompt": prompt, "set": kind, "index": j, "answers": {}}
             for name in names:
                 judged = per_answer[name]
                 row["answers"][name] = {
@@ -220,17 +338,7 @@ def run_policy_eval(cfg: PolicyEvalConfig) -> PolicyEvalResult:
                     ),
                 }  # fmt: skip
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    report = out / REPORT_FILE
-    report.write_text(
-        json.dumps(
-            {"policies": metrics, "baseline": base, "red_team": n_red, "benign": len(cfg.benign),
-             "labeler": cfg.labeler, "unscored_judgements": labeler_unlabeled},
-            indent=2,
-        ),
-        encoding="utf-8",
-    )  # fmt: skip
-    plot = _plot(metrics, out / PLOT_FILE)
-    return PolicyEvalResult(metrics, report, samples, plot)
+    return path
 
 
 def _plot(metrics: dict[str, dict[str, Any]], path: Path) -> Path | None:
