@@ -21,6 +21,14 @@ Multiple-choice rows score every option string after the prompt: the labeler's a
 most probable option, its confidence that option's normalised probability. Such rows have no
 order to swap, so they do not enter the position-bias rate.
 
+With ``feedback.calibrate`` (``--calibrate``) the pairs are judged with contextual calibration
+(see ``rlaif.engine.feedback``). Each judgement keeps its raw probability beside the calibrated
+one, so one run measures both: the metrics are those of the calibrated labels, and ``raw``
+holds agreement (with its interval), ECE, Brier score and position-bias rate of the same
+questions before calibration; ``content_free_priors`` holds the prior measured per principle.
+Multiple-choice rows carry their own options in the prompt text, so they have no content-free
+form and are read raw either way.
+
 Rows go through the engine's journal and cache: an interrupted evaluation resumes, and a rerun
 (or another metric) costs no labeler calls. Per-row results are in ``judgements.jsonl``.
 """
@@ -40,7 +48,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rlaif.constitution import load_constitution
 from rlaif.engine.cache import Cache
-from rlaif.engine.feedback import TEMPLATES_USED, Feedback, FeedbackSettings, normalised
+from rlaif.engine.feedback import (
+    TEMPLATES_USED,
+    Feedback,
+    FeedbackSettings,
+    normalised,
+    position_flipped,
+)
 from rlaif.engine.jobs import base_provenance, endpoint_unusable, fingerprint, make_labeler
 from rlaif.engine.journal import Journal
 from rlaif.engine.runner import run_rows
@@ -134,7 +148,35 @@ def agreement_of(prob: float) -> float:
     return 1.0 if prob > 0.5 else 0.0 if prob < 0.5 else 0.5
 
 
+# the metrics shown for the raw labels beside the calibrated ones
+RAW_METRICS = ("scored", "agreement", "agreement_ci95", "pair_agreement", "mean_prob_chosen",
+               "brier", "ece", "reliability_bins", "position_questions", "position_bias_rate",
+               "parse_failures")  # fmt: skip
+
+
+def raw_view(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as it would have been without calibration (rows without raw values unchanged)."""
+    if "prob_correct_raw" not in row:
+        return row
+    return {
+        **row,
+        "prob_correct": row["prob_correct_raw"],
+        "agree": row["agree_raw"],
+        "position": row["position_raw"],
+        "judgements": [{**j, "prob_a": j.get("prob_a_raw")} for j in row.get("judgements", [])],
+    }
+
+
 def summarise(rows: list[dict[str, Any]], bins: int) -> dict[str, Any]:
+    """The metrics of ``rows``; where rows were calibrated, ``raw`` has those before it."""
+    metrics = _summarise(rows, bins)
+    if any("prob_correct_raw" in r for r in rows):
+        raw = _summarise([raw_view(r) for r in rows], bins)
+        metrics["raw"] = {k: raw[k] for k in RAW_METRICS}
+    return metrics
+
+
+def _summarise(rows: list[dict[str, Any]], bins: int) -> dict[str, Any]:
     scored = [r for r in rows if r.get("prob_correct") is not None]
     pairs = [r for r in scored if r["kind"] == "pair"]
     choices = [r for r in scored if r["kind"] == "choice"]
@@ -182,6 +224,21 @@ def summarise(rows: list[dict[str, Any]], bins: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the job
 
 
+def _chosen(prob_a: float | None, swapped: bool) -> float | None:
+    """P(human-chosen better) from P(response A better)."""
+    return None if prob_a is None else (1 - prob_a if swapped else prob_a)
+
+
+def _flips(probs: dict[tuple[str, str], float | None]) -> list[dict[str, Any]]:
+    """Per principle asked in both orders: whether the preferred response flipped with them."""
+    out = []
+    for pid in dict.fromkeys(p for p, _ in probs):
+        ab, ba = probs.get((pid, "ab")), probs.get((pid, "ba"))
+        if ab is not None and ba is not None:
+            out.append({"principle_id": pid, "flipped": position_flipped(ab, ba)})
+    return out
+
+
 @dataclass
 class _Job:
     feedback: Feedback
@@ -201,25 +258,24 @@ class _Job:
             swap = random.Random(f"{self.seed}:{gold.id}").random() < 0.5
         a, b = (gold.rejected, gold.chosen) if swap else (gold.chosen, gold.rejected)
         cmp = await self.feedback.compare(gold.id, gold.conversation, a, b)
-        prob = None if cmp.prob_a is None else (1 - cmp.prob_a if swap else cmp.prob_a)
-        position = []
-        by_principle: dict[str, dict[str, float]] = {}
-        for j in cmp.judgements:
-            if j.prob_a is not None:
-                by_principle.setdefault(j.principle_id, {})[j.order] = j.prob_a
-        for pid, orders in by_principle.items():
-            if len(orders) == 2:
-                flipped = (orders["ab"] - 0.5) * (orders["ba"] - 0.5) < 0
-                position.append({"principle_id": pid, "flipped": flipped})
-        return {
+        prob = _chosen(cmp.prob_a, swap)
+        row = {
             "id": gold.id,
             "kind": "pair",
             "swapped": swap,
             "prob_correct": prob,
             "agree": None if prob is None else agreement_of(prob),
-            "position": position,
-            **{k: v for k, v in cmp.as_dict().items() if k != "prob_a"},
+            "position": _flips({(j.principle_id, j.order): j.prob_a for j in cmp.judgements}),
         }
+        if self.settings.calibrate:
+            raw = _chosen(cmp.prob_a_raw, swap)
+            row["prob_correct_raw"] = raw
+            row["agree_raw"] = None if raw is None else agreement_of(raw)
+            row["position_raw"] = _flips(
+                {(j.principle_id, j.order): j.prob_a_raw for j in cmp.judgements}
+            )
+        details = cmp.as_dict()
+        return {**row, **{k: v for k, v in details.items() if k not in ("prob_a", "prob_a_raw")}}
 
     async def _choice(self, gold: GoldChoice) -> dict[str, Any]:
         messages = self.templates.render("multiple_choice", prompt=gold.prompt)
@@ -328,6 +384,11 @@ async def run_labeler_eval(
         cache.close()
     seconds = time.perf_counter() - started
     metrics = summarise(rows, cfg.bins)
+    metrics["calibrated"] = cfg.feedback.calibrate
+    if cfg.feedback.calibrate:
+        metrics["content_free_priors"] = {
+            pid: prior for (pid, _), prior in feedback.priors.values.items()
+        }
     metrics.update(
         seconds=round(seconds, 2),
         labeler_calls=stats.labeler_calls,

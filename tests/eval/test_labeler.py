@@ -8,6 +8,7 @@ import math
 import pytest
 
 from rlaif.engine.feedback import FeedbackSettings
+from rlaif.errors import ConfigError
 from rlaif.eval.gold import read_gold
 from rlaif.eval.labeler import LabelerEvalConfig, calibration, run_labeler_eval, summarise
 from rlaif.eval.stats import wilson
@@ -164,3 +165,67 @@ def test_labeler_eval_ece_with_clamped_cot_labels(tmp_path, fake_labeler):
     counts = [b["count"] for b in m["reliability_bins"]]
     assert counts == [0, 1, 2, 0, 0, 0, 0, 0, 0, 0]
     assert m["ece"] == pytest.approx(0.46, abs=1e-9)
+
+
+# ------------------------------------------------------------------ contextual calibration
+
+
+def prior_towards_a(conv, options):
+    """Prefers the human-chosen response 0.6 : 0.4, seen through a prior of 0.8 : 0.2 for the
+    positions (the content-free questions, where both options are the same placeholder, show
+    the prior alone)."""
+    a, b = options_shown(conv)
+    if a == b:
+        p = 0.8
+    else:
+        q = 0.6 if a in CHOSEN else 0.4
+        p = 0.8 * q / (0.8 * q + 0.2 * (1 - q))
+    return [math.log(p), math.log(1 - p)]
+
+
+def test_calibrated_and_raw_metrics_from_one_run(tmp_path, fake_labeler):
+    """By hand: raw, the chosen response shown first gets 0.48/0.56 = 6/7, shown second
+    1 - 0.32/0.44 = 3/11; each pair's P(chosen) = (6/7 + 3/11) / 2 = 87/154 (0.565), and the
+    preferred response flips with the order in every pair. Calibrated: 0.6 in both orders."""
+    result = evaluate(tmp_path, fake_labeler, prior_towards_a, calibrate=True)
+    m = result.metrics
+    assert m["calibrated"] is True
+    assert m["agreement"] == 1.0 and m["mean_prob_chosen"] == pytest.approx(0.6)
+    assert m["ece"] == pytest.approx(0.4) and m["brier"] == pytest.approx(0.16)
+    assert m["position_bias_rate"] == 0.0 and m["position_questions"] == 3
+    raw = m["raw"]
+    assert raw["agreement"] == 1.0 and raw["mean_prob_chosen"] == pytest.approx(87 / 154)
+    assert raw["ece"] == pytest.approx(67 / 154) and raw["brier"] == pytest.approx((67 / 154) ** 2)
+    assert raw["position_bias_rate"] == 1.0 and raw["position_questions"] == 3
+    assert raw["agreement_ci95"] == pytest.approx(wilson(3, 3))
+    used = {r["judgements"][0]["principle_id"] for r in result.rows}
+    assert m["content_free_priors"] == {p: pytest.approx([0.8, 0.2]) for p in used}
+    saved = json.loads(result.report.read_text())
+    assert saved["metrics"]["raw"]["position_bias_rate"] == 1.0
+    assert saved["provenance"]["feedback"]["calibrate"] is True
+    rows = [json.loads(x) for x in result.rows_file.read_text().splitlines()]
+    for r in rows:
+        assert r["prob_correct"] == pytest.approx(0.6)
+        assert r["prob_correct_raw"] == pytest.approx(87 / 154)
+        assert [j["prob_a_raw"] for j in r["judgements"]] == pytest.approx([6 / 7, 3 / 11])
+        assert r["position_raw"][0]["flipped"] and not r["position"][0]["flipped"]
+    # 6 real questions and 3 content-free ones per principle; a rerun asks the labeler nothing
+    assert m["requests"] == 6 + 3 * len(used) and m["cache_hits"] == 0
+    again = evaluate(tmp_path, fake_labeler, prior_towards_a, calibrate=True).metrics
+    assert again["labeler_calls"] == 0 and again["raw"] == m["raw"]
+
+
+def test_uncalibrated_run_has_no_raw_column(tmp_path, fake_labeler):
+    m = evaluate(tmp_path, fake_labeler, prior_towards_a).metrics
+    assert m["calibrated"] is False and "raw" not in m and "content_free_priors" not in m
+    assert m["mean_prob_chosen"] == pytest.approx(87 / 154) and m["position_bias_rate"] == 1.0
+
+
+def test_calibration_is_refused_in_votes_mode(tmp_path, fake_labeler):
+    cfg = LabelerEvalConfig(
+        gold=FIXTURES / "gold_pairs.jsonl",
+        out=tmp_path / "ev",
+        feedback=FeedbackSettings(calibrate=True, scoring="votes"),
+    )
+    with pytest.raises(ConfigError, match="votes mode"):
+        run_sync(run_labeler_eval(cfg, labeler=fake_labeler()))
