@@ -4,7 +4,9 @@ One request per conversation (``max_batch_size`` 1) and many in flight (``max_co
 API server batches on its side, so the engine's job is to keep it busy. With several
 ``base_url`` values, each request goes to the server with the fewest requests in flight.
 
-The SDK's own retries are off (``max_retries=0``): ``reliability.with_retries`` retries 429, 5xx,
+Online requests are plain JSON posts (``labelers/http.py``: the body as built here, the answer as
+a dict), not the SDK's typed client, whose import and per-request work cost more CPU than the
+rest of rlaif at a few hundred requests a second. ``reliability.with_retries`` retries 429, 5xx,
 connection errors, timeouts and unparsable bodies with backoff and jitter, honouring Retry-After,
 and a client-side limiter keeps requests/min and tokens/min under budget.
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, ClassVar
 
@@ -50,6 +53,7 @@ from rlaif.labelers.batches import (
     ItemResult,
     custom_id,
 )
+from rlaif.labelers.http import HttpError, JsonClient, classify_http_error
 from rlaif.labelers.reliability import (
     ApiCaller,
     ApiLabelerMixin,
@@ -61,6 +65,8 @@ from rlaif.labelers.reliability import (
     server_says,
 )
 
+DEFAULT_URL = "https://api.openai.com/v1"
+
 
 class OpenAISettings(ApiSettings, BatchSettings):
     base_url: str | list[str] | None = Field(
@@ -69,22 +75,7 @@ class OpenAISettings(ApiSettings, BatchSettings):
     top_logprobs: int = Field(default=20, ge=1, le=20)
 
 
-_BEARER: Any = {"security": {"bearer_auth": True}}  # the request options create() passes
-
-
-def _aiohttp_client() -> Any:
-    """The SDK's aiohttp transport where aiohttp is installed (None: the SDK's httpx default).
-    At a few hundred requests a second it costs about a third less CPU per request than httpx's
-    connection pool, and that CPU is what limits a client against a fast server."""
-    try:
-        from openai import DefaultAioHttpClient
-
-        return DefaultAioHttpClient()
-    except (ImportError, RuntimeError):  # an older SDK, or one without its aiohttp extra
-        return None
-
-
-async def _closed_with_the_loop(clients: list[Any]) -> AsyncIterator[None]:
+async def _closed_with_the_loop(clients: list[JsonClient]) -> AsyncIterator[None]:
     """Closes ``clients`` as their event loop shuts down: ``asyncio.run`` finalises the async
     generators still open before it closes the loop. A labeler used under several loops (a judge
     called from synchronous code) or never closed then leaves no open HTTP session behind, which
@@ -94,6 +85,23 @@ async def _closed_with_the_loop(clients: list[Any]) -> AsyncIterator[None]:
     finally:
         for client in clients:
             await client.close()
+
+
+_ENV_HEADERS = (("OPENAI_ORG_ID", "OpenAI-Organization"), ("OPENAI_PROJECT_ID", "OpenAI-Project"))
+
+
+def _headers(key: str) -> dict[str, str]:
+    """What the SDK sends besides the body: the key, and the organisation and project the
+    OpenAI API reads from these headers (set from the SDK's environment variables)."""
+    from rlaif import __version__
+
+    headers = {"User-Agent": f"rlaif/{__version__}"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    for env, header in _ENV_HEADERS:
+        if os.environ.get(env):
+            headers[header] = os.environ[env]
+    return headers
 
 
 # --------------------------------------------------------------------------- bodies and answers
@@ -127,54 +135,64 @@ def score_body(model: str, conversation: Conversation, top_logprobs: int) -> dic
     }
 
 
-def usage_of(response: Any) -> tuple[int, int]:
-    usage = getattr(response, "usage", None)
-    return (
-        getattr(usage, "prompt_tokens", 0) or 0,
-        getattr(usage, "completion_tokens", 0) or 0,
-    )
+def usage_of(response: dict[str, Any]) -> tuple[int, int]:
+    usage = response.get("usage") or {}
+    return usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
 
 
-def parse_chat(response: Any, conversation: Conversation, n: int) -> list[Completion]:
-    """The ``n`` completions of a chat completion (an SDK object, online or from a batch)."""
-    if not getattr(response, "choices", None):
+def _choices(response: Any) -> list[dict[str, Any]]:
+    choices = response.get("choices") if isinstance(response, dict) else None
+    if not choices or not isinstance(choices, list):
         raise LabelerResponseError("response without choices")
-    prompt_tokens, total_completion = usage_of(response)
-    choices = sorted(response.choices, key=lambda c: c.index)
+    return choices
+
+
+def parse_chat(response: dict[str, Any], conversation: Conversation, n: int) -> list[Completion]:
+    """The ``n`` completions of a chat completion (the JSON answer, online or from a batch)."""
+    choices = _choices(response)
     if len(choices) != n:
         raise LabelerResponseError(f"asked for {n} choices, got {len(choices)}")
+    prompt_tokens, total_completion = usage_of(response)
     per_choice = total_completion // max(1, len(choices))
-    return [
-        Completion(
-            text=strip_prefill(c.message.content or "", conversation),
-            finish_reason="length" if c.finish_reason == "length" else "stop",
-            prompt_tokens=prompt_tokens,
-            completion_tokens=per_choice,
-        )
-        for c in choices
-    ]
+    try:
+        return [
+            Completion(
+                text=strip_prefill((c.get("message") or {}).get("content") or "", conversation),
+                finish_reason="length" if c.get("finish_reason") == "length" else "stop",
+                prompt_tokens=prompt_tokens,
+                completion_tokens=per_choice,
+            )
+            for c in sorted(choices, key=lambda c: c.get("index") or 0)
+        ]
+    except (AttributeError, TypeError) as e:
+        raise LabelerResponseError(f"malformed choices: {e}") from None
 
 
-def parse_scores(response: Any, options: Sequence[str], top_logprobs: int) -> list[float]:
+def parse_scores(
+    response: dict[str, Any], options: Sequence[str], top_logprobs: int
+) -> list[float]:
     """Each option's log-probability, read from the top log-probs of a short greedy answer."""
-    if not getattr(response, "choices", None):
-        raise LabelerResponseError("response without choices")
+    choices = _choices(response)
     labels = [option_label(o) for o in options]
-    content = getattr(response.choices[0].logprobs, "content", None) or []
-    # read the position where the model actually wrote an option's label (after " (",
-    # say); if it never did, the first position where a label is among the top tokens
-    decisive = [p for p in content if option_label(p.token) in labels]
-    for position in decisive[:1] or content:
-        found: dict[str, float] = {}
-        floor = math.inf
-        for top in position.top_logprobs or []:
-            floor = min(floor, top.logprob)
-            key = option_label(top.token)
-            if key in labels:
-                # several spellings (" A", "A", "(A") of one label add up
-                found[key] = _logaddexp(found.get(key, -math.inf), top.logprob)
-        if found:
-            return [found.get(lab, floor) for lab in labels]
+    try:
+        content = (choices[0].get("logprobs") or {}).get("content") or []
+        # read the position where the model actually wrote an option's label (after " (",
+        # say); if it never did, the first position where a label is among the top tokens
+        decisive = [p for p in content if option_label(p["token"]) in labels]
+        for position in decisive[:1] or content:
+            found: dict[str, float] = {}
+            floor = math.inf
+            for top in position.get("top_logprobs") or []:
+                logprob = float(top["logprob"])
+                floor = min(floor, logprob)
+                key = option_label(top["token"])
+                if key in labels:
+                    # several spellings (" A", "A", "(A") of one label add up
+                    found[key] = _logaddexp(found.get(key, -math.inf), logprob)
+            if found:
+                return [found.get(lab, floor) for lab in labels]
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise LabelerResponseError(f"malformed logprobs: {e}") from None
     raise LabelerResponseError(
         f"none of the options {labels} appeared among the top {top_logprobs} tokens"
     )
@@ -195,8 +213,10 @@ class OpenAILabeler(ApiLabelerMixin):
         if not self._urls:
             raise ConfigError("openai: base_url is an empty list")
         self._key = read_api_key(settings.api_key_env, settings.api_key_file, urls is None)
-        self._clients: list[Any] | None = None
+        self._clients: list[JsonClient] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._sdk: Any = None  # the SDK client of batch mode
+        self._sdk_loop: asyncio.AbstractEventLoop | None = None
         self._inflight = [0] * len(self._urls)
         self._caller = ApiCaller(settings, classify_openai, (self._key,))
         self._batches: BatchRunner | None = None
@@ -217,21 +237,15 @@ class OpenAILabeler(ApiLabelerMixin):
 
     def _client_index(self) -> int:
         loop = asyncio.get_running_loop()
-        if self._clients is None or self._loop is not loop:  # HTTP clients belong to one loop
-            try:
-                from openai import AsyncOpenAI
-            except ImportError:
-                raise BackendUnavailableError(
-                    "the openai backend needs the openai package: pip install 'rlaif[api]'"
-                ) from None
+        if self._clients is None or self._loop is not loop:  # HTTP sessions belong to one loop
             self._loop = loop
+            headers = _headers(self._key)
             self._clients = [
-                AsyncOpenAI(
-                    api_key=self._key,
-                    base_url=url,
-                    max_retries=0,
-                    timeout=self.settings.retry.timeout,
-                    http_client=_aiohttp_client(),
+                JsonClient(
+                    url or DEFAULT_URL,
+                    headers,
+                    self.settings.retry.timeout,
+                    limit=max(self.settings.concurrency, 1),
                 )
                 for url in self._urls
             ]
@@ -241,25 +255,33 @@ class OpenAILabeler(ApiLabelerMixin):
         return min(range(len(self._urls)), key=lambda i: self._inflight[i])
 
     def _batch_client(self) -> Any:
-        self._client_index()
-        return self._clients[0]  # type: ignore[index]
+        """The SDK's client for the Batch API (files and batches), for the first server."""
+        loop = asyncio.get_running_loop()
+        if self._sdk is None or self._sdk_loop is not loop:  # its connections belong to one loop
+            try:
+                from openai import AsyncOpenAI
+            except ImportError:
+                raise BackendUnavailableError(
+                    "batch mode needs the openai package: pip install 'rlaif[api]'"
+                ) from None
+            self._sdk = AsyncOpenAI(
+                api_key=self._key,
+                base_url=self._urls[0],
+                max_retries=0,
+                timeout=self.settings.retry.timeout,
+            )
+            self._sdk_loop = loop
+        return self._sdk
 
-    async def _create(self, body: dict[str, Any]) -> Any:
-        async def attempt() -> Any:
+    async def _create(self, body: dict[str, Any]) -> dict[str, Any]:
+        async def attempt() -> dict[str, Any]:
             i = self._client_index()
             self._inflight[i] += 1
             try:
-                # the body is plain JSON already: posting it skips create()'s TypedDict
-                # transform of every message, which cost more CPU than the rest of a request
-                from openai.types.chat import ChatCompletion
-
-                response = await self._clients[i].post(  # type: ignore[index]
-                    "/chat/completions", body=body, cast_to=ChatCompletion, options=_BEARER
-                )
+                response = await self._clients[i].post("/chat/completions", body)  # type: ignore[index]
             finally:
                 self._inflight[i] -= 1
-            if not getattr(response, "choices", None):
-                raise LabelerResponseError("response without choices")
+            _choices(response)  # an answer without choices is retried
             return response
 
         tokens = estimate_tokens(body["messages"]) + body.get("max_tokens", 0)
@@ -267,7 +289,7 @@ class OpenAILabeler(ApiLabelerMixin):
 
     async def _online_body(self, body: dict[str, Any]) -> dict[str, Any]:
         """One request online, for batch items sent online after errors: the answer as a body."""
-        return (await self._create(body)).model_dump(mode="json")
+        return await self._create(body)
 
     async def generate(
         self, conversations: Sequence[Conversation], params: GenerateParams
@@ -314,26 +336,26 @@ class OpenAILabeler(ApiLabelerMixin):
 
     def _from_batch(self, got: tuple[dict[str, Any], set[str]], body: dict[str, Any], read: Any):
         """One conversation's answer from the batch results, or the exception that fails it."""
-        from openai.types.chat import ChatCompletion
-
         answers, online = got
         cid = custom_id(body)
         answer = answers[cid]
         if isinstance(answer, Exception):
             return answer
         try:
-            response = ChatCompletion.model_validate(answer)
-            result = read(response)
-        except (LabelerResponseError, ValueError) as e:
+            result = read(answer)
+        except LabelerResponseError as e:
             return self._batches.failure(f"unusable answer: {e}", 1, False)  # type: ignore[union-attr]
         factor = 1.0 if cid in online else BATCH_PRICE_FACTOR
-        self._caller.record(*usage_of(response), price_factor=factor)
+        self._caller.record(*usage_of(answer), price_factor=factor)
         return result
 
     async def aclose(self) -> None:
         for client in self._clients or []:
             await client.close()
         self._clients = None
+        if self._sdk is not None:
+            await self._sdk.close()
+            self._sdk = None
         if self._batches is not None:
             self._batches.close()
 
@@ -348,9 +370,7 @@ class _OpenAIBatches:
 
     def __init__(self, labeler: OpenAILabeler):
         self.labeler = labeler
-        self.endpoint = (
-            f"{labeler._urls[0] or 'https://api.openai.com/v1'} {labeler.settings.model}"
-        )
+        self.endpoint = f"{labeler._urls[0] or DEFAULT_URL} {labeler.settings.model}"
 
     def _line(self, cid: str, body: dict[str, Any]) -> str:
         line = {"custom_id": cid, "method": "POST", "url": self.url, "body": body}
@@ -431,7 +451,12 @@ def _logaddexp(a: float, b: float) -> float:
 
 
 def classify_openai(exc: BaseException) -> Verdict:
-    """Which failures of the openai SDK are worth retrying."""
-    import openai
-
+    """Which failures are worth retrying: online requests fail with ``HttpError``, the Batch API
+    calls (through the SDK) with the SDK's errors."""
+    if isinstance(exc, HttpError | LabelerResponseError):
+        return classify_http_error(exc)
+    try:
+        import openai
+    except ImportError:  # no SDK, so no SDK error either
+        return classify_http_error(exc)
     return classify_sdk_error(exc, openai)
