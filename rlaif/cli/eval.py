@@ -155,6 +155,14 @@ def print_report(console: Console, result: LabelerEvalResult) -> None:
             f"  content-free prior of (A): {min(priors):.3f} to {max(priors):.3f} "
             f"over {len(priors)} principles"
         )
+    effect = m.get("calibrated_minus_raw") or {}
+    for key in ("agreement", "position_bias_rate"):
+        if effect.get(f"{key}_ci95") is not None:
+            ci = fmt_interval(effect[f"{key}_ci95"], percent=False)
+            console.print(
+                f"  calibrated - raw {key.replace('_', ' ')}: {effect[key]:+.3f} "
+                f"(95% CI {ci}, n={effect[f'{key}_n']}): {effect[f'{key}_change']}"
+            )
     for path in (result.report, result.plot, result.rows_file):
         if path is not None:
             console.print(f"  wrote {path}")

@@ -61,7 +61,7 @@ from rlaif.engine.runner import run_rows
 from rlaif.engine.scheduler import EngineStats, Scheduler
 from rlaif.errors import LabelerCallError
 from rlaif.eval.gold import GoldChoice, GoldFormat, GoldPair, GoldRow, read_gold
-from rlaif.eval.stats import wilson
+from rlaif.eval.stats import no_measurable_change, paired_bootstrap_diff, wilson
 from rlaif.labelers.base import GenerateParams, Labeler, first_option
 from rlaif.resources import default_constitution
 from rlaif.templates import Templates
@@ -167,12 +167,52 @@ def raw_view(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _flip_share(questions: list[dict[str, Any]]) -> float:
+    return sum(q["flipped"] for q in questions) / len(questions)
+
+
+def calibration_effect(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Calibrated minus raw on the same pairs: the agreement and the position-bias rate (per
+    pair, the share of its questions that flipped), each with a paired bootstrap interval over
+    the pairs; ``*_change`` says "no measurable change" when the interval holds 0."""
+    out: dict[str, Any] = {}
+    for key, get in (
+        ("agreement", lambda r, sfx: r[f"agree{sfx}"]),
+        ("position_bias_rate", lambda r, sfx: _flip_share(r[f"position{sfx}"])),
+    ):
+        usable = [
+            r
+            for r in rows
+            if r.get("agree") is not None
+            and r.get("agree_raw") is not None
+            and (key == "agreement" or (r.get("position") and r.get("position_raw")))
+        ]
+        cal = [get(r, "") for r in usable]
+        raw = [get(r, "_raw") for r in usable]
+        ci = paired_bootstrap_diff(cal, raw)
+        out[key] = (sum(cal) - sum(raw)) / len(usable) if usable else None
+        out[f"{key}_ci95"] = ci
+        out[f"{key}_n"] = len(usable)
+        out[f"{key}_change"] = _change(ci)
+    return out
+
+
+def _change(ci: tuple[float, float] | None) -> str | None:
+    if ci is None:
+        return None
+    if no_measurable_change(ci):
+        return "no measurable change"
+    return "higher" if ci[0] > 0 else "lower"
+
+
 def summarise(rows: list[dict[str, Any]], bins: int) -> dict[str, Any]:
-    """The metrics of ``rows``; where rows were calibrated, ``raw`` has those before it."""
+    """The metrics of ``rows``; where rows were calibrated, ``raw`` has those before it and
+    ``calibrated_minus_raw`` the paired differences."""
     metrics = _summarise(rows, bins)
     if any("prob_correct_raw" in r for r in rows):
         raw = _summarise([raw_view(r) for r in rows], bins)
         metrics["raw"] = {k: raw[k] for k in RAW_METRICS}
+        metrics["calibrated_minus_raw"] = calibration_effect(rows)
     return metrics
 
 

@@ -39,6 +39,10 @@ def test_calibrate_flag_prints_raw_and_calibrated(scripted, tmp_path, capsys):
     assert "position-bias rate │ 0.0% │ 100.0%" in text
     assert "ECE (calibration error) │ 0.400 │ 0.435" in text
     assert "content-free prior of (A): 0.800 to 0.800" in text
+    assert "calibrated - raw agreement: +0.000 (95% CI 0.000 to 0.000, n=3): no measurable" in text
+    assert (
+        "calibrated - raw position bias rate: -1.000 (95% CI -1.000 to -1.000, n=3): lower" in text
+    )
     saved = json.loads((out / "labeler_eval.json").read_text())["metrics"]
     assert saved["calibrated"] is True and saved["raw"]["position_bias_rate"] == 1.0
 

@@ -11,7 +11,7 @@ from rlaif.engine.feedback import FeedbackSettings
 from rlaif.errors import ConfigError
 from rlaif.eval.gold import read_gold
 from rlaif.eval.labeler import LabelerEvalConfig, calibration, run_labeler_eval, summarise
-from rlaif.eval.stats import wilson
+from rlaif.eval.stats import paired_bootstrap_diff, wilson
 from rlaif.labelers.base import run_sync
 
 from ..conftest import FIXTURES
@@ -198,6 +198,11 @@ def test_calibrated_and_raw_metrics_from_one_run(tmp_path, fake_labeler):
     assert raw["ece"] == pytest.approx(67 / 154) and raw["brier"] == pytest.approx((67 / 154) ** 2)
     assert raw["position_bias_rate"] == 1.0 and raw["position_questions"] == 3
     assert raw["agreement_ci95"] == pytest.approx(wilson(3, 3))
+    effect = m["calibrated_minus_raw"]  # paired over the same 3 pairs
+    assert effect["agreement"] == 0.0 and effect["agreement_change"] == "no measurable change"
+    assert effect["position_bias_rate"] == -1.0 and effect["position_bias_rate_n"] == 3
+    assert effect["position_bias_rate_ci95"] == (-1.0, -1.0)
+    assert effect["position_bias_rate_change"] == "lower"
     used = {r["judgements"][0]["principle_id"] for r in result.rows}
     assert m["content_free_priors"] == {p: pytest.approx([0.8, 0.2]) for p in used}
     saved = json.loads(result.report.read_text())
@@ -215,9 +220,42 @@ def test_calibrated_and_raw_metrics_from_one_run(tmp_path, fake_labeler):
     assert again["labeler_calls"] == 0 and again["raw"] == m["raw"]
 
 
+def test_calibration_effect_is_paired_over_the_same_pairs():
+    def row(agree, agree_raw, flips, flips_raw):
+        return {"kind": "pair", "prob_correct": 0.5 + agree / 4, "agree": agree,
+                "prob_correct_raw": 0.5 + agree_raw / 4, "agree_raw": agree_raw,
+                "position": [{"flipped": f} for f in flips],
+                "position_raw": [{"flipped": f} for f in flips_raw], "judgements": []}  # fmt: skip
+
+    rows = [
+        row(1.0, 0.0, [False, False], [True, True]),
+        row(1.0, 1.0, [True, False], [True, True]),
+        row(0.0, 0.0, [], [True, False]),
+        row(0.5, 1.0, [False, True], [False, True]),
+    ]
+    rows.append({"kind": "pair", "prob_correct": None, "agree": None, "position": [],
+                 "prob_correct_raw": 0.7, "agree_raw": 1.0, "position_raw": [],
+                 "judgements": []})  # fmt: skip
+    m = summarise(rows, bins=10)
+    effect = m["calibrated_minus_raw"]
+    # agreement, over the 4 pairs scored both ways: (1 + 1 + 0 + 0.5 - 0 - 1 - 0 - 1) / 4
+    assert effect["agreement"] == pytest.approx(0.125) and effect["agreement_n"] == 4
+    assert effect["agreement_ci95"] == paired_bootstrap_diff([1, 1, 0, 0.5], [0, 1, 0, 1])
+    # flips per pair, over the 3 pairs with both-order questions both ways: (0-1 + .5-1 + 0) / 3
+    assert (
+        effect["position_bias_rate"] == pytest.approx(-0.5) and effect["position_bias_rate_n"] == 3
+    )
+    lo, hi = effect["position_bias_rate_ci95"]
+    assert lo <= -0.5 <= hi and hi <= 0.0
+    assert m["raw"]["scored"] == 5 and m["scored"] == 4
+    assert m["raw"]["position_bias_rate"] == pytest.approx(6 / 8)
+    assert m["position_bias_rate"] == pytest.approx(2 / 6)
+
+
 def test_uncalibrated_run_has_no_raw_column(tmp_path, fake_labeler):
     m = evaluate(tmp_path, fake_labeler, prior_towards_a).metrics
     assert m["calibrated"] is False and "raw" not in m and "content_free_priors" not in m
+    assert "calibrated_minus_raw" not in m
     assert m["mean_prob_chosen"] == pytest.approx(87 / 154) and m["position_bias_rate"] == 1.0
 
 
