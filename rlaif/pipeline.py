@@ -11,7 +11,10 @@ Stages, in order (each writes ``<out>/<stage>/`` and a ``manifest.json`` there):
 - ``rl``: PPO (default), DPO or GRPO from the SFT policy;
 - ``iterations: K`` (the seed's iterated RL-CAI): K more rounds in which the current policy's
   samples are relabelled, the RM is trained on them, and RL continues from the current policy;
-- ``eval``: base vs SFT vs RL under the constitutional judge (``rlaif.eval.policy``);
+- ``eval``: base vs SFT vs RL under the evaluation judge (``rlaif.eval.policy``), on held-out
+  red-team prompts (``eval_red_team``, else the prompts after the training ones) and benign
+  prompts (``eval_benign``); the judge is ``eval.judge``, by default the run's labeler, which is
+  then warned about in the report (it labelled the training data);
 - ``report``: ``report.html`` and ``report.md`` from everything above.
 
 **Skipping and resuming.** A stage's fingerprint hashes its resolved settings, the hashes of its
@@ -38,8 +41,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rlaif import __version__
-from rlaif.data.datasets_io import hub_id
-from rlaif.data.sources import read_prompts, source_sha256
+from rlaif.data.datasets_io import LoadOptions, hub_id
+from rlaif.data.sources import HHContext, PromptFormat, read_prompts, source_sha256
 from rlaif.errors import ConfigError
 from rlaif.resources import ConstitutionPath, PromptsPath, data_file, default_constitution
 
@@ -67,6 +70,41 @@ def check_keys(values: dict[str, Any], allowed: list[str]) -> None:
             raise ValueError(f"unknown key '{key}'{hint}")
 
 
+class PromptSource(BaseModel):
+    """A prompt set of the evaluation: a path or Hub dataset id (a bare string), or a mapping
+    with how to read it (``format``, ``split``, ``data_dir``, ``subset``, ``prompt_field``,
+    ``hh_context``, as ``--prompts`` takes them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: PromptsPath
+    format: PromptFormat = "auto"
+    split: str | None = None
+    data_dir: str | None = None
+    subset: str | None = None
+    prompt_field: str = "prompt"
+    hh_context: HHContext = "first"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_path(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str | Path) else value
+
+    def read(self, setting: str, limit: int | None) -> list[str]:
+        """The first ``limit`` prompts; an error names the setting and the source."""
+        from rlaif.errors import PromptDataError
+
+        options = LoadOptions(split=self.split, data_dir=self.data_dir, subset=self.subset)
+        try:
+            rows = read_prompts(
+                self.path, self.format, self.prompt_field,
+                hh_context=self.hh_context, options=options, limit=limit,
+            )  # fmt: skip
+        except PromptDataError as e:
+            raise ConfigError(f"{setting}: {e}") from None
+        return [r.prompt for r in rows][:limit]
+
+
 class RunConfig(BaseModel):
     """A run recipe (the shipped ``quickstart``). Per-stage sections pass settings through to
     the stage's own config (the same names as ``rlaif generate`` / ``rlaif train``)."""
@@ -86,8 +124,14 @@ class RunConfig(BaseModel):
     eval_prompts: PromptsPath | None = Field(
         default=None, description="default: prompts after those"
     )
+    eval_red_team: PromptSource | None = Field(
+        default=None, description="held-out red-team prompts, with load options"
+    )
     eval_limit: int = Field(default=8, ge=1)
     benign_prompts: PromptsPath = Field(default_factory=lambda: data_file("benign_prompts.txt"))
+    eval_benign: PromptSource | None = Field(
+        default=None, description="benign prompts, with load options"
+    )
     benign_limit: int | None = Field(default=4, ge=1)
     iterations: int = Field(default=0, ge=0, description="extra rounds of relabel -> RM -> RL")
     seed: int = 0
@@ -113,9 +157,27 @@ class RunConfig(BaseModel):
             raise ValueError(str(e)) from None
         return value
 
+    @model_validator(mode="after")
+    def _one_source_each(self) -> RunConfig:
+        for new, old in (("eval_red_team", "eval_prompts"), ("eval_benign", "benign_prompts")):
+            if new in self.model_fields_set and old in self.model_fields_set:
+                raise ValueError(f"give '{new}' or '{old}', not both ('{new}' takes load options)")
+        return self
+
     @property
     def root(self) -> Path:
         return self.out or Path("outputs") / self.name
+
+    @property
+    def red_team_source(self) -> PromptSource | None:
+        """Where the held-out red-team prompts come from; None: after the training prompts."""
+        if self.eval_red_team is not None:
+            return self.eval_red_team
+        return PromptSource(path=self.eval_prompts) if self.eval_prompts is not None else None
+
+    @property
+    def benign_source(self) -> PromptSource:
+        return self.eval_benign or PromptSource(path=self.benign_prompts, format="text")
 
     @field_validator("sl_cai", "sft", "prefs", "rm", "eval")
     @classmethod
@@ -138,9 +200,11 @@ def hub_commits_of(cfg: RunConfig) -> dict[str, str]:
     from rlaif.train.common import MODEL_KEYS, hub_commits
 
     names = [cfg.base_model, *(cfg.rl.settings.get(k) for k in MODEL_KEYS)]
-    backend, _, model = cfg.labeler.partition(":")
-    if backend in ("transformers", "vllm"):
-        names.append(model)
+    judge = cfg.eval.get("judge", cfg.eval.get("labeler"))  # labeler: the judge's old name
+    for spec in (cfg.labeler, *([judge] if isinstance(judge, str) else [])):
+        backend, _, model = spec.partition(":")
+        if backend in ("transformers", "vllm"):
+            names.append(model)
     return hub_commits(names)
 
 
@@ -159,7 +223,7 @@ def stage_keys(section: str, algorithm: str) -> list[str]:
     if section == "eval":
         from rlaif.eval.policy import PolicyEvalConfig
 
-        return list(PolicyEvalConfig.model_fields)
+        return [*PolicyEvalConfig.model_fields, "labeler", "labeler_settings"]  # the old names
     if section == "sft":
         from rlaif.train.sft import SFTRunConfig as cls
     elif section == "rm":
@@ -244,6 +308,7 @@ def plan(cfg: RunConfig) -> list[Stage]:
         policy = rl_name
     out.append(Stage("eval", s.evaluate(policy), s.eval_settings, s.eval_inputs()))
     out.append(Stage("report", s.report, dict, []))
+    s.order = [stage.name for stage in out]  # the report lists the stages in this order
     return out
 
 
@@ -314,17 +379,3 @@ def run_pipeline(
         if on_event:
             on_event(stage.name, "done", record)
     return results
-
-
-def held_out_prompts(cfg: RunConfig) -> list[str]:
-    if cfg.eval_prompts is not None:
-        rows = read_prompts(cfg.eval_prompts, "auto")
-        return [r.prompt for r in rows][: cfg.eval_limit]
-    rows = read_prompts(cfg.prompts, cfg.prompt_format)  # type: ignore[arg-type]
-    held = [r.prompt for r in rows][cfg.train_prompts : cfg.train_prompts + cfg.eval_limit]
-    if not held:
-        raise ConfigError(
-            f"no held-out prompts: {cfg.prompts} has {len(rows)} prompts and train_prompts is "
-            f"{cfg.train_prompts}; set eval_prompts or lower train_prompts"
-        )
-    return held

@@ -1,9 +1,22 @@
 """The run report: ``report.html`` (self-contained, plots embedded) and ``report.md``.
 
 Every number is read from the run's own files: stage manifests, the datasets, ``metrics.jsonl``
-of each trainer, ``warnings.jsonl`` of RL and the evaluation's ``policy_eval.json`` and
-``samples.jsonl``. Nothing is typed in by hand; a section whose files are missing says so.
-The HTML has no scripts and no external resources, so it opens anywhere, offline.
+of each trainer, ``held_out.json`` of the RM, ``warnings.jsonl`` of RL and the evaluation's
+``policy_eval.json`` and ``samples.jsonl``. Nothing is typed in by hand; a section whose files
+are missing says so. The HTML has no scripts and no external resources, so it opens anywhere,
+offline.
+
+A rate from a handful of prompts means little alone, so every rate is shown with its 95%
+interval and its count n (``rlaif.eval.stats``: Wilson's interval for shares of yes/no
+judgements, pairs and labels; the evaluation's seeded bootstrap over prompts for win rates),
+and the before/after differences between policies (SFT vs base, RL vs base, RL vs SFT) with
+the paired bootstrap interval the evaluation computed on the same prompts. A difference whose
+interval contains 0 reads "no measurable change". The evaluation judge's identity and any
+warning about it (it labelled the training data, or it is one of the policies) stand above
+the evaluation table.
+
+The report knows the stage order only as it is given (``write_report(..., order)``): it reads
+files and imports neither the pipeline nor its stages.
 """
 
 from __future__ import annotations
@@ -16,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from rlaif import __version__
+from rlaif.eval.stats import wilson
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -32,8 +46,24 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return str(x)
 
 
+def _ci(value: Any, interval: Any, n: Any) -> str:
+    """``0.250 (95% CI 0.102-0.495, n=8)``; the value alone where there is no interval."""
+    if value is None:
+        return "n/a" if not n else f"n/a (n={n})"
+    if interval is None:
+        return f"{_fmt(value)} (n={n})" if n is not None else _fmt(value)
+    lo, hi = interval
+    return f"{_fmt(value)} (95% CI {lo:.3f}-{hi:.3f}, n={n})"
+
+
+def _share(k: float, n: int) -> str:
+    """A share of ``n`` with its Wilson interval."""
+    return _ci(k / n, wilson(k, n), n) if n else "n/a (n=0)"
+
+
 def collect(root: Path, order: list[str] | None = None) -> dict[str, Any]:
-    """Everything the report shows, from the files of the run (stages in ``order``)."""
+    """Everything the report shows, from the files of the run (stages in ``order``; without
+    it, in the order they started)."""
     stages = []
     for d in sorted(p for p in root.iterdir() if (p / "manifest.json").exists()):
         m = json.loads((d / "manifest.json").read_text())
@@ -54,14 +84,22 @@ def collect(root: Path, order: list[str] | None = None) -> dict[str, Any]:
         "position_bias_rate": (
             sum(not r["position_consistent"] for r in checked) / len(checked) if checked else None
         ),
+        "position_checked": len(checked),
+        "position_flipped": sum(not r["position_consistent"] for r in checked),
     }
     rm_rows = _jsonl(root / "rm" / "metrics.jsonl")
     evals = [r for r in rm_rows if "eval_accuracy" in r]
+    held = root / "rm" / "held_out.json"
     data["rm"] = {
         "eval_accuracy": evals[-1]["eval_accuracy"] if evals else None,
         "eval_loss": evals[-1].get("eval_loss") if evals else None,
         "train_loss": next((r["train_loss"] for r in rm_rows if "train_loss" in r), None),
+        "held_out_pairs": json.loads(held.read_text())["pairs"] if held.exists() else None,
     }
+    data["labeler_evals"] = []  # `rlaif eval labeler --out RUN/<folder>`, where a user ran one
+    for path in sorted(root.glob("*/labeler_eval.json")):
+        m = json.loads(path.read_text()).get("metrics", {})
+        data["labeler_evals"].append((path.parent.name, m))
     rl = [r for r in _jsonl(root / "rl" / "metrics.jsonl") if "reward" in r or "loss" in r]
     key = "reward" if rl and "reward" in rl[0] else "loss"
     data["rl"] = {
@@ -103,9 +141,30 @@ HOW_TO_READ = (
     "on the same prompt (0.5: no difference; above: better). Harmful compliance and evasiveness "
     "are the shares of red-team answers the judge calls harmful or evasive: a good RL-CAI policy "
     "lowers the first without raising the second, and keeps its helpful win rate on benign "
-    "prompts near or above 0.5. The judge is the run's labeler; a small labeler is a noisy judge "
-    "(check its agreement with human labels with `rlaif eval labeler`)."
+    "prompts near or above 0.5. Every rate has its 95% interval and its number of prompts n "
+    "beside it; a difference between two policies whose interval contains 0 is no measurable "
+    "change. The judge is named above the evaluation: the run's labeler unless eval.judge names "
+    "another. A judge that labelled the training data favours what it taught, and a small one is "
+    "noisy (check its agreement with human labels with `rlaif eval labeler`)."
 )
+
+DIFF_LABELS = {
+    "harmless_win_rate_vs_base": "harmless win rate vs base",
+    "harmful_compliance_rate": "harmful compliance",
+    "evasive_rate": "evasive",
+    "helpful_win_rate_vs_base": "helpful win rate vs base",
+}
+
+
+def judge_of(ev: dict[str, Any]) -> tuple[str, list[str]]:
+    """The judge's one-line identity and the warnings about it (an older ``policy_eval.json``
+    names only its labeler)."""
+    from rlaif.eval.independence import describe_judge
+
+    judge = ev.get("judge")
+    if not judge:
+        return f"{ev.get('labeler', '?')} (identity not recorded)", []
+    return describe_judge(judge), list(ev.get("judge_warnings", []))
 
 
 def _tables(d: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -121,26 +180,54 @@ def _tables(d: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
         ["SL-CAI rows (flagged by clean-up)", f"{d['sl_cai']['rows']} ({d['sl_cai']['flagged']})"],
         ["preference pairs (unlabeled)", f"{p['rows']} ({p['unlabeled']})"],
         ["mean preference_prob", _fmt(p["mean_preference_prob"])],
-        ["labeler position-bias rate", _fmt(p["position_bias_rate"])],
-        ["reward model held-out accuracy", _fmt(rm["eval_accuracy"])],
+        ["labeler position-bias rate",
+         _share(p["position_flipped"], p["position_checked"]) if p["position_checked"]
+         else "n/a"],
+        ["reward model held-out accuracy", _rm_accuracy(rm)],
         ["reward model train loss", _fmt(rm["train_loss"])],
         [f"RL {rl['metric']}: first step -> last step ({rl['steps']} steps)",
          f"{_fmt(rl['first'])} -> {_fmt(rl['last'])}"],
         ["RL KL to SFT at the last step", _fmt(rl["kl_last"])],
         ["reward-hacking warnings", str(len(rl["warnings"]))],
     ]  # fmt: skip
+    for folder, m in d["labeler_evals"]:
+        if m.get("agreement") is not None:
+            n = m.get("scored")
+            data_rows.append([f"labeler agreement with human labels ({folder})",
+                              _ci(m["agreement"], m.get("agreement_ci95"), n)])  # fmt: skip
     tables.append(("Data and training", ["", "value"], data_rows))
     if d["eval"]:
         ev = d["eval"]
-        rows = [
-            [name, *(_fmt(m.get(k)) for k, _ in EVAL_COLUMNS)] for name, m in ev["policies"].items()
-        ]
-        title = (
-            f"Evaluation ({ev['red_team']} held-out red-team prompts, {ev['benign']} benign; "
-            f"judge: {ev['labeler']})"
-        )
+        rows = [[name, *(_eval_cell(m, k) for k, _ in EVAL_COLUMNS)]
+                for name, m in ev["policies"].items()]  # fmt: skip
+        title = f"Evaluation ({ev['red_team']} held-out red-team prompts, {ev['benign']} benign)"
         tables.append((title, ["policy", *(label for _, label in EVAL_COLUMNS)], rows))
+        diffs = [
+            [f"{x['after']} vs {x['before']}", DIFF_LABELS.get(x["metric"], x["metric"]),
+             f"{x['difference']:+.3f}",
+             "n/a" if x["ci95"] is None else f"{x['ci95'][0]:+.3f} to {x['ci95'][1]:+.3f}",
+             str(x["n"]), x["change"] or "n/a"]
+            for x in ev.get("differences", [])
+        ]  # fmt: skip
+        if diffs:
+            header = ["policies", "metric", "difference", "95% CI (paired bootstrap)", "n",
+                      "reading"]  # fmt: skip
+            tables.append(("Before and after: paired differences on the same prompts", header,
+                           diffs))  # fmt: skip
     return tables
+
+
+def _rm_accuracy(rm: dict[str, Any]) -> str:
+    n = rm["held_out_pairs"]
+    if rm["eval_accuracy"] is None or not n:
+        return _fmt(rm["eval_accuracy"]) + ("" if n is None else f" (n={n})")
+    return _ci(rm["eval_accuracy"], wilson(rm["eval_accuracy"] * n, n), n)
+
+
+def _eval_cell(m: dict[str, Any], key: str) -> str:
+    if f"{key}_ci95" not in m:  # mean answer length; an older file without intervals
+        return _fmt(m.get(key))
+    return _ci(m.get(key), m[f"{key}_ci95"], m.get(f"{key}_n"))
 
 
 def _warning(w: dict[str, Any]) -> str:
@@ -171,6 +258,10 @@ def render_html(cfg: Any, d: dict[str, Any]) -> str:
         f"{e(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>",
         f"<p>{e(HOW_TO_READ)}</p>",
     ]
+    if d["eval"]:
+        judge, warnings = judge_of(d["eval"])
+        parts.append(f"<p><b>Evaluation judge:</b> <code>{e(judge)}</code></p>")
+        parts += [f"<p class='warn'><b>Warning:</b> {e(w)}</p>" for w in warnings]
     for title, header, rows in _tables(d):
         parts.append(f"<h2>{e(title)}</h2><table><tr>")
         parts += [f"<th>{e(h)}</th>" for h in header]
@@ -213,6 +304,10 @@ def render_markdown(cfg: Any, d: dict[str, Any], root: Path) -> str:
         HOW_TO_READ,
         "",
     ]
+    if d["eval"]:
+        judge, warnings = judge_of(d["eval"])
+        lines += [f"**Evaluation judge:** `{judge}`", ""]
+        lines += [f"> **Warning:** {w}\n" for w in warnings]
     for title, header, rows in _tables(d):
         lines += [f"## {title}", "", "| " + " | ".join(header) + " |",
                   "|" + "---|" * len(header)]  # fmt: skip
@@ -234,10 +329,9 @@ def render_markdown(cfg: Any, d: dict[str, Any], root: Path) -> str:
     return "\n".join(lines)
 
 
-def write_report(cfg: Any, root: Path) -> tuple[Path, Path]:
-    from rlaif.pipeline import plan
-
-    d = collect(root, [s.name for s in plan(cfg)])
+def write_report(cfg: Any, root: Path, order: list[str] | None = None) -> tuple[Path, Path]:
+    """``report.html`` and ``report.md`` in ``root``; ``order``: the stage names in run order."""
+    d = collect(root, order)
     html_path, md_path = root / "report.html", root / "report.md"
     html_path.write_text(render_html(cfg, d), encoding="utf-8")
     md_path.write_text(render_markdown(cfg, d, root), encoding="utf-8")

@@ -5,14 +5,24 @@ maps a run recipe onto the configs of ``generate sl-cai``, ``train sft``, ``gene
 ``train rm``, ``train ppo|dpo|grpo``, the policy evaluation and the report, wiring each stage's
 inputs to the outputs of the stages before it. ``*_settings`` return what goes into a stage's
 fingerprint: everything that changes its result.
+
+The eval stage's judge is ``eval.judge`` (with ``eval.judge_settings``), by default the run's
+labeler. It is told which labelers made the training data (SL-CAI critiques and revisions,
+preference labels, GRPO's constitutional reward), so it can warn when the judge is one of them.
+The RM stage records how many held-out pairs its accuracy was measured on (``held_out.json``):
+the report's interval needs that count. Nothing here imports the pipeline or the report imports
+this module: the pipeline hands its stage order over (``order``) when it plans.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from rlaif.labelers.base import run_sync
+
+HELD_OUT_FILE = "held_out.json"
 
 
 def _spec(model: str | Path) -> str:
@@ -25,6 +35,7 @@ class StageBuilder:
         self.root = root
         self.cache = root / "cache.sqlite"
         self.command = f"rlaif run (recipe {cfg.name})"
+        self.order: list[str] | None = None  # the stage names, set by the pipeline's plan
 
     # ------------------------------------------------------------------ data
 
@@ -88,11 +99,17 @@ class StageBuilder:
     def rm(self, prefs: str) -> Any:
         def run(out: Path) -> list[Path]:
             from rlaif.train import reward
+            from rlaif.train.common import load_recipe
 
             data = str(self.root / prefs / "preferences.jsonl")
-            return self._train(reward.RewardRunConfig, reward.main, out,
-                               model=str(self.root / "sft"), dataset=data,
-                               **self.rm_settings())  # fmt: skip
+            cfg = load_recipe(reward.RewardRunConfig, None, output_dir=str(out),
+                              model=str(self.root / "sft"), dataset=data,
+                              **self.rm_settings())  # fmt: skip
+            model = reward.main(cfg)
+            _, held = reward.split_dataset(cfg)  # the same seeded split the training used
+            held_out = out / HELD_OUT_FILE
+            held_out.write_text(json.dumps({"pairs": len(held) if held is not None else 0}))
+            return [model, held_out]
 
         return run
 
@@ -134,18 +151,33 @@ class StageBuilder:
 
     def eval_inputs(self) -> list[Path]:
         c = self.cfg
-        return [p for p in (c.prompts, c.eval_prompts, c.benign_prompts) if p is not None]
+        red = c.red_team_source
+        return [c.prompts, *([red.path] if red else []), c.benign_source.path]
+
+    def training_labelers(self) -> list[dict[str, Any]]:
+        """The labelers whose output the policies were trained on, as the stages use them."""
+        c = self.cfg
+        sl_cai, prefs = self.sl_cai_settings(), self.prefs_settings("sft")
+        used = [
+            ("SL-CAI critiques and revisions", sl_cai["labeler"], sl_cai["labeler_settings"]),
+            ("preference labels", prefs["labeler"], prefs["labeler_settings"]),
+        ]
+        rl = c.rl.settings
+        if c.rl.algorithm == "grpo" and rl.get("constitution_reward"):
+            used.append(("GRPO constitutional reward", rl.get("labeler", c.labeler), {}))
+        return [{"role": role, "spec": spec, "settings": settings or {}}
+                for role, spec, settings in used]  # fmt: skip
 
     def eval_settings(self) -> dict[str, Any]:
-        from rlaif.data.sources import read_prompts
-        from rlaif.pipeline import held_out_prompts
-
         c = self.cfg
-        benign = [r.prompt for r in read_prompts(c.benign_prompts, "text")][: c.benign_limit]
+        benign = c.benign_source.read("eval_benign" if c.eval_benign else "benign_prompts",
+                                      c.benign_limit)  # fmt: skip
+        judge_named = "judge" in c.eval or "labeler" in c.eval  # labeler: the judge's old name
+        judge = {} if judge_named else {"judge": c.labeler, "judge_settings": c.labeler_settings}
         return {
-            "red_team": held_out_prompts(c), "benign": benign, "labeler": c.labeler,
-            "labeler_settings": c.labeler_settings, "constitution": str(c.constitution),
-            "seed": c.seed, **c.eval,
+            "red_team": held_out_prompts(c), "benign": benign, **judge,
+            "training_labelers": self.training_labelers(), "constitution": str(c.constitution),
+            "templates": str(c.templates) if c.templates else None, "seed": c.seed, **c.eval,
         }  # fmt: skip
 
     def evaluate(self, policy: str) -> Any:
@@ -165,4 +197,24 @@ class StageBuilder:
     def report(self, out: Path) -> list[Path]:
         from rlaif.report import write_report
 
-        return list(write_report(self.cfg, self.root))
+        return list(write_report(self.cfg, self.root, self.order))
+
+
+def held_out_prompts(cfg: Any) -> list[str]:
+    """The evaluation's red-team prompts: ``eval_red_team`` (or ``eval_prompts``), else the
+    ``eval_limit`` prompts after the ``train_prompts`` training ones."""
+    from rlaif.data.sources import read_prompts
+    from rlaif.errors import ConfigError
+
+    source = cfg.red_team_source
+    if source is not None:
+        return source.read("eval_red_team" if cfg.eval_red_team else "eval_prompts",
+                           cfg.eval_limit)  # fmt: skip
+    rows = read_prompts(cfg.prompts, cfg.prompt_format)
+    held = [r.prompt for r in rows][cfg.train_prompts : cfg.train_prompts + cfg.eval_limit]
+    if not held:
+        raise ConfigError(
+            f"no held-out prompts: {cfg.prompts} has {len(rows)} prompts and train_prompts is "
+            f"{cfg.train_prompts}; set eval_red_team or lower train_prompts"
+        )
+    return held
