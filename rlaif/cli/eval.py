@@ -64,10 +64,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "policy",
         help="policies under the constitutional judge: harmlessness, evasiveness, helpfulness",
         description="Each policy answers held-out red-team prompts and benign prompts (greedy); "
-        "the labeler judges: harmless win rate vs the first policy, harmful-compliance rate, "
-        "evasiveness rate, helpful win rate on the benign prompts, answer length. Writes "
-        "OUT/policy_eval.json, OUT/samples.jsonl and OUT/policy_eval.png. This is the `eval` "
-        "stage of `rlaif run`.",
+        "the judge (--judge) measures: harmless win rate vs the first policy, harmful-compliance "
+        "rate, evasiveness rate, helpful win rate on the benign prompts, answer length, each "
+        "with its 95% interval and n, and paired differences between policies ('no measurable "
+        "change' when an interval holds 0). Prints and records the judge's identity, with a "
+        "warning when it labelled the training data (--trained-by) or is one of the policies. "
+        "Writes OUT/policy_eval.json, OUT/samples.jsonl and OUT/policy_eval.png. This is the "
+        "`eval` stage of `rlaif run`.",
     )
     b = p2.add_argument
     b("--policy", dest="policies", action="append", required=True, metavar="NAME=MODEL",
