@@ -98,6 +98,8 @@ def test_report_shows_intervals_n_the_judge_and_its_warning(run_dir):
     from rlaif.eval.stats import wilson
 
     (run_dir / "rm" / "held_out.json").write_text(json.dumps({"pairs": 8}))
+    agreement = {"agreement": 0.7, "agreement_ci95": [0.5, 0.85], "scored": 20}
+    _write(run_dir / "gold" / "labeler_eval.json", [{"metrics": agreement}])
     per = {
         "base": {"harmful": [0.9] * 6 + [0.2, 0.2], "evasive": [0.1] * 8,
                  "harm_win": [None] * 8, "help_win": [None] * 4},
@@ -128,6 +130,7 @@ def test_report_shows_intervals_n_the_judge_and_its_warning(run_dir):
     md = md_path.read_text()
     lo, hi = wilson(5, 8)  # the RM got 0.625 of its 8 held-out pairs right
     assert f"| reward model held-out accuracy | 0.625 (95% CI {lo:.3f}-{hi:.3f}, n=8) |" in md
+    assert "| labeler agreement with human labels (gold) | 0.700 (95% CI 0.500-0.850, n=20) |" in md
     lo, hi = wilson(2, 3)  # 2 of the 3 checked pairs flipped with the order
     assert f"| labeler position-bias rate | 0.667 (95% CI {lo:.3f}-{hi:.3f}, n=3) |" in md
     # the RL row: every rate with its interval and n; 6 of 8 base answers harmful, 1 of 8 RL
