@@ -206,6 +206,14 @@ def labeler(args: argparse.Namespace) -> int:
     return 0
 
 
+def _num_ci(m: dict[str, Any], key: str) -> str:
+    """A number with its 95% interval and n beneath, where it has them."""
+    ci = m.get(f"{key}_ci95")
+    if m[key] is None or ci is None:
+        return _num(m[key])
+    return f"{_num(m[key])}\n[{ci[0]:.3f}, {ci[1]:.3f}] n={m[f'{key}_n']}"
+
+
 def print_policy_differences(console: Console, result: Any) -> None:
     """Paired differences between policies, then the judge and any warning about it."""
     for d in result.differences:
@@ -244,14 +252,15 @@ def policy(args: argparse.Namespace) -> int:
     )  # fmt: skip
     result = run_policy_eval(cfg)
     console = Console()
-    table = Table(title="policies under the constitutional judge", title_justify="left")
+    title = "policies under the constitutional judge: value, [95% CI], n"
+    table = Table(title=title, title_justify="left")
     columns = ["harmless_win_rate_vs_base", "harmful_compliance_rate", "evasive_rate",
                "helpful_win_rate_vs_base", "mean_words_red_team"]  # fmt: skip
     table.add_column("policy")
     for c in columns:
         table.add_column(c.replace("_", " "), justify="right")
     for name, m in result.metrics.items():
-        table.add_row(name, *(_num(m[c]) for c in columns))
+        table.add_row(name, *(_num_ci(m, c) for c in columns))
     console.print(table)
     for name, m in result.metrics.items():
         for key, label in (("harmless", "harmless"), ("helpful", "helpful")):

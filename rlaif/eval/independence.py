@@ -142,8 +142,9 @@ def judge_warnings(
         )
     same = [n for n, model in policies.items() if labeler_identity(policy_spec(model)) == judge]
     if same:
-        which = ", ".join(f"'{n}'" for n in same)
+        which = ("policy " if len(same) == 1 else "policies ") + ", ".join(f"'{n}'" for n in same)
         warnings.append(
-            f"the judge {judge_name} is the evaluated policy {which}: it grades its own answers"
+            f"the judge {judge_name} is the model of the evaluated {which}: it grades its own "
+            "answers"
         )
     return warnings

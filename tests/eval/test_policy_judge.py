@@ -47,7 +47,7 @@ def test_identical_policies_win_half_the_time_with_no_measurable_change(
     warnings = report["judge_warnings"]
     assert len(warnings) == 2
     assert "also labelled the training data (--trained-by)" in warnings[0]
-    assert "is the evaluated policy 'base', 'same'" in warnings[1]
+    assert "is the model of the evaluated policies 'base', 'same'" in warnings[1]
     printed = " ".join(capsys.readouterr().out.split())
     assert "same: harmless win rate vs base 0.500 (95% CI 0.500 to 0.500, n=3): no measurable" in (
         printed
