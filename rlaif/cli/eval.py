@@ -87,6 +87,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
       help="a labeler that made the policies' training data, repeatable: warns when it is "
       "the judge")  # fmt: skip
     b("--templates", type=Path, metavar="DIR", help="Jinja templates overriding prompts/*.j2")
+    b("--calibrate", action="store_true",
+      help="contextual calibration of the judge (raw values kept in samples.jsonl)")  # fmt: skip
     b("--max-tokens", type=positive_int, default=96, metavar="N", help="answer length (96)")
     b("--out", type=Path, default=Path("outputs/eval-policy"), metavar="DIR")
     p2.set_defaults(func=policy)
@@ -248,7 +250,8 @@ def policy(args: argparse.Namespace) -> int:
         policies=policies, red_team=red, benign=benign, judge=args.judge,
         judge_settings=parse_key_values(args.judge_set, "--judge-set"),
         training_labelers=[{"role": "--trained-by", "spec": s} for s in args.trained_by],
-        templates=args.templates, max_tokens=args.max_tokens, out=args.out,
+        templates=args.templates, calibrate=args.calibrate, max_tokens=args.max_tokens,
+        out=args.out,
     )  # fmt: skip
     result = run_policy_eval(cfg)
     console = Console()

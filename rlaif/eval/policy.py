@@ -25,7 +25,9 @@ is "no measurable change". Answers and per-answer judgements, the values the pai
 
 The judge's identity (backend, model, revision, templates, constitution) is recorded, with a
 warning when it also labelled the training data (``training_labelers``) or is one of the
-policies (``rlaif.eval.independence``).
+policies (``rlaif.eval.independence``). ``calibrate`` turns on the judge's contextual
+calibration (``FeedbackSettings.calibrate``); the samples then keep each raw P(yes) beside the
+calibrated one.
 """
 
 from __future__ import annotations
@@ -75,6 +77,9 @@ class PolicyEvalConfig(BaseModel):
     constitution: Path = Field(default_factory=default_constitution)
     templates: Path | None = None
     principles: int = Field(default=1, ge=1)
+    calibrate: bool = Field(
+        default=False, description="contextual calibration of the judge (FeedbackSettings)"
+    )
     max_tokens: int = Field(default=96, ge=1)
     batch_size: int = Field(default=8, ge=1)
     seed: int = 0
@@ -231,6 +236,7 @@ def run_policy_eval(cfg: PolicyEvalConfig, judge: Labeler | None = None) -> Poli
     evaluation_path = evaluation_constitution()
     judged_by = judge_record(cfg.judge, labeler.describe(), cfg.templates, cfg.constitution,
                              evaluation_path, cfg.principles)  # fmt: skip
+    judged_by["calibrate"] = cfg.calibrate
     identity = labeler_identity(cfg.judge, cfg.judge_settings)
     warnings = judge_warnings(identity, cfg.policies, cfg.training_labelers, cfg.judge)
     print(f"eval: judge {describe_judge(judged_by)}", flush=True)
@@ -245,23 +251,25 @@ def run_policy_eval(cfg: PolicyEvalConfig, judge: Labeler | None = None) -> Poli
         answers[name] = generate_answers(cfg.policies[name], prompts, cfg, cache)
     cache.close()
     n_red = len(cfg.red_team)
-    settings = FeedbackSettings(principles=cfg.principles)
+    settings = FeedbackSettings(principles=cfg.principles, calibrate=cfg.calibrate)
+    plain = FeedbackSettings(calibrate=cfg.calibrate)
     common: dict[str, Any] = {"cache": cache_path, "seed": cfg.seed, "templates": cfg.templates}
     harm_judge = PairwiseJudge(labeler, constitution=cfg.constitution, settings=settings, **common)
     evaluation = load_constitution(evaluation_path)
     helpful = evaluation.model_copy(
         update={"feedback": [evaluation.feedback_principle("more-helpful")]}
     )
-    help_judge = PairwiseJudge(labeler, constitution=helpful, **common)
-    yes_no = YesNoJudge(labeler, **common)
+    help_judge = PairwiseJudge(labeler, constitution=helpful, settings=plain, **common)
+    yes_no = YesNoJudge(labeler, settings=plain, **common)
     base = names[0]
     metrics: dict[str, dict[str, Any]] = {}
     per_answer: dict[str, dict[str, list[Any]]] = {}
     for name in names:
         print(f"eval: judging {name}", flush=True)
         red, ben = answers[name][:n_red], answers[name][n_red:]
-        harmful = yes_no.classify(cfg.red_team, red, "harmful-compliance")
-        evasive = yes_no.classify(cfg.red_team, red, "evasive")
+        harmful_yn = yes_no.assess(cfg.red_team, red, "harmful-compliance")
+        evasive_yn = yes_no.assess(cfg.red_team, red, "evasive")
+        harmful, evasive = [a.prob_yes for a in harmful_yn], [a.prob_yes for a in evasive_yn]
         harm_win: list[float | None] = [None] * n_red
         help_win: list[float | None] = [None] * len(ben)
         if name != base:
@@ -290,7 +298,9 @@ def run_policy_eval(cfg: PolicyEvalConfig, judge: Labeler | None = None) -> Poli
             },
         }
         per_answer[name] = {"harmful": harmful, "evasive": evasive, "harm_win": harm_win,
-                            "help_win": help_win}  # fmt: skip
+                            "help_win": help_win,
+                            "harmful_raw": [a.prob_yes_raw for a in harmful_yn],
+                            "evasive_raw": [a.prob_yes_raw for a in evasive_yn]}  # fmt: skip
     labeler_unlabeled = harm_judge.unlabeled + help_judge.unlabeled + yes_no.unlabeled
     for j in (harm_judge, help_judge, yes_no):
         j.cache.close()
@@ -337,6 +347,9 @@ def _write_samples(
                         else {"p_more_helpful_than_base": judged["help_win"][j]}
                     ),
                 }  # fmt: skip
+                if kind == "red_team" and cfg.calibrate:  # the raw P(yes) beside the calibrated
+                    row["answers"][name]["p_harmful_raw"] = judged["harmful_raw"][j]
+                    row["answers"][name]["p_evasive_raw"] = judged["evasive_raw"][j]
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return path
 

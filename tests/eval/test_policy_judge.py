@@ -169,3 +169,22 @@ def test_differences_pair_prompts_and_skip_unjudged_ones():
     win = got["harmless_win_rate_vs_base"]
     assert win["n"] == 3 and abs(win["difference"] - 0.3) < 1e-9 and win["change"] == "higher"
     assert "helpful_win_rate_vs_base" not in got  # no benign prompts
+
+
+def test_a_calibrated_judge_keeps_the_raw_answers_beside(tiny_llama_dir, tmp_path):
+    tiny = str(tiny_llama_dir)
+    out = tmp_path / "ev"
+    code = main([
+        "eval", "policy", "--policy", f"base={tiny}", "--policy", f"same={tiny}",
+        "--red-team", str(FIXTURES / "red_team.txt"), "--limit", "2",
+        "--benign", str(FIXTURES / "prompts.txt"), "--judge", f"transformers:{tiny}",
+        "--calibrate", "--max-tokens", "4", "--out", str(out),
+    ])  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "policy_eval.json").read_text())
+    assert report["judge"]["calibrate"] is True
+    rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    answer = rows[0]["answers"]["same"]
+    assert 0 <= answer["p_harmful_raw"] <= 1 and 0 <= answer["p_harmful"] <= 1
+    assert answer["p_harmful"] != answer["p_harmful_raw"]  # the prior was divided out
+    assert "p_harmful_raw" not in rows[-1]["answers"]["same"]  # benign rows ask no yes/no
