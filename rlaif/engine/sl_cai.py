@@ -55,7 +55,7 @@ class SLCAIConfig(JobInputs):
     parquet: bool = False
 
 
-@dataclass
+@dataclass(repr=False)
 class SLCAIResult:
     rows: list[dict[str, Any]]
     resumed: int
@@ -65,6 +65,12 @@ class SLCAIResult:
     card: Path
     extra_files: list[Path] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)  # rows whose labeler call failed
+
+    def __repr__(self) -> str:
+        # short: asyncio formats the finished task's result (this) when a run ends, and the
+        # default repr of every row cost ~60 ms at 1,000 rows
+        name, rows, failed = type(self).__name__, len(self.rows), len(self.failed)
+        return f"{name}({rows} rows, {failed} failed, dataset={self.dataset})"
 
 
 @dataclass
