@@ -42,7 +42,6 @@ from rlaif.labelers.base import (
     strip_prefill,
 )
 from rlaif.labelers.batches import (
-    BATCH_PRICE_FACTOR,
     BatchRunner,
     BatchSettings,
     BatchState,
@@ -255,25 +254,23 @@ class AnthropicLabeler(ApiLabelerMixin):
         assert self._batches is not None
         bodies = [message_body(self.settings.model, c, params) for c in conversations]
         items = {custom_id(b, i): b for b in bodies for i in range(params.n)}
-        answers, online = await self._batches.run(items)
+        got = await self._batches.run(items)
+
+        def read(conversation: Conversation) -> Any:
+            def completion(body: dict[str, Any]) -> tuple[Completion, tuple[int, int]]:
+                response = Message.model_validate(body)
+                return parse_message(response, conversation), usage_of(response)
+
+            return completion
+
         out: list[list[Completion] | Exception] = []
         for conversation, body in zip(conversations, bodies, strict=True):
-            samples: list[Completion] = []
-            for i in range(params.n):
-                cid = custom_id(body, i)
-                answer = answers[cid]
-                if isinstance(answer, Exception):
-                    samples = answer  # type: ignore[assignment]
-                    break
-                try:
-                    response = Message.model_validate(answer)
-                    samples.append(parse_message(response, conversation))
-                except (LabelerResponseError, ValueError) as e:
-                    samples = self._batches.failure(f"unusable answer: {e}", 1, False)  # type: ignore[assignment]
-                    break
-                factor = 1.0 if cid in online else BATCH_PRICE_FACTOR
-                self._caller.record(*usage_of(response), price_factor=factor)
-            out.append(samples)
+            samples = [
+                self._batches.answer(got, custom_id(body, i), read(conversation))
+                for i in range(params.n)
+            ]
+            failed = next((s for s in samples if isinstance(s, Exception)), None)
+            out.append(failed if failed is not None else samples)  # type: ignore[arg-type]
         return out
 
     async def aclose(self) -> None:

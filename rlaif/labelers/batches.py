@@ -45,14 +45,16 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rlaif.errors import LabelerCallError
+from rlaif.errors import LabelerCallError, LabelerResponseError
 from rlaif.labelers.reliability import ApiCaller, Verdict, redact, with_retries
 
 log = logging.getLogger("rlaif.batches")
+
+T = TypeVar("T")
 
 BATCH_PRICE_FACTOR = 0.5  # both providers bill batch items at half the online price
 LEDGER_FILE = "batches.sqlite"
@@ -345,6 +347,26 @@ class BatchRunner:
                 )
             pending = again
         return answers, online_ids
+
+    def answer(
+        self,
+        got: tuple[dict[str, dict[str, Any] | Exception], set[str]],
+        cid: str,
+        read: Callable[[dict[str, Any]], tuple[T, tuple[int, int]]],
+    ) -> T | LabelerCallError:
+        """One item of ``run``'s result as the backend reads it (``read``: the result and its
+        prompt and completion tokens), or the error that fails its row. The tokens are charged
+        at the batch price, or in full where the item was answered online."""
+        answers, online = got
+        body = answers[cid]
+        if isinstance(body, Exception):
+            return body  # type: ignore[return-value]
+        try:
+            result, usage = read(body)
+        except (LabelerResponseError, ValueError) as e:
+            return self.failure(f"unusable answer: {e}", 1, False)
+        self.caller.record(*usage, price_factor=1.0 if cid in online else BATCH_PRICE_FACTOR)
+        return result
 
     def failure(self, error: str, attempts: int, retryable: bool) -> LabelerCallError:
         reason = redact(f"{self.provider.name} batch item: {error}", self.caller.secrets)

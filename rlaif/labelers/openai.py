@@ -46,7 +46,6 @@ from rlaif.labelers.base import (
     strip_prefill,
 )
 from rlaif.labelers.batches import (
-    BATCH_PRICE_FACTOR,
     BatchRunner,
     BatchSettings,
     BatchState,
@@ -298,7 +297,9 @@ class OpenAILabeler(ApiLabelerMixin):
             bodies = [chat_body(self.settings.model, c, params) for c in conversations]
             got = await self._batch(bodies)
             return [
-                self._from_batch(got, body, lambda r, c=c: parse_chat(r, c, params.n))
+                self._batches.answer(  # type: ignore[union-attr]
+                    got, custom_id(body), lambda r, c=c: (parse_chat(r, c, params.n), usage_of(r))
+                )
                 for c, body in zip(conversations, bodies, strict=True)
             ]
         return list(await asyncio.gather(*(self._one(c, params) for c in conversations)))
@@ -317,7 +318,9 @@ class OpenAILabeler(ApiLabelerMixin):
             bodies = [score_body(self.settings.model, c, top) for c in conversations]
             got = await self._batch(bodies)
             return [
-                self._from_batch(got, body, lambda r: parse_scores(r, options, top))
+                self._batches.answer(  # type: ignore[union-attr]
+                    got, custom_id(body), lambda r: (parse_scores(r, options, top), usage_of(r))
+                )
                 for body in bodies
             ]
         return list(await asyncio.gather(*(self._score(c, options) for c in conversations)))
@@ -333,21 +336,6 @@ class OpenAILabeler(ApiLabelerMixin):
     async def _batch(self, bodies: list[dict[str, Any]]) -> tuple[dict[str, Any], set[str]]:
         assert self._batches is not None
         return await self._batches.run({custom_id(b): b for b in bodies})
-
-    def _from_batch(self, got: tuple[dict[str, Any], set[str]], body: dict[str, Any], read: Any):
-        """One conversation's answer from the batch results, or the exception that fails it."""
-        answers, online = got
-        cid = custom_id(body)
-        answer = answers[cid]
-        if isinstance(answer, Exception):
-            return answer
-        try:
-            result = read(answer)
-        except LabelerResponseError as e:
-            return self._batches.failure(f"unusable answer: {e}", 1, False)  # type: ignore[union-attr]
-        factor = 1.0 if cid in online else BATCH_PRICE_FACTOR
-        self._caller.record(*usage_of(answer), price_factor=factor)
-        return result
 
     async def aclose(self) -> None:
         for client in self._clients or []:
