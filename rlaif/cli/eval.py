@@ -49,10 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
       help="a labeler setting, repeatable (values are YAML)")  # fmt: skip
     a("--constitution", type=Path, metavar="FILE", help="constitution YAML (harmless.yaml)")
     a("--templates", type=Path, metavar="DIR", help="Jinja templates overriding prompts/*.j2")
-    add_feedback_arguments(e)
-    a("--calibrate", action="store_const", const=True,
-      help="contextual calibration: divide out the labeler's prior for each option, measured "
-      "on content-free inputs; prints raw and calibrated metrics side by side")  # fmt: skip
+    add_feedback_arguments(e)  # --calibrate among them: raw and calibrated print side by side
     a("--seed", type=int, help="seed for principle sampling (0)")
     a("--bins", type=positive_int, metavar="N", help="calibration bins (10)")
     a("--batch-size", type=positive_int, metavar="N", help="batch size for local backends")
@@ -173,26 +170,9 @@ def print_report(console: Console, result: LabelerEvalResult) -> None:
             console.print(f"  wrote {path}")
 
 
-def with_calibration(cfg: LabelerEvalConfig) -> LabelerEvalConfig:
-    """``--calibrate``: the config with ``feedback.calibrate`` on (validated: not with --cot)."""
-    from pydantic import ValidationError
-
-    from rlaif.engine.feedback import FeedbackSettings
-    from rlaif.errors import ConfigError
-
-    try:
-        feedback = FeedbackSettings(**{**cfg.feedback.model_dump(), "calibrate": True})
-    except ValidationError as e:
-        raise ConfigError("--calibrate: " + "; ".join(err["msg"] for err in e.errors())) from None
-    return cfg.model_copy(update={"feedback": feedback})
-
-
 def labeler(args: argparse.Namespace) -> int:
     console = Console()
-    calibrate, args.calibrate = args.calibrate, None  # a feedback setting, not a top-level one
     cfg = config_from_args(args, model=LabelerEvalConfig)
-    if calibrate:
-        cfg = with_calibration(cfg)
     with RowProgress(console, "gold rows") as progress:
         try:
             result = run_sync(run_labeler_eval(cfg, progress.on_row, progress.on_start))

@@ -194,10 +194,13 @@ def add_feedback_arguments(s: argparse.ArgumentParser) -> None:
       help="read option log-probs, or count sampled votes (auto: log-probs where the backend "
       "has them)")  # fmt: skip
     a("--votes", type=positive_int, metavar="N", help="answers sampled per question, votes (8)")
+    a("--calibrate", action="store_const", const=True,
+      help="contextual calibration: divide out the labeler's prior for each option, measured "
+      "on content-free inputs (log-probs only, not with --cot); raw values are kept")  # fmt: skip
 
 
 _NOT_SETTINGS = {"config", "func", "command", "kind", "argv", "push_to_hub", "private"}
-_FEEDBACK_FLAGS = {"principles", "both_orders", "cot", "clamp", "scoring", "votes"}
+_FEEDBACK_FLAGS = {"principles", "both_orders", "cot", "clamp", "scoring", "votes", "calibrate"}
 
 
 def feedback_flags(flags: dict[str, Any]) -> dict[str, Any]:

@@ -325,7 +325,9 @@ def write_prefs_card(
         f"{params['temperature']}, top_p {params['top_p']}, max_tokens {params['max_tokens']}, "
         f"seed {params['seed']}",
         f"- feedback: mode `{fb['mode']}`, both orders: {'yes' if fb['both_orders'] else 'no'}, "
-        f"principles per pair: {fb['principles']}, chain of thought: {cot}",
+        f"principles per pair: {fb['principles']}, chain of thought: {cot}, "
+        f"contextual calibration: {'yes' if fb.get('calibrate') else 'no'}"
+        + (" (raw values in `prob_a_raw` and each judgement)" if fb.get("calibrate") else ""),
         f"- constitution sha256: `{const['sha256']}`",
         *[f"- template `{k}.j2` sha256: `{v}`" for k, v in provenance["templates"].items()],
         "",

@@ -64,4 +64,4 @@ def test_calibrate_from_a_config_file(scripted, tmp_path):
 def test_calibrate_with_cot_is_a_clear_error(scripted, tmp_path, capsys):
     args = ["eval", "labeler", "--gold", str(FIXTURES / "gold_pairs.jsonl"), "--cot"]
     assert main([*args, "--calibrate", "--out", str(tmp_path / "ev")]) == 2
-    assert "--calibrate: " in capsys.readouterr().err and not scripted
+    assert "calibrate does not apply with cot" in capsys.readouterr().err and not scripted

@@ -89,3 +89,23 @@ def test_shipped_prefs_recipe_is_a_valid_config():
     cfg = config_from_args(args, model=PrefsConfig)
     assert cfg.responses == 2 and cfg.feedback.both_orders and cfg.feedback.cot
     assert (REPO / cfg.prompts).is_file() and (REPO / cfg.constitution).is_file()
+
+
+def test_generate_prefs_calibrate_keeps_the_raw_probability_beside(tiny_llama_dir, tmp_path):
+    out = tmp_path / "prefs"
+    code = main([
+        "generate", "prefs", "--prompts", str(FIXTURES / "prompts.txt"), "--limit", "2",
+        "--labeler", f"transformers:{tiny_llama_dir}", "--max-tokens", "4",
+        "--calibrate", "--out", str(out),
+    ])  # fmt: skip
+    assert code == 0
+    rows = [json.loads(x) for x in (out / "preferences.jsonl").read_text().splitlines()]
+    assert rows[0]["provenance"]["feedback"]["calibrate"] is True
+    for r in rows:
+        for j in r["judgements"]:
+            prior = j["prior"]
+            assert len(prior) == 2 and abs(sum(prior) - 1) < 1e-6
+            # the calibrated first-position probability is the raw one with the prior divided out
+            raw = j["prob_first_raw"]
+            w = [raw / prior[0], (1 - raw) / prior[1]]
+            assert abs(j["prob_first"] - w[0] / sum(w)) < 1e-6
