@@ -20,13 +20,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rlaif.eval.independence import policy_spec
 from rlaif.labelers.base import run_sync
 
 HELD_OUT_FILE = "held_out.json"
-
-
-def _spec(model: str | Path) -> str:
-    return "smollm2" if str(model) == "smollm2" else f"transformers:{model}"
 
 
 class StageBuilder:
@@ -45,7 +42,7 @@ class StageBuilder:
             "prompts": str(c.prompts), "prompt_format": c.prompt_format,
             "limit": c.train_prompts, "constitution": str(c.constitution),
             "templates": str(c.templates) if c.templates else None, "labeler": c.labeler,
-            "labeler_settings": c.labeler_settings, "policy": _spec(c.base_model),
+            "labeler_settings": c.labeler_settings, "policy": policy_spec(str(c.base_model)),
             "seed": c.seed, **c.sl_cai,
         }  # fmt: skip
 
@@ -62,7 +59,7 @@ class StageBuilder:
             "prompts": str(c.prompts), "prompt_format": c.prompt_format,
             "limit": c.train_prompts, "constitution": str(c.constitution),
             "templates": str(c.templates) if c.templates else None, "labeler": c.labeler,
-            "labeler_settings": c.labeler_settings, "policy": _spec(self.root / policy),
+            "labeler_settings": c.labeler_settings, "policy": policy_spec(str(self.root / policy)),
             "seed": c.seed, **c.prefs,
         }  # fmt: skip
 

@@ -22,12 +22,7 @@ import json
 from typing import Any, Literal
 
 from rlaif.errors import BackendUnavailableError, LabelerResponseError
-from rlaif.labelers.reliability import (
-    PERMANENT_STATUS,
-    Verdict,
-    retry_after_from,
-    server_says,
-)
+from rlaif.labelers.reliability import Verdict, server_says, status_verdict
 
 Kind = Literal["status", "connect", "timeout", "connection", "unparsable"]
 
@@ -127,11 +122,7 @@ def classify_http_error(exc: BaseException) -> Verdict:
         return Verdict(False, f"{type(exc).__name__}: {exc}")
     url = exc.url
     if exc.kind == "status":
-        status = exc.status or 0
-        transient = status in (408, 409, 429) or status >= 500
-        said = server_says(exc.body, exc.text)
-        reason = f"HTTP {status} from {url}: {said}" if said else f"HTTP {status} from {url}"
-        return Verdict(transient, reason, retry_after_from(exc.headers), status in PERMANENT_STATUS)
+        return status_verdict(exc.status or 0, url, server_says(exc.body, exc.text), exc.headers)
     if exc.kind == "connect":
         # nothing listens there, or the host is unknown: no request to it can succeed
         return Verdict(True, f"cannot connect to {url}: {exc.detail}", permanent=True)

@@ -361,13 +361,9 @@ def classify_sdk_error(
         return Verdict(True, f"bad response: {exc}")
     url = _request_url(exc)
     if isinstance(exc, sdk.APIStatusError):
-        status = exc.status_code
-        headers: Any = getattr(exc.response, "headers", None)
-        transient = status in transient_status or status >= 500
         said = server_says(getattr(exc, "body", None), _response_text(exc.response))
-        reason = f"HTTP {status} from {url}: {said}" if said else f"HTTP {status} from {url}"
-        permanent = status in PERMANENT_STATUS
-        return Verdict(transient, reason, retry_after_from(headers), permanent)
+        headers: Any = getattr(exc.response, "headers", None)
+        return status_verdict(exc.status_code, url, said, headers, transient_status)
     refused = _no_connection(exc) if isinstance(exc, sdk.APIConnectionError) else None
     if refused is not None:
         # no connection at all: nothing listens there, or the host is unknown
@@ -380,6 +376,20 @@ def classify_sdk_error(
     if isinstance(exc, sdk.APIResponseValidationError | ValueError):
         return Verdict(True, f"unparsable response: {type(exc).__name__}")
     return Verdict(False, f"{type(exc).__name__}: {exc}")
+
+
+def status_verdict(
+    status: int,
+    url: str,
+    said: str,
+    headers: Any,
+    transient_status: tuple[int, ...] = (408, 409, 429),
+) -> Verdict:
+    """An error status from a server: retried when transient (``transient_status``, 5xx), the
+    endpoint unusable on 401/403/404, the server's words and its Retry-After kept."""
+    transient = status in transient_status or status >= 500
+    reason = f"HTTP {status} from {url}: {said}" if said else f"HTTP {status} from {url}"
+    return Verdict(transient, reason, retry_after_from(headers), status in PERMANENT_STATUS)
 
 
 def _no_connection(exc: BaseException) -> BaseException | None:
