@@ -61,7 +61,7 @@ from rlaif.engine.runner import run_rows
 from rlaif.engine.scheduler import EngineStats, Scheduler
 from rlaif.errors import LabelerCallError
 from rlaif.eval.gold import GoldChoice, GoldFormat, GoldPair, GoldRow, read_gold
-from rlaif.eval.stats import no_measurable_change, paired_bootstrap_diff, wilson
+from rlaif.eval.stats import change, paired_bootstrap_diff, wilson
 from rlaif.labelers.base import GenerateParams, Labeler, first_option
 from rlaif.resources import default_constitution
 from rlaif.templates import Templates
@@ -193,16 +193,8 @@ def calibration_effect(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out[key] = (sum(cal) - sum(raw)) / len(usable) if usable else None
         out[f"{key}_ci95"] = ci
         out[f"{key}_n"] = len(usable)
-        out[f"{key}_change"] = _change(ci)
+        out[f"{key}_change"] = change(ci)
     return out
-
-
-def _change(ci: tuple[float, float] | None) -> str | None:
-    if ci is None:
-        return None
-    if no_measurable_change(ci):
-        return "no measurable change"
-    return "higher" if ci[0] > 0 else "lower"
 
 
 def summarise(rows: list[dict[str, Any]], bins: int) -> dict[str, Any]:

@@ -52,7 +52,7 @@ from rlaif.eval.independence import (
     labeler_identity,
     policy_spec,
 )
-from rlaif.eval.stats import bootstrap_mean, paired_bootstrap_diff, wilson
+from rlaif.eval.stats import bootstrap_mean, change, paired_bootstrap_diff, wilson
 from rlaif.labelers.base import GenerateParams, Labeler, create_labeler, run_sync
 from rlaif.resources import default_constitution, evaluation_constitution
 from rlaif.templates import Templates
@@ -60,7 +60,6 @@ from rlaif.templates import Templates
 REPORT_FILE = "policy_eval.json"
 SAMPLES_FILE = "samples.jsonl"
 PLOT_FILE = "policy_eval.png"
-NO_CHANGE = "no measurable change"
 
 
 class PolicyEvalConfig(BaseModel):
@@ -145,14 +144,6 @@ def _rate(values: list[float | None]) -> tuple[float | None, int]:
 def _mean(values: list[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return sum(known) / len(known) if known else None
-
-
-def change(interval: tuple[float, float] | None, centre: float = 0.0) -> str | None:
-    """``no measurable change`` when the interval holds ``centre``; else which side it lies on."""
-    if interval is None:
-        return None
-    lo, hi = interval
-    return NO_CHANGE if lo <= centre <= hi else "higher" if lo > centre else "lower"
 
 
 def intervals(

@@ -71,6 +71,18 @@ def no_measurable_change(interval: tuple[float, float] | None) -> bool:
     return interval is None or interval[0] <= 0.0 <= interval[1]
 
 
+NO_CHANGE = "no measurable change"
+
+
+def change(interval: tuple[float, float] | None, centre: float = 0.0) -> str | None:
+    """``no measurable change`` when the interval holds ``centre``; else which side it lies on
+    (``higher``/``lower``); None where there is no interval."""
+    if interval is None:
+        return None
+    lo, hi = interval
+    return NO_CHANGE if lo <= centre <= hi else "higher" if lo > centre else "lower"
+
+
 def fmt_interval(interval: tuple[float, float] | None, percent: bool = True) -> str:
     if interval is None:
         return "n/a"
