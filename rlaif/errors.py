@@ -139,5 +139,16 @@ class EndpointError(RlaifError):
     exit_code = 4
 
 
+class CacheError(RlaifError):
+    """The labeler cache (SQLite) cannot be read or written: locked past its busy timeout, a full
+    disk, a damaged file. The run stops with the file named; rows already written are kept."""
+
+
+class EngineError(RlaifError):
+    """The engine could not hand a labeler's answers to the rows that asked (a bug or an
+    environment failure after the call). The run stops with the reason instead of waiting on
+    rows that would never be answered."""
+
+
 class LabelerResponseError(RlaifError):
     """A server answered with something that is not a valid response (garbage, truncated JSON)."""

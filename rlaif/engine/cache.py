@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.engine.commit import COMMIT_ITEMS, COMMIT_SECONDS, CommitWindow
-from rlaif.errors import RlaifError
+from rlaif.errors import CacheError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -72,13 +72,23 @@ class Cache:
             self._db.execute("PRAGMA busy_timeout=30000")
             self._db.execute(SCHEMA)
         except sqlite3.DatabaseError as e:
-            raise RlaifError(f"cannot open cache {target}: {e}") from None
+            raise CacheError(f"cannot open cache {target}: {e}") from None
+
+    def _failed(self, doing: str, e: sqlite3.Error) -> CacheError:
+        where = self.path if self.path is not None else "(in memory)"
+        return CacheError(
+            f"cache {where}: cannot {doing}: {e}; rows written so far are kept (free the disk "
+            "or stop the other process holding the file, then run the same command again)"
+        )
 
     def get(self, key: str) -> dict[str, Any] | None:
         pending = self._pending.get(key)
         if pending is not None:
             return json.loads(pending[1])
-        row = self._db.execute("SELECT value FROM entries WHERE key = ?", (key,)).fetchone()
+        try:
+            row = self._db.execute("SELECT value FROM entries WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error as e:
+            raise self._failed("read", e) from None
         return json.loads(row[0]) if row else None
 
     def get_many(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -90,8 +100,11 @@ class Cache:
             chunk = list(keys[start : start + 500])
             marks = ",".join("?" * len(chunk))
             query = f"SELECT key, value FROM entries WHERE key IN ({marks})"
-            for key, value in self._db.execute(query, chunk):
-                found[key] = json.loads(value)
+            try:
+                for key, value in self._db.execute(query, chunk):
+                    found[key] = json.loads(value)
+            except sqlite3.Error as e:
+                raise self._failed("read", e) from None
         for key in keys:
             pending = self._pending.get(key)
             if pending is not None:
@@ -111,16 +124,20 @@ class Cache:
 
     def _commit(self) -> None:
         rows = [(k, kind, value, created) for k, (kind, value, created) in self._pending.items()]
-        self._db.execute("BEGIN IMMEDIATE")  # one transaction for the whole window
         try:
-            self._db.executemany(
-                "INSERT OR REPLACE INTO entries (key, kind, value, created) VALUES (?, ?, ?, ?)",
-                rows,
-            )
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")  # one transaction for the whole window
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO entries (key, kind, value, created)"
+                    " VALUES (?, ?, ?, ?)",
+                    rows,
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise self._failed("write", e) from None
         self._pending.clear()
 
     def __len__(self) -> int:

@@ -16,7 +16,14 @@ The scheduler knows backends only through these two numbers of the ``Labeler`` p
 batch API, where a job takes minutes to hours) wants each stage at once, so before cutting a batch
 the scheduler waits until the queue has stopped growing for ``settle`` seconds (every row in
 flight is then waiting on the scheduler), and one call carries the whole stage. Two identical
-requests in flight at once are sent only once.
+requests in flight at once (the same conversation, parameters and samples) are sent only once. A
+request whose first samples are cached (``n`` raised since the last run) asks only for the rest.
+
+Every way a call can end reaches the rows that asked: an answer, the call's error, or, when the
+answer cannot be read (``LabelerResponseError``: no option label among the top log-probs, fewer
+choices than asked), a failed row like any failed call. What comes after the call (the cache's
+writes, handing out the answers) is guarded too: if it fails, the rows get that error and the run
+stops with it, instead of waiting forever for answers that will never be handed out.
 
 After a permanent failure (``LabelerCallError.permanent``: a rejected key, an unknown model or
 URL, nothing listening) nothing more is sent: queued and new requests fail with the same error at
@@ -38,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlaif.engine.cache import Cache, request_key
-from rlaif.errors import LabelerCallError
+from rlaif.errors import EngineError, LabelerCallError, LabelerResponseError, RlaifError
 from rlaif.labelers.base import Completion, Conversation, GenerateParams, Labeler
 
 
@@ -120,7 +127,8 @@ class Scheduler:
         )
 
     async def generate(self, messages: Conversation, params: GenerateParams) -> list[Completion]:
-        """``params.n`` completions for one conversation, from the cache or the labeler."""
+        """``params.n`` completions for one conversation, from the cache or the labeler. Samples
+        already cached (``n`` was raised since) are kept; only the missing ones are asked for."""
         self.stats.requests += 1
         keys = self.keys_for(messages, params)
         hits = self.cache.get_many(keys)
@@ -129,7 +137,12 @@ class Scheduler:
             done = [_completion(hits[k]) for k in keys]
             self.stats.total_tokens += sum(c.prompt_tokens + c.completion_tokens for c in done)
             return done
-        return await self._enqueue(("generate", params), messages, keys)
+        if not hits:
+            return await self._enqueue(("generate", params), messages, keys)
+        missing = [i for i, k in enumerate(keys) if k not in hits]
+        asked = _more_samples(params, len(missing), missing[0])
+        fresh = iter(await self._enqueue(("generate", asked), messages, [keys[i] for i in missing]))
+        return [_completion(hits[k]) if k in hits else next(fresh) for k in keys]
 
     async def option_logprobs(self, messages: Conversation, options: Sequence[str]) -> list[float]:
         """The log-probability of each option as the continuation of one conversation."""
@@ -144,20 +157,22 @@ class Scheduler:
     async def _enqueue(self, group: _Group, messages: Conversation, keys: list[str]) -> Any:
         if self._dead is not None:
             raise self._dead
-        if keys[0] in self._inflight:  # the same request is already on its way
-            return await asyncio.shield(self._inflight[keys[0]])
+        # every key: two requests that differ only in how many samples they ask for differ here
+        ident = keys[0] if len(keys) == 1 else "|".join(keys)
+        if ident in self._inflight:  # the same request is already on its way
+            return await asyncio.shield(self._inflight[ident])
         self._start()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         # a row that stopped waiting (the run is stopping) leaves its error unread: mark it read
         future.add_done_callback(_mark_retrieved)
-        self._inflight[keys[0]] = future
+        self._inflight[ident] = future
         self._queues.setdefault(group, []).append(_Pending(list(messages), keys, future))
         assert self._wakeup is not None
         self._wakeup.set()
         try:
             return await asyncio.shield(future)
         finally:
-            self._inflight.pop(keys[0], None)
+            self._inflight.pop(ident, None)
 
     async def aclose(self) -> None:
         if self._worker is not None:
@@ -246,15 +261,29 @@ class Scheduler:
                 p.future.cancel()
             raise
         except Exception as e:  # every waiting row gets the error; the worker keeps going
+            e = _row_error(e)
             if isinstance(e, LabelerCallError) and e.permanent and self._dead is None:
                 self._dead = e
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(e)
+            _fail(batch, e)
             return
         finally:
             self._slots.release()
-        seconds = time.perf_counter() - started
+        try:
+            self._finish(kind, batch, results, time.perf_counter() - started)
+        except Exception as e:
+            # storing or handing out the answers failed (the cache's disk, a backend that
+            # answered the wrong number of conversations): the rows must hear of it, or the run
+            # would wait for them forever
+            if not isinstance(e, RlaifError):
+                e = EngineError(f"labeler answers could not be handed out: {type(e).__name__}: {e}")
+            _fail(batch, e)
+
+    def _finish(self, kind: str, batch: list[_Pending], results: list[Any], seconds: float) -> None:
+        if len(results) != len(batch):
+            raise EngineError(
+                f"the labeler answered {len(results)} of {len(batch)} conversations in one call"
+            )
+        results = [_row_error(r) if isinstance(r, Exception) else r for r in results]
         self.stats.labeler_seconds += seconds
         if kind == "options":
             self._finish_options(batch, results, seconds)
@@ -263,6 +292,10 @@ class Scheduler:
         for p, samples in zip(batch, results, strict=True):
             if isinstance(samples, Exception):  # this conversation alone failed
                 continue
+            if len(samples) != len(p.keys):
+                raise EngineError(
+                    f"asked for {len(p.keys)} samples, the labeler gave {len(samples)}"
+                )
             for key, c in zip(p.keys, samples, strict=True):
                 entries.append((key, {**_as_dict(c), "seconds": round(seconds, 4)}))
                 self.stats.generated_tokens += c.completion_tokens
@@ -280,6 +313,28 @@ class Scheduler:
         ]
         self.cache.put_many("options", entries)
         _settle(batch, [r if isinstance(r, Exception) else [float(x) for x in r] for r in results])
+
+
+def _more_samples(params: GenerateParams, n: int, first: int) -> GenerateParams:
+    """Parameters for ``n`` more samples after the cached ones: with a seed, a seed moved by
+    the index of the first missing sample, so the new samples are not the cached ones again."""
+    seed = None if params.seed is None else params.seed + first
+    return params.model_copy(update={"n": n, "seed": seed})
+
+
+def _row_error(e: Exception) -> Exception:
+    """A labeler's answer that could not be read (no option label among the top log-probs,
+    fewer choices than asked, no vote naming an option) fails the rows that asked, like any
+    failed call; it is not an input error that stops the run."""
+    if isinstance(e, LabelerResponseError):
+        return LabelerCallError(f"unusable answer: {e}", 1, retryable=False)
+    return e
+
+
+def _fail(batch: list[_Pending], error: Exception) -> None:
+    for p in batch:
+        if not p.future.done():
+            p.future.set_exception(error)
 
 
 def _settle(batch: list[_Pending], results: list[Any]) -> None:

@@ -275,3 +275,115 @@ def test_an_exception_in_a_result_fails_only_that_row(fake_labeler):
     assert cache.get_many(sched.keys_for(conv("row 2"), P)) == {}
     assert len(cache.get_many(sched.keys_for(conv("row 3"), P))) == 1
     assert cache.get(sched.option_key(conv("q 1"), ["(A)", "(B)"])) is None
+
+
+def test_an_unreadable_answer_fails_its_row_not_the_run(fake_labeler):
+    """A labeler that raises ``LabelerResponseError`` (no option label among the top log-probs)
+    fails the rows that asked with a ``LabelerCallError``, which the jobs count as a failed row."""
+    from rlaif.errors import LabelerCallError, LabelerResponseError
+
+    class NoLabel(fake_labeler):
+        async def option_logprobs(self, conversations, options):
+            if any("bad" in c[-1]["content"] for c in conversations):
+                raise LabelerResponseError("none of the options ['A', 'B'] appeared")
+            return await super().option_logprobs(conversations, options)
+
+    sched = Scheduler(NoLabel(), Cache(None))
+
+    async def main():
+        got = await asyncio.gather(
+            sched.option_logprobs(conv("bad"), ["(A)", "(B)"]),
+            return_exceptions=True,
+        )
+        ok = await sched.option_logprobs(conv("good"), ["(A)", "(B)"])
+        await sched.aclose()
+        return got[0], ok
+
+    failed, ok = asyncio.run(main())
+    assert isinstance(failed, LabelerCallError) and not failed.permanent
+    assert failed.reason == "unusable answer: none of the options ['A', 'B'] appeared"
+    assert ok == [-1.0, -1.0]
+
+
+def test_a_cache_that_cannot_write_stops_the_rows_in_seconds(fake_labeler, tmp_path):
+    """The cache's commit fails after the labeler answered (a locked or full disk): the rows
+    get a ``CacheError`` naming the file at once, instead of waiting forever."""
+    import sqlite3
+
+    from rlaif.errors import CacheError
+
+    cache = Cache(tmp_path / "cache.sqlite", commit_items=1)
+
+    def broken_commit():
+        raise sqlite3.OperationalError("database or disk is full")
+
+    real = cache._db
+    cache._db = type("Db", (), {"execute": lambda self, *a: broken_commit(), "close": real.close})()
+    sched = Scheduler(fake_labeler(), cache)
+
+    async def main():
+        with pytest.raises(CacheError) as err:
+            await asyncio.wait_for(sched.generate(conv("x"), P), timeout=5)
+        return err.value
+
+    error = asyncio.run(main())
+    assert str(tmp_path / "cache.sqlite") in str(error)
+    assert "database or disk is full" in str(error)
+
+
+def test_a_wrong_number_of_answers_reaches_the_rows(fake_labeler):
+    from rlaif.errors import EngineError
+
+    class Short(fake_labeler):
+        async def generate(self, conversations, params):
+            return []
+
+    sched = Scheduler(Short(), Cache(None))
+
+    async def main():
+        with pytest.raises(EngineError, match="answered 0 of 1 conversations"):
+            await asyncio.wait_for(sched.generate(conv("x"), P), timeout=5)
+
+    asyncio.run(main())
+
+
+def test_requests_differing_only_in_n_are_not_merged(fake_labeler):
+    lab = fake_labeler(lambda c, p, i: f"s{i}")
+    sched = Scheduler(lab, Cache(None))
+
+    async def main():
+        two, four = await asyncio.gather(
+            sched.generate(conv("x"), GenerateParams(n=2, temperature=1.0, seed=3)),
+            sched.generate(conv("x"), GenerateParams(n=4, temperature=1.0, seed=3)),
+        )
+        await sched.aclose()
+        return two, four
+
+    two, four = asyncio.run(main())
+    assert len(two) == 2 and len(four) == 4
+
+
+def test_a_partial_cache_hit_asks_only_for_the_missing_samples(fake_labeler):
+    asked = []
+
+    class Recording(fake_labeler):
+        async def generate(self, conversations, params):
+            asked.append((params.n, params.seed))
+            return await super().generate(conversations, params)
+
+    cache = Cache(None)
+    lab = Recording(lambda c, p, i: f"call {i}")
+
+    async def run(n):
+        sched = Scheduler(lab, cache)
+        out = await sched.generate(conv("x"), GenerateParams(n=n, temperature=1.0, seed=7))
+        await sched.aclose()
+        return [c.text for c in out]
+
+    first = asyncio.run(run(2))
+    raised = asyncio.run(run(5))
+    again = asyncio.run(run(5))
+    # the two cached samples are kept; three new ones, with the seed moved past the cached two
+    assert asked == [(2, 7), (3, 9)]
+    assert first == ["call 0"] * 2 and raised == ["call 0"] * 2 + ["call 1"] * 3
+    assert again == raised
