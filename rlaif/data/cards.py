@@ -74,8 +74,26 @@ def front_matter(
 
 
 def _model_line(role: str, desc: dict[str, Any]) -> str:
-    extra = ", ".join(f"{k}={v}" for k, v in desc.items() if k not in {"backend", "model"})
-    return f"- {role}: `{desc.get('backend')}` / `{desc.get('model')}` ({extra})"
+    skip = {"backend", "model", "not_reproducible", "model_rules"}
+    extra = ", ".join(f"{k}={v}" for k, v in desc.items() if k not in skip)
+    line = f"- {role}: `{desc.get('backend')}` / `{desc.get('model')}` ({extra})"
+    rules = desc.get("model_rules")
+    if rules:
+        refused = ", ".join(rules.get("refused") or []) or "nothing"
+        line += f"; model rules `{rules.get('family')}`: refuses {refused}"
+    return line
+
+
+def reproducibility(roles: dict[str, dict[str, Any]]) -> list[str]:
+    """Lines saying which models could not be asked for reproducible sampling, if any."""
+    lines = [
+        f"- **not reproducible by rerunning**: {role} `{desc.get('model')}`: "
+        f"{desc['not_reproducible']}. The cache in this folder keeps every answer, so the same "
+        "command over it gives this dataset again."
+        for role, desc in roles.items()
+        if desc.get("not_reproducible")
+    ]
+    return lines
 
 
 def write_sl_cai_card(
@@ -139,6 +157,7 @@ def write_sl_cai_card(
         "",
         _model_line("policy (first answers)", provenance["policy"]),
         _model_line("critic (critiques, revisions)", provenance["critic"]),
+        *reproducibility({"policy": provenance["policy"], "critic": provenance["critic"]}),
         f"- sampling: temperature {params['temperature']}, top_p {params['top_p']}, "
         f"max_tokens {params['max_tokens']}, seed {params['seed']}",
         f"- few-shot examples: {'yes' if provenance['few_shot'] else 'no'}",
@@ -283,7 +302,12 @@ def write_prefs_card(
         + (
             "the option tokens' log-probabilities"
             if fb["mode"] == "logprobs"
-            else f"the share of {fb['votes']} sampled answers"
+            else f"the share of {fb['votes']} sampled answers naming each option (votes mode"
+            + (
+                ": the labeler gives no log-probs)"
+                if fb.get("scoring", "auto") == "auto"
+                else ", as asked)"
+            )
         )
         + (", averaged over both orders of the pair" if fb["both_orders"] else "")
         + " and over the principles.",
@@ -321,6 +345,7 @@ def write_prefs_card(
         "",
         _model_line("policy (responses)", provenance["policy"]),
         _model_line("labeler (feedback)", provenance["labeler"]),
+        *reproducibility({"policy": provenance["policy"], "labeler": provenance["labeler"]}),
         f"- policy sampling: {params['n']} responses per prompt, temperature "
         f"{params['temperature']}, top_p {params['top_p']}, max_tokens {params['max_tokens']}, "
         f"seed {params['seed']}",

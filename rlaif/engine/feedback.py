@@ -244,6 +244,16 @@ class Feedback:
                 "(sampled answers): turn calibrate off, or use a labeler with log-probs"
             )
 
+    def notice(self, labeler: str) -> str | None:
+        """The line a run says at its start when feedback falls back to votes because the
+        labeler gives no log-probs (never silently: the soft labels mean something else)."""
+        if self.settings.scoring != "auto" or self.supports_logprobs:
+            return None
+        return (
+            f"feedback in votes mode: the labeler {labeler} gives no log-probs, so each question "
+            f"is {self.settings.votes} sampled answers and a soft label is their vote share"
+        )
+
     @property
     def mode(self) -> Literal["logprobs", "votes"]:
         if self.settings.scoring != "auto":

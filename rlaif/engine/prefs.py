@@ -15,6 +15,7 @@ in ``preferences.unlabeled.jsonl`` with their reason rather than dropped.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ from rlaif.engine.jobs import (
 from rlaif.engine.scheduler import EngineStats, Scheduler
 from rlaif.labelers.base import GenerateParams
 from rlaif.templates import Templates
+
+log = logging.getLogger(__name__)
 
 DATASET_FILE = "preferences.jsonl"
 TIMINGS_FILE = "preferences.timings.jsonl"
@@ -156,6 +159,9 @@ def build(cfg: PrefsConfig) -> PrefsJob:
     feedback = Feedback(
         constitution, templates, labeler_sched, cfg.feedback, labeler.supports_logprobs, cfg.seed
     )
+    notice = feedback.notice(f"{labeler.backend}:{labeler.model_name}")
+    if notice:
+        log.warning("%s", notice)
     provenance = {
         **base_provenance(),
         "source": source_provenance(cfg),

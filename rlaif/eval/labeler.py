@@ -36,6 +36,7 @@ Rows go through the engine's journal and cache: an interrupted evaluation resume
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import time
@@ -65,6 +66,8 @@ from rlaif.eval.stats import change, paired_bootstrap_diff, wilson
 from rlaif.labelers.base import GenerateParams, Labeler, first_option
 from rlaif.resources import default_constitution
 from rlaif.templates import Templates
+
+log = logging.getLogger(__name__)
 
 ROWS_FILE = "judgements.jsonl"
 REPORT_FILE = "labeler_eval.json"
@@ -375,6 +378,9 @@ async def run_labeler_eval(
     feedback = Feedback(
         constitution, templates, sched, cfg.feedback, labeler.supports_logprobs, cfg.seed
     )
+    notice = feedback.notice(f"{labeler.backend}:{labeler.model_name}")
+    if notice:
+        log.warning("%s", notice)
     feedback.check_templates()
     templates.render("multiple_choice", prompt="p")
     provenance = {

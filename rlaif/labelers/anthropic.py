@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -37,9 +36,9 @@ from rlaif.labelers.base import (
     Completion,
     Conversation,
     GenerateParams,
-    first_option,
     option_label,
     strip_prefill,
+    vote_shares,
 )
 from rlaif.labelers.batches import (
     BatchRunner,
@@ -58,6 +57,14 @@ from rlaif.labelers.reliability import (
     read_api_key,
     server_says,
 )
+from rlaif.labelers.rules import (
+    ModelRules,
+    provenance_of,
+    rules_for,
+    sampling,
+    token_limit,
+    without_prefill,
+)
 
 
 class AnthropicSettings(ApiSettings, BatchSettings):
@@ -65,7 +72,9 @@ class AnthropicSettings(ApiSettings, BatchSettings):
     api_key_env: str = "ANTHROPIC_API_KEY"
     concurrency: int = Field(default=16, ge=1)
     votes: int = Field(default=8, ge=1, description="samples per comparison for option scoring")
-    vote_max_tokens: int = Field(default=8, ge=1)
+
+
+DEFAULT_RULES = ModelRules()
 
 
 def split_system(conversation: Conversation) -> tuple[str | None, list[dict[str, str]]]:
@@ -82,14 +91,18 @@ def split_system(conversation: Conversation) -> tuple[str | None, list[dict[str,
 _ARGUMENTS = ("model", "messages", "max_tokens", "system", "stop_sequences")
 
 
-def message_body(model: str, conversation: Conversation, params: GenerateParams) -> dict[str, Any]:
-    system, messages = split_system(conversation)
+def message_body(
+    model: str,
+    conversation: Conversation,
+    params: GenerateParams,
+    rules: ModelRules = DEFAULT_RULES,
+) -> dict[str, Any]:
+    system, messages = split_system(without_prefill(rules, conversation))
     body: dict[str, Any] = {
         "model": model,
         "messages": messages,
-        "max_tokens": params.max_tokens,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
+        **token_limit(rules, params.max_tokens),
+        **sampling(rules, params.temperature, params.top_p),
     }
     if system is not None:
         body["system"] = system
@@ -134,6 +147,7 @@ class AnthropicLabeler(ApiLabelerMixin):
         )
         self._client: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.rules = rules_for("anthropic", settings.model, settings.model_rules)
         self._caller = ApiCaller(settings, classify_anthropic, (self._key,))
         self.unparsed_votes = 0
         self._batches: BatchRunner | None = None
@@ -150,6 +164,7 @@ class AnthropicLabeler(ApiLabelerMixin):
         }
         if self.settings.batch:
             described["batch"] = True
+        described.update(provenance_of(self.rules))
         return described
 
     def _get_client(self) -> Any:
@@ -203,7 +218,9 @@ class AnthropicLabeler(ApiLabelerMixin):
         )
 
     async def _one(self, conversation: Conversation, params: GenerateParams) -> Completion:
-        response = await self._create(message_body(self.settings.model, conversation, params))
+        response = await self._create(
+            message_body(self.settings.model, conversation, params, self.rules)
+        )
         self._caller.record(*usage_of(response))
         return parse_message(response, conversation)
 
@@ -226,21 +243,15 @@ class AnthropicLabeler(ApiLabelerMixin):
         self, answers: list[Completion], options: Sequence[str], failure: bool = False
     ) -> list[float] | Exception:
         """Vote shares as log-probabilities; with ``failure``, no votes is a returned error."""
-        labels = [option_label(o) for o in options]
-        counts = dict.fromkeys(labels, 0)
-        for answer in answers:
-            index = first_option(answer.text, options)
-            if index is None:
-                self.unparsed_votes += 1
-            else:
-                counts[labels[index]] += 1
-        total = sum(counts.values())
-        if total == 0:
+        scores, unparsed = vote_shares([a.text for a in answers], options)
+        self.unparsed_votes += unparsed
+        if scores is None:
+            labels = [option_label(o) for o in options]
             message = f"none of {len(answers)} votes named an option {labels}"
             if failure:
-                return self._batches.failure(message, 1, False)  # type: ignore[union-attr]
+                return self._batches.failure(f"unusable answer: {message}", 1, False)  # type: ignore[union-attr]
             raise LabelerResponseError(message)
-        return [math.log(counts[lab] / total) if counts[lab] else -math.inf for lab in labels]
+        return scores
 
     # ------------------------------------------------------------------ batch mode
 
@@ -252,7 +263,7 @@ class AnthropicLabeler(ApiLabelerMixin):
         from anthropic.types import Message
 
         assert self._batches is not None
-        bodies = [message_body(self.settings.model, c, params) for c in conversations]
+        bodies = [message_body(self.settings.model, c, params, self.rules) for c in conversations]
         items = {custom_id(b, i): b for b in bodies for i in range(params.n)}
         got = await self._batches.run(items)
 

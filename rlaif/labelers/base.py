@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import math
 import re
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
@@ -237,3 +238,21 @@ def first_option(text: str, options: Sequence[str]) -> int | None:
     if len(named) == 1:
         return labels.index(bare[0])
     return None
+
+
+def vote_shares(texts: Sequence[str], options: Sequence[str]) -> tuple[list[float] | None, int]:
+    """Option scores from sampled answers, for backends without log-probs: the log of each
+    option's share of the answers that name one (``-inf`` for an option with no votes), or None
+    when no answer names any; and how many answers named none."""
+    counts = [0] * len(options)
+    unparsed = 0
+    for text in texts:
+        index = first_option(text, options)
+        if index is None:
+            unparsed += 1
+        else:
+            counts[index] += 1
+    total = sum(counts)
+    if total == 0:
+        return None, unparsed
+    return [math.log(c / total) if c else -math.inf for c in counts], unparsed

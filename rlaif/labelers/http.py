@@ -122,7 +122,8 @@ def classify_http_error(exc: BaseException) -> Verdict:
         return Verdict(False, f"{type(exc).__name__}: {exc}")
     url = exc.url
     if exc.kind == "status":
-        return status_verdict(exc.status or 0, url, server_says(exc.body, exc.text), exc.headers)
+        said = server_says(exc.body, exc.text)
+        return status_verdict(exc.status or 0, url, said, exc.headers, body=exc.body)
     if exc.kind == "connect":
         # nothing listens there, or the host is unknown: no request to it can succeed
         return Verdict(True, f"cannot connect to {url}: {exc.detail}", permanent=True)

@@ -37,13 +37,19 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from rlaif.errors import BackendUnavailableError, ConfigError, LabelerResponseError
+from rlaif.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    LabelerCallError,
+    LabelerResponseError,
+)
 from rlaif.labelers.base import (
     Completion,
     Conversation,
     GenerateParams,
     option_label,
     strip_prefill,
+    vote_shares,
 )
 from rlaif.labelers.batches import (
     BatchRunner,
@@ -63,8 +69,17 @@ from rlaif.labelers.reliability import (
     read_api_key,
     server_says,
 )
+from rlaif.labelers.rules import (
+    ModelRules,
+    provenance_of,
+    rules_for,
+    sampling,
+    token_limit,
+    without_prefill,
+)
 
 DEFAULT_URL = "https://api.openai.com/v1"
+DEFAULT_RULES = ModelRules()
 
 
 class OpenAISettings(ApiSettings, BatchSettings):
@@ -107,31 +122,38 @@ def _headers(key: str) -> dict[str, str]:
 # One builder per request kind and one reader per answer kind, shared by online and batch mode.
 
 
-def chat_body(model: str, conversation: Conversation, params: GenerateParams) -> dict[str, Any]:
+def chat_body(
+    model: str,
+    conversation: Conversation,
+    params: GenerateParams,
+    rules: ModelRules = DEFAULT_RULES,
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": model,
-        "messages": list(conversation),
+        "messages": without_prefill(rules, conversation),
         "n": params.n,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "max_tokens": params.max_tokens,
+        **sampling(rules, params.temperature, params.top_p),
+        **token_limit(rules, params.max_tokens),
     }
     if params.stop:
         body["stop"] = list(params.stop)
-    if params.seed is not None:
+    if params.seed is not None and rules.seed:
         body["seed"] = params.seed
     return body
 
 
-def score_body(model: str, conversation: Conversation, top_logprobs: int) -> dict[str, Any]:
-    return {
+def score_body(
+    model: str, conversation: Conversation, top_logprobs: int, rules: ModelRules = DEFAULT_RULES
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "model": model,
-        "messages": list(conversation),
-        "max_tokens": 4,
-        "temperature": 0.0,
-        "logprobs": True,
-        "top_logprobs": top_logprobs,
+        "messages": without_prefill(rules, conversation),
+        **token_limit(rules, 4),
     }
+    if rules.temperature:
+        body["temperature"] = 0.0
+    body.update(logprobs=True, top_logprobs=top_logprobs)
+    return body
 
 
 def usage_of(response: dict[str, Any]) -> tuple[int, int]:
@@ -199,7 +221,6 @@ def parse_scores(
 
 class OpenAILabeler(ApiLabelerMixin):
     backend: ClassVar[str] = "openai"
-    supports_logprobs: ClassVar[bool] = True
     Settings = OpenAISettings
     batch_call_size = 50_000
 
@@ -212,6 +233,8 @@ class OpenAILabeler(ApiLabelerMixin):
         if not self._urls:
             raise ConfigError("openai: base_url is an empty list")
         self._key = read_api_key(settings.api_key_env, settings.api_key_file, urls is None)
+        self.rules = rules_for("openai", settings.model, settings.model_rules)
+        self.unparsed_votes = 0
         self._clients: list[JsonClient] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sdk: Any = None  # the SDK client of batch mode
@@ -232,7 +255,16 @@ class OpenAILabeler(ApiLabelerMixin):
         }
         if self.settings.batch:
             described["batch"] = True
+        if not self.supports_logprobs:
+            described["votes"] = self.settings.votes
+        described.update(provenance_of(self.rules))
         return described
+
+    @property
+    def supports_logprobs(self) -> bool:
+        """False for models that return no log-probs (reasoning models): option scores are then
+        sampled votes, and AI feedback runs in votes mode."""
+        return self.rules.logprobs
 
     def _client_index(self) -> int:
         loop = asyncio.get_running_loop()
@@ -283,7 +315,8 @@ class OpenAILabeler(ApiLabelerMixin):
             _choices(response)  # an answer without choices is retried
             return response
 
-        tokens = estimate_tokens(body["messages"]) + body.get("max_tokens", 0)
+        limit = body.get("max_tokens") or body.get("max_completion_tokens") or 0
+        tokens = estimate_tokens(body["messages"]) + limit
         return await self._caller.call(attempt, tokens)
 
     async def _online_body(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -294,7 +327,7 @@ class OpenAILabeler(ApiLabelerMixin):
         self, conversations: Sequence[Conversation], params: GenerateParams
     ) -> list[list[Completion]]:
         if self._batches is not None:
-            bodies = [chat_body(self.settings.model, c, params) for c in conversations]
+            bodies = [chat_body(self.settings.model, c, params, self.rules) for c in conversations]
             got = await self._batch(bodies)
             return [
                 self._batches.answer(  # type: ignore[union-attr]
@@ -305,17 +338,21 @@ class OpenAILabeler(ApiLabelerMixin):
         return list(await asyncio.gather(*(self._one(c, params) for c in conversations)))
 
     async def _one(self, conversation: Conversation, params: GenerateParams) -> list[Completion]:
-        response = await self._create(chat_body(self.settings.model, conversation, params))
+        response = await self._create(
+            chat_body(self.settings.model, conversation, params, self.rules)
+        )
         completions = parse_chat(response, conversation, params.n)
         self._caller.record(*usage_of(response))
         return completions
 
     async def option_logprobs(
         self, conversations: Sequence[Conversation], options: Sequence[str]
-    ) -> list[list[float]]:
+    ) -> list[list[float] | Exception]:
+        if not self.supports_logprobs:
+            return await self._votes(conversations, options)
         top = self.settings.top_logprobs
         if self._batches is not None:
-            bodies = [score_body(self.settings.model, c, top) for c in conversations]
+            bodies = [score_body(self.settings.model, c, top, self.rules) for c in conversations]
             got = await self._batch(bodies)
             return [
                 self._batches.answer(  # type: ignore[union-attr]
@@ -327,9 +364,36 @@ class OpenAILabeler(ApiLabelerMixin):
 
     async def _score(self, conversation: Conversation, options: Sequence[str]) -> list[float]:
         top = self.settings.top_logprobs
-        response = await self._create(score_body(self.settings.model, conversation, top))
+        body = score_body(self.settings.model, conversation, top, self.rules)
+        response = await self._create(body)
         self._caller.record(*usage_of(response))
         return parse_scores(response, options, top)
+
+    async def _votes(
+        self, conversations: Sequence[Conversation], options: Sequence[str]
+    ) -> list[list[float] | Exception]:
+        """Option scores from ``votes`` sampled answers each (the model gives no log-probs)."""
+        params = GenerateParams(
+            n=self.settings.votes, temperature=1.0, max_tokens=self.settings.vote_max_tokens
+        )
+        out: list[list[float] | Exception] = []
+        for answers in await self.generate(conversations, params):
+            if isinstance(answers, Exception):
+                out.append(answers)
+                continue
+            scores, unparsed = vote_shares([a.text for a in answers], options)
+            self.unparsed_votes += unparsed
+            labels = [option_label(o) for o in options]
+            out.append(
+                scores
+                if scores is not None
+                else LabelerCallError(
+                    f"unusable answer: none of {len(answers)} votes named an option {labels}",
+                    1,
+                    False,
+                )
+            )
+        return out
 
     # ------------------------------------------------------------------ batch mode
 

@@ -48,6 +48,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from rlaif.errors import ConfigError, LabelerCallError, LabelerResponseError
+from rlaif.labelers.rules import RulesOverride
 
 T = TypeVar("T")
 
@@ -239,6 +240,14 @@ class ApiSettings(BaseModel):
     price_output_per_million: float | None = Field(
         default=None, ge=0, description="price of 1M completion tokens"
     )
+    model_rules: RulesOverride | None = Field(
+        default=None,
+        description="what the model accepts, over the rules matched by its id (labelers/rules.py)",
+    )
+    votes: int = Field(
+        default=8, ge=1, description="samples per question where the model gives no log-probs"
+    )
+    vote_max_tokens: int = Field(default=8, ge=1)
 
 
 def read_api_key(env: str, key_file: Path | None, required: bool) -> str:
@@ -363,7 +372,8 @@ def classify_sdk_error(
     if isinstance(exc, sdk.APIStatusError):
         said = server_says(getattr(exc, "body", None), _response_text(exc.response))
         headers: Any = getattr(exc.response, "headers", None)
-        return status_verdict(exc.status_code, url, said, headers, transient_status)
+        body = getattr(exc, "body", None)
+        return status_verdict(exc.status_code, url, said, headers, transient_status, body)
     refused = _no_connection(exc) if isinstance(exc, sdk.APIConnectionError) else None
     if refused is not None:
         # no connection at all: nothing listens there, or the host is unknown
@@ -384,12 +394,50 @@ def status_verdict(
     said: str,
     headers: Any,
     transient_status: tuple[int, ...] = (408, 409, 429),
+    body: Any = None,
 ) -> Verdict:
     """An error status from a server: retried when transient (``transient_status``, 5xx), the
-    endpoint unusable on 401/403/404, the server's words and its Retry-After kept."""
+    endpoint unusable on 401/403/404 and on a 400 that refuses a parameter of the request (the
+    model refuses it in every row), the server's words and its Retry-After kept."""
     transient = status in transient_status or status >= 500
     reason = f"HTTP {status} from {url}: {said}" if said else f"HTTP {status} from {url}"
+    refused = refused_parameter(status, body, said)
+    if refused is not None:
+        reason = f"HTTP {status} from {url}: the model refuses '{refused}': {said}"
+        return Verdict(False, reason, None, permanent=True)
     return Verdict(transient, reason, retry_after_from(headers), status in PERMANENT_STATUS)
+
+
+# request fields a server may name when it refuses one (OpenAI's ``param``, Anthropic's message)
+_PARAMETERS = (
+    "max_completion_tokens|max_tokens|temperature|top_p|top_k|top_logprobs|logprobs|seed|n|"
+    "stop_sequences|stop|reasoning_effort|prompt_cache_key"
+)
+_NAMED = re.compile(r"[`'\"](" + _PARAMETERS + r")[`'\"]")
+_PREFILL = re.compile(r"prefill", re.I)
+# a 400 about the row's own content, not about what the request carries
+_ROW_CODES = ("context_length_exceeded", "string_above_max_length", "content_policy_violation")
+
+
+def refused_parameter(status: int, body: Any, said: str) -> str | None:
+    """The request parameter a 400 refuses (``temperature``, ``max_tokens``, ``prefill``...), or
+    None when the 400 is about the row (a prompt too long for the context) or names nothing."""
+    if status != 400:
+        return None
+    error = body.get("error", body) if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        if error.get("code") in _ROW_CODES:
+            return None
+        param = error.get("param")
+        if isinstance(param, str) and param and param not in ("messages", "input", "prompt"):
+            return param
+        said = str(error.get("message") or said)
+    named = _NAMED.search(said)
+    if named:
+        return named.group(1)
+    if _PREFILL.search(said):
+        return "prefill"
+    return None
 
 
 def _no_connection(exc: BaseException) -> BaseException | None:

@@ -6,12 +6,27 @@ Retry-After, 500, a hang past the client's timeout, malformed JSON, or a body cu
 the fail-fast tests, the permanent answers "401" (the key, echoed in the message as careless
 servers do), "403" and "404" (an unknown model). Real HTTP over loopback, so the openai SDK's
 whole stack is exercised; only the model is fake.
+
+A multiple-choice question (a last person's turn holding ``(A) ...`` and ``(B) ...``) is answered
+by its content: the fake prefers the option whose text sorts last (``"echo: x #1"`` over
+``"echo: x #0"``), with P = 0.8 in its top log-probs, or naming it in a sampled answer, so soft
+labels, the chosen side and both orders can be checked exactly. ``no_option_if(request)`` makes
+the answer name no option at all (top tokens that are no label, text that names none).
+
+``strict=True`` enforces what current provider models accept, by model id, the way the providers
+answer (a 400 naming the parameter): OpenAI reasoning models (``o1``..., ``gpt-5``...) refuse
+``max_tokens``, a non-default ``temperature``/``top_p`` and ``logprobs``; Claude Sonnet 4.5 and
+Opus 4.1 refuse ``temperature`` with ``top_p``; Opus 4.7 refuses either; Claude 5 refuses
+non-default sampling; Claude 4.6 and later refuse an assistant prefill. These rules are this
+file's own, written from the providers' documentation, not rlaif's table.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -40,7 +55,10 @@ class FakeOpenAIServer:
         retry_after_ms: str | None = None,
         hang_seconds: float = 2.0,
         latency: float = 0.0,
+        strict: bool = False,
     ):
+        self.strict = strict
+        self.refused: list[str] = []  # the parameters strict mode refused, one per 400
         self.fault_rate = fault_rate
         self.faults = faults
         self.script = list(script or [])  # faults to serve first, in order ("ok" = no fault)
@@ -55,6 +73,7 @@ class FakeOpenAIServer:
         self.permanent: str | None = None  # "500", "401", ...: fail every request that way
         self.fail_if: Any = None  # request -> bool: these requests always get a 500
         self.echo_prefill = False  # anthropic: start the answer with the assistant prefill
+        self.no_option_if: Any = None  # request -> bool: the answer names no option
         self.votes_served: Counter[str] = Counter()  # per question (the conversation)
         self.in_flight = 0
         self.peak_in_flight = 0
@@ -127,6 +146,13 @@ class FakeOpenAIServer:
                         server.in_flight -= 1
 
             def _answer(self, request: dict[str, Any]) -> None:
+                if server.strict:
+                    refusal = strict_refusal(self.path, request)
+                    if refusal is not None:
+                        param, body = refusal
+                        with server._lock:
+                            server.refused.append(param)
+                        return self._send(400, json.dumps(body).encode())
                 fault = server._pick_fault(request)
                 server.served[fault] += 1
                 if server.latency:
@@ -170,7 +196,8 @@ class FakeOpenAIServer:
                 if self.path.endswith("/messages"):
                     body = json.dumps(server.anthropic_message(request)).encode()
                 else:
-                    body = json.dumps(completion(request)).encode()
+                    no_option = bool(server.no_option_if and server.no_option_if(request))
+                    body = json.dumps(completion(request, no_option)).encode()
                 if fault == "truncated":
                     self._send(200, body[: len(body) // 2], length=len(body))
                     self.close_connection = True
@@ -181,19 +208,24 @@ class FakeOpenAIServer:
 
 
 def _anthropic_message(server: FakeOpenAIServer, request: dict[str, Any]) -> dict[str, Any]:
-    """Anthropic Messages format. After an assistant prefill, it votes: "(A)" three times in four,
-    "(B)" otherwise (a cyclic counter per question, so any 8 votes on one question split 6:2,
-    however requests for several questions interleave)."""
+    """Anthropic Messages format. To a multiple-choice question (after an assistant prefill, or a
+    last person's turn holding the options) it votes: "(A)" three times in four, "(B)" otherwise
+    (a cyclic counter per question, so any 8 votes on one question split 6:2, however requests
+    for several questions interleave): a pure position bias."""
     messages = request["messages"]
     last = messages[-1]
-    if last["role"] == "assistant":
+    if last["role"] == "assistant" or question_of(request) is not None:
         question = json.dumps(messages, sort_keys=True)
         with server._lock:
             k = server.votes_served[question]
             server.votes_served[question] += 1
         text = " (A)" if k % 4 != 3 else " (B)"
-        if server.echo_prefill:
+        if server.no_option_if and server.no_option_if(request):
+            text = " I would rather not say."
+        if last["role"] == "assistant" and server.echo_prefill:
             text = last["content"] + text
+        elif last["role"] == "user":
+            text = _begin_as_asked(last["content"]) + text
     else:
         text = f"echo: {last['content']}"
     words = text.split(" ")
@@ -213,33 +245,80 @@ def _anthropic_message(server: FakeOpenAIServer, request: dict[str, Any]) -> dic
 FakeOpenAIServer.anthropic_message = _anthropic_message  # type: ignore[attr-defined]
 
 
-def completion(request: dict[str, Any]) -> dict[str, Any]:
-    """A deterministic chat completion: 'echo: <last message>' cut to max_tokens words."""
+_OPTIONS = re.compile(r"\(A\) (.*?)\n\s*\n\(B\) (.*?)(?:\n\s*\n|$)", re.S)
+_BEGIN = re.compile(r'Begin your reply with "(.*?)"')
+P_PREFERRED = 0.8
+
+
+def question_of(request: dict[str, Any]) -> tuple[str, str] | None:
+    """The two options of a multiple-choice question in the last person's turn, if it is one."""
+    users = [m for m in request.get("messages", []) if m.get("role") == "user"]
+    if not users:
+        return None
+    found = _OPTIONS.search(str(users[-1].get("content", "")))
+    return (found.group(1).strip(), found.group(2).strip()) if found else None
+
+
+def preferred(request: dict[str, Any]) -> str | None:
+    """The label the fake prefers for a question: the option whose text sorts last."""
+    options = question_of(request)
+    if options is None:
+        return None
+    return "A" if options[0] > options[1] else "B"
+
+
+def _begin_as_asked(text: str) -> str:
+    """What an answer starts with when the turn asks it to begin with something."""
+    found = _BEGIN.search(text)
+    return found.group(1) if found else ""
+
+
+def _top(label: str | None, no_option: bool) -> list[dict[str, Any]]:
+    if no_option:  # the model wrote something else entirely
+        return [{"token": "I", "logprob": -0.1, "bytes": None},
+                {"token": " cannot", "logprob": -2.5, "bytes": None}]  # fmt: skip
+    if label is None:  # not a question the fake recognises: A at p ~ 0.73, B at ~ 0.27
+        return [{"token": "A", "logprob": -0.3133, "bytes": None},
+                {"token": "B", "logprob": -1.3133, "bytes": None},
+                {"token": "C", "logprob": -6.0, "bytes": None}]  # fmt: skip
+    other = "B" if label == "A" else "A"
+    return [{"token": label, "logprob": math.log(P_PREFERRED), "bytes": None},
+            {"token": other, "logprob": math.log(1 - P_PREFERRED), "bytes": None},
+            {"token": "C", "logprob": -6.0, "bytes": None}]  # fmt: skip
+
+
+def completion(request: dict[str, Any], no_option: bool = False) -> dict[str, Any]:
+    """A deterministic chat completion: 'echo: <last message>' cut to max_tokens words; to a
+    multiple-choice question, the preferred option (in the top log-probs, or named)."""
     last = request["messages"][-1]["content"]
-    words = f"echo: {last}".split()
-    limit = request.get("max_tokens") or 64
+    label = preferred(request)
+    if label is not None and not request.get("logprobs"):
+        said = "I would rather not say." if no_option else f"({label})"
+        if request["messages"][-1]["role"] == "user":
+            said = f"{_begin_as_asked(last)} {said}".strip()
+        words = said.split()
+    else:
+        words = f"echo: {last}".split()
+    limit = request.get("max_tokens") or request.get("max_completion_tokens") or 64
     n = request.get("n") or 1
     text = " ".join(words[:limit])
     finish = "length" if len(words) > limit else "stop"
     choices = []
     for i in range(n):
+        varied = text if n == 1 or label is not None else f"{text} #{i}"
         choice: dict[str, Any] = {
             "index": i,
-            "message": {"role": "assistant", "content": text if n == 1 else f"{text} #{i}"},
+            "message": {"role": "assistant", "content": varied},
             "finish_reason": finish,
         }
         if request.get("logprobs"):
-            # first token "(" then the label: A is preferred with p ~ 0.73 vs B ~ 0.27
+            top = _top(label, no_option)
             choice["logprobs"] = {
                 "content": [
                     {"token": " (", "logprob": -0.01, "bytes": None,
                      "top_logprobs": [{"token": " (", "logprob": -0.01, "bytes": None}]},
-                    {"token": "A", "logprob": -0.3133, "bytes": None,
-                     "top_logprobs": [
-                         {"token": "A", "logprob": -0.3133, "bytes": None},
-                         {"token": "B", "logprob": -1.3133, "bytes": None},
-                         {"token": "C", "logprob": -6.0, "bytes": None},
-                     ]},
+                    {"token": top[0]["token"], "logprob": top[0]["logprob"], "bytes": None,
+                     "top_logprobs": top},
                 ]
             }  # fmt: skip
         choices.append(choice)
@@ -255,3 +334,71 @@ def completion(request: dict[str, Any]) -> dict[str, Any]:
             "total_tokens": len(last.split()) + min(len(words), limit) * n,
         },
     }
+
+
+# --------------------------------------------------------------------------- strict mode
+
+
+def _openai_error(param: str, message: str, code: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "invalid_request_error", "param": param,
+                      "code": code}}  # fmt: skip
+
+
+def _anthropic_error(message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
+
+
+def strict_refusal(path: str, request: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """(the refused parameter, the provider's error body) for a request the model refuses."""
+    model = str(request.get("model", ""))
+    if path.endswith("/messages"):
+        return _claude_refusal(model, request)
+    if re.match(r"(o[1-9]|gpt-5)", model):
+        if "max_tokens" in request:
+            return "max_tokens", _openai_error(
+                "max_tokens",
+                "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                "Use 'max_completion_tokens' instead.",
+                "unsupported_parameter",
+            )
+        for name in ("temperature", "top_p"):
+            if name in request and request[name] != 1:
+                return name, _openai_error(
+                    name,
+                    f"Unsupported value: '{name}' does not support {request[name]} with this "
+                    "model. Only the default (1) value is supported.",
+                    "unsupported_value",
+                )
+        if request.get("logprobs"):
+            return "logprobs", _openai_error(
+                "logprobs", "logprobs are not supported with this model.", "unsupported_parameter"
+            )
+    return None
+
+
+def _claude_refusal(model: str, request: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    version = re.match(r"claude-(opus|sonnet|haiku)-(\d+)(?:-(\d)(?:-|$))?", model)
+    if version is None:
+        return None
+    kind, major, minor = version.group(1), int(version.group(2)), int(version.group(3) or 0)
+    if (major, minor) >= (4, 6) and request["messages"][-1]["role"] == "assistant":
+        return "prefill", _anthropic_error(
+            "This model does not support assistant message prefill. "
+            "The conversation must end with a user message."
+        )
+    if major >= 5:
+        for name in ("temperature", "top_p", "top_k"):
+            if name in request and request[name] != 1:
+                return name, _anthropic_error(
+                    f"`{name}` is not supported for this model: only the default is accepted."
+                )
+    if kind == "opus" and (major, minor) >= (4, 7):
+        for name in ("temperature", "top_p", "top_k"):
+            if name in request:
+                return name, _anthropic_error(f"`{name}` is deprecated for this model.")
+    if (major, minor) >= (4, 1) and "temperature" in request and "top_p" in request:
+        return "temperature", _anthropic_error(
+            "`temperature` and `top_p` cannot both be specified for this model. "
+            "Please use only one."
+        )
+    return None
