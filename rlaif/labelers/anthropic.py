@@ -41,11 +41,13 @@ from rlaif.labelers.base import (
     vote_shares,
 )
 from rlaif.labelers.batches import (
+    FIND_WINDOW,
     BatchRunner,
     BatchSettings,
     BatchState,
     ItemResult,
     custom_id,
+    upload_timeout,
 )
 from rlaif.labelers.reliability import (
     ApiCaller,
@@ -308,12 +310,34 @@ class _AnthropicBatches:
         item = {"custom_id": cid, "params": body}
         return len(json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode()) + 1
 
-    async def prepare(self, items: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-        return [{"custom_id": cid, "params": body} for cid, body in items]
+    async def prepare(
+        self, items: list[tuple[str, dict[str, Any]]]
+    ) -> tuple[list[dict[str, Any]], int]:
+        size = sum(self.item_size(cid, body) for cid, body in items)
+        return [{"custom_id": cid, "params": body} for cid, body in items], size
 
-    async def create(self, requests: list[dict[str, Any]]) -> tuple[str, str]:
-        batch = await self.labeler._get_client().messages.batches.create(requests=requests)
+    async def create(self, prepared: tuple[list[dict[str, Any]], int], key: str) -> tuple[str, str]:
+        # Message Batches keep no metadata: a batch whose create call failed is found by its
+        # size and time instead (``find``)
+        requests, size = prepared
+        timeout = upload_timeout(size, self.labeler.settings.retry.timeout)
+        batch = await self.labeler._get_client().messages.batches.create(
+            requests=requests, timeout=timeout
+        )
         return batch.id, batch.processing_status
+
+    async def find(self, key: str, items: int, since: float) -> list[tuple[str, str]]:
+        """Batches of ``items`` requests created from a little before ``since`` on."""
+        found = []
+        async for batch in self.labeler._get_client().messages.batches.list(limit=100):
+            created = batch.created_at.timestamp()
+            if created < since - FIND_WINDOW:
+                break
+            c = batch.request_counts
+            total = c.processing + c.succeeded + c.errored + c.canceled + c.expired
+            if total == items:
+                found.append((batch.id, batch.processing_status))
+        return found
 
     async def state(self, batch_id: str) -> BatchState:
         batch = await self.labeler._get_client().messages.batches.retrieve(batch_id)

@@ -29,7 +29,17 @@ speaks its API):
   conversation only, with the provider's message (keys redacted) as the reason.
 - **Creating a batch is retried only when it surely did not happen** (429, 529, no connection at
   all): a timeout or a 500 after the upload may have created a batch that is paid for, and
-  submitting again would pay twice. Polls and downloads are retried as usual.
+  submitting again would pay twice. So every creation is written to the ledger before the call
+  (``attempts``), and OpenAI batches carry their job key in ``metadata``; when the call fails,
+  and again on a rerun while the attempt is unconfirmed, the runner lists the provider's recent
+  batches and collects the one that the attempt made (by its key; for Anthropic, whose batches
+  keep no metadata, the one batch of the same size created since, if exactly one). Uploads get a
+  timeout sized to their bytes. Polls and downloads are retried as usual.
+- **A rerun retries what failed.** When a batch answers an item with an error, the ledger stops
+  counting that batch as carrying it, so a rerun submits the item again instead of re-reading the
+  old error. When a round is followed by another (resubmitted items), the answers it did get are
+  kept in the ledger at once: a kill during the later round, which may last hours, loses none of
+  what was paid for, and the rerun submits only the items that never completed.
 - **Progress**: one log line per submission, status change (with the request counts) and
   completion on the ``rlaif.batches`` logger; never the key.
 """
@@ -58,6 +68,8 @@ T = TypeVar("T")
 
 BATCH_PRICE_FACTOR = 0.5  # both providers bill batch items at half the online price
 LEDGER_FILE = "batches.sqlite"
+JOB_METADATA = "rlaif_job"  # the metadata key that tags a batch with its job key (OpenAI)
+FIND_WINDOW = 600.0  # seconds before a failed creation that a batch it made may be dated
 
 
 class BatchSettings(BaseModel):
@@ -119,6 +131,13 @@ _SCHEMA = (
     " items INTEGER NOT NULL, submitted REAL NOT NULL, finished REAL)",
     "CREATE TABLE IF NOT EXISTS items (custom_id TEXT NOT NULL, job_key TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS items_by_id ON items (custom_id)",
+    # creations asked for and not yet confirmed: the batch may exist although the call failed
+    "CREATE TABLE IF NOT EXISTS attempts (job_key TEXT PRIMARY KEY, provider TEXT NOT NULL,"
+    " endpoint TEXT NOT NULL, items INTEGER NOT NULL, started REAL NOT NULL)",
+    # answers of items collected in a round that another round followed (resubmissions): kept
+    # at once, so a kill during the later round loses none of what was paid for
+    "CREATE TABLE IF NOT EXISTS answers (custom_id TEXT PRIMARY KEY, endpoint TEXT NOT NULL,"
+    " body TEXT NOT NULL)",
 )
 
 
@@ -190,6 +209,7 @@ class BatchLedger:
                 (key, provider, endpoint, batch_id, status, len(ids), time.time()),
             )
             self._db.executemany("INSERT INTO items VALUES (?, ?)", ((i, key) for i in ids))
+            self._db.execute("DELETE FROM attempts WHERE job_key = ?", (key,))
 
     def status(self, key: str, status: str, finished: bool = False) -> None:
         with self._db:
@@ -197,6 +217,51 @@ class BatchLedger:
                 "UPDATE batches SET status = ?, finished = ? WHERE job_key = ?",
                 (status, time.time() if finished else None, key),
             )
+
+    def forget(self, key: str, ids: Sequence[str]) -> None:
+        """The batch ``key`` answered ``ids`` with an error: it no longer carries them, so a
+        rerun submits them again instead of reading the same error."""
+        if not ids:
+            return
+        with self._db:
+            self._db.executemany(
+                "DELETE FROM items WHERE job_key = ? AND custom_id = ?", ((key, i) for i in ids)
+            )
+
+    def attempt(self, key: str, provider: str, endpoint: str, items: int) -> float:
+        """Record, before the create call, that a batch ``key`` is being created; its start."""
+        started = time.time()
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?)",
+                (key, provider, endpoint, items, started),
+            )
+        return started
+
+    def attempted(self, key: str) -> float | None:
+        """When an unconfirmed creation of ``key`` started, if one did."""
+        row = self._db.execute("SELECT started FROM attempts WHERE job_key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def keep_answers(self, endpoint: str, answers: dict[str, dict[str, Any]]) -> None:
+        with self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO answers VALUES (?, ?, ?)",
+                ((cid, endpoint, json.dumps(body)) for cid, body in answers.items()),
+            )
+
+    def answers(self, endpoint: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                "SELECT custom_id, body FROM answers"
+                f" WHERE endpoint = ? AND custom_id IN ({marks})",
+                (endpoint, *chunk),
+            )
+            found.update((cid, json.loads(body)) for cid, body in rows)
+        return found
 
     def entries(self) -> list[LedgerEntry]:
         return [LedgerEntry(*r) for r in self._db.execute("SELECT * FROM batches ORDER BY rowid")]
@@ -240,9 +305,16 @@ class BatchProvider(Protocol):
         """Whatever ``create`` needs (OpenAI: an uploaded input file); safe to retry."""
         ...
 
-    async def create(self, prepared: Any) -> tuple[str, str]:
-        """Create the batch; returns its id and status. Retried only when the failure says no
-        batch was created (``submit_classify``)."""
+    async def create(self, prepared: Any, key: str) -> tuple[str, str]:
+        """Create the batch, tagged with the job ``key`` where the API keeps metadata; returns
+        its id and status. Retried only when the failure says no batch was created
+        (``submit_classify``)."""
+        ...
+
+    async def find(self, key: str, items: int, since: float) -> list[tuple[str, str]]:
+        """Batches (id, status) that a creation of ``key`` (``items`` items, asked for at
+        ``since``, a Unix time) may have made although the call failed: by the key in their
+        metadata where the API keeps it, else by size and time."""
         ...
 
     async def state(self, batch_id: str) -> BatchState: ...
@@ -295,6 +367,8 @@ class BatchRunner:
         self.ledger = BatchLedger(path)
         self.created = 0  # batches this process submitted
         self.reattached = 0  # batches this process found in the ledger and collected
+        self.found = 0  # batches whose create call failed, found at the provider and collected
+        self.stored: set[str] = set()  # items answered from the ledger's kept answers
 
     async def run(
         self, items: dict[str, dict[str, Any]]
@@ -304,21 +378,30 @@ class BatchRunner:
         answers: dict[str, dict[str, Any] | Exception] = {}
         online_ids: set[str] = set()
         collected: set[str] = set()  # batches read in this call: a retry needs a new one
-        pending = dict(items)
+        endpoint = self.provider.endpoint
+        kept = self.ledger.answers(endpoint, list(items))  # paid for in an earlier, killed run
+        answers.update(kept)
+        self.stored.update(kept)
+        pending = {cid: body for cid, body in items.items() if cid not in kept}
         retry = self.caller.settings.retry
         attempt = 0
         while pending:
             attempt += 1
             outcome = await self._round(sorted(pending.items()), collected)
             again: dict[str, dict[str, Any]] = {}
+            fresh: dict[str, dict[str, Any]] = {}
             for cid, body in pending.items():
                 got = outcome[cid]
                 if got.body is not None:
-                    answers[cid] = got.body
+                    answers[cid] = fresh[cid] = got.body
                 elif got.retryable and attempt <= retry.max_retries:
                     again[cid] = body
                 else:
                     answers[cid] = self.failure(got.error, attempt, got.retryable)
+            if again and fresh:
+                # another round follows: what this one answered is kept now, so that a kill
+                # during it (hours, for a batch) costs none of it again
+                self.ledger.keep_answers(endpoint, fresh)
             if again and self.settings.batch_errors == "online" and self.online is not None:
                 name = self.provider.name
                 log.info("%s batch: sending %d errored items online", name, len(again))
@@ -365,7 +448,9 @@ class BatchRunner:
             result, usage = read(body)
         except (LabelerResponseError, ValueError) as e:
             return self.failure(f"unusable answer: {e}", 1, False)
-        self.caller.record(*usage, price_factor=1.0 if cid in online else BATCH_PRICE_FACTOR)
+        if cid not in self.stored:  # a kept answer was paid for, and counted, by an earlier run
+            factor = 1.0 if cid in online else BATCH_PRICE_FACTOR
+            self.caller.record(*usage, price_factor=factor)
         return result
 
     def failure(self, error: str, attempts: int, retryable: bool) -> LabelerCallError:
@@ -401,17 +486,54 @@ class BatchRunner:
         p = self.provider
         ids = [cid for cid, _ in items]
         key = job_key(p.name, p.endpoint, ids)
-        prepared = await self.caller.call(lambda: p.prepare(items))
-        batch_id, status = await with_retries(
-            lambda: p.create(prepared),
-            self.caller.settings.retry,
-            submit_classify(self.caller.classify),
-            enforce_timeout=False,
-        )
+        since = self.ledger.attempted(key)
+        made = await self._find(key, len(ids), since) if since is not None else None
+        if made is None:
+            prepared = await self.caller.call(lambda: p.prepare(items))
+            since = self.ledger.attempt(key, p.name, p.endpoint, len(ids))
+            try:
+                made = await with_retries(
+                    lambda: p.create(prepared, key),
+                    self.caller.settings.retry,
+                    submit_classify(self.caller.classify),
+                    enforce_timeout=False,
+                    retry_timeouts=False,
+                )
+            except LabelerCallError:
+                # the call failed, but the provider may have created the batch (a timeout
+                # after the upload): look for it before giving up on its items
+                made = await self._find(key, len(ids), since)
+                if made is None:
+                    raise
+            else:
+                self.created += 1
+                log.info("%s batch %s: submitted %d items", p.name, made[0], len(items))
+        batch_id, status = made
         self.ledger.submitted(key, p.name, p.endpoint, batch_id, status, ids)
-        self.created += 1
-        log.info("%s batch %s: submitted %d items", p.name, batch_id, len(items))
         return await self._collect(key, batch_id, status, ids)
+
+    async def _find(self, key: str, items: int, since: float) -> tuple[str, str] | None:
+        """The batch an unconfirmed creation of ``key`` made, if the provider shows exactly one
+        that no ledger entry already names."""
+        p = self.provider
+        try:
+            candidates = await self.caller.call(lambda: p.find(key, items, since))
+        except LabelerCallError as e:
+            log.warning("%s batch: could not look for a batch created earlier: %s", p.name, e)
+            return None
+        known = {e.batch_id for e in self.ledger.entries()}
+        fresh = [c for c in candidates if c[0] not in known]
+        if len(fresh) != 1:
+            if len(fresh) > 1:
+                log.warning(
+                    "%s batch: %d batches may be the one a failed creation made; none is used",
+                    p.name,
+                    len(fresh),
+                )
+            return None
+        self.found += 1
+        log.info("%s batch %s: found, created by an earlier call that failed", p.name, fresh[0][0])
+        return fresh[0]
 
     async def _collect(
         self, key: str, batch_id: str, status: str, ids: list[str]
@@ -427,7 +549,10 @@ class BatchRunner:
         self.ledger.status(key, state.status, finished=True)
         log.info("%s batch %s: collected %d results", p.name, batch_id, len(got))
         missing = ItemResult(None, f"batch {batch_id} returned no result for the item")
-        return batch_id, {cid: got.get(cid, missing) for cid in ids}
+        found = {cid: got.get(cid, missing) for cid in ids}
+        # the batch no longer answers its errored items: a rerun submits them again
+        self.ledger.forget(key, [cid for cid, r in found.items() if r.body is None])
+        return batch_id, found
 
     async def _wait(self, key: str, batch_id: str, status: str) -> BatchState:
         p = self.provider
@@ -448,6 +573,11 @@ class BatchRunner:
 
     def close(self) -> None:
         self.ledger.close()
+
+
+def upload_timeout(nbytes: int, base: float) -> float:
+    """Seconds for a call that uploads ``nbytes``: the usual timeout plus a second per MB."""
+    return base + nbytes / 1_000_000
 
 
 def submit_classify(classify: Callable[[BaseException], Verdict]) -> Callable[..., Verdict]:

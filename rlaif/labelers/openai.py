@@ -52,11 +52,14 @@ from rlaif.labelers.base import (
     vote_shares,
 )
 from rlaif.labelers.batches import (
+    FIND_WINDOW,
+    JOB_METADATA,
     BatchRunner,
     BatchSettings,
     BatchState,
     ItemResult,
     custom_id,
+    upload_timeout,
 )
 from rlaif.labelers.http import HttpError, JsonClient, classify_http_error
 from rlaif.labelers.reliability import (
@@ -435,16 +438,31 @@ class _OpenAIBatches:
         data = "".join(self._line(cid, body) + "\n" for cid, body in items).encode("utf-8")
         client = self.labeler._batch_client()
         uploaded = await client.files.create(
-            file=("rlaif-batch.jsonl", data, "application/jsonl"), purpose="batch"
+            file=("rlaif-batch.jsonl", data, "application/jsonl"),
+            purpose="batch",
+            timeout=upload_timeout(len(data), self.labeler.settings.retry.timeout),
         )
         return uploaded.id
 
-    async def create(self, file_id: str) -> tuple[str, str]:
+    async def create(self, file_id: str, key: str) -> tuple[str, str]:
         client = self.labeler._batch_client()
         batch = await client.batches.create(
-            input_file_id=file_id, endpoint=self.url, completion_window="24h"
+            input_file_id=file_id,
+            endpoint=self.url,
+            completion_window="24h",
+            metadata={JOB_METADATA: key},
         )
         return batch.id, batch.status
+
+    async def find(self, key: str, items: int, since: float) -> list[tuple[str, str]]:
+        """Batches tagged with ``key``, newest first, back to a little before ``since``."""
+        found = []
+        async for batch in self.labeler._batch_client().batches.list(limit=100):
+            if batch.created_at < since - FIND_WINDOW:
+                break
+            if (batch.metadata or {}).get(JOB_METADATA) == key:
+                found.append((batch.id, batch.status))
+        return found
 
     async def state(self, batch_id: str) -> BatchState:
         batch = await self.labeler._batch_client().batches.retrieve(batch_id)

@@ -116,10 +116,13 @@ async def with_retries(
     classify: Callable[[BaseException], Verdict],
     on_retry: Callable[[Verdict], None] | None = None,
     enforce_timeout: bool = True,
+    retry_timeouts: bool = True,
 ) -> T:
     """Call until success or a final failure. ``enforce_timeout=False`` when the client enforces
     ``settings.timeout`` itself (cancelling an HTTP client mid-request can leave its connection
-    pool in a bad state, so an SDK's own timeout is preferred where there is one)."""
+    pool in a bad state, so an SDK's own timeout is preferred where there is one).
+    ``retry_timeouts=False`` for calls that may have taken effect although they timed out (a
+    batch creation): such a timeout is final."""
     attempt = 0
     while True:
         try:
@@ -130,7 +133,7 @@ async def with_retries(
             raise
         except Exception as exc:  # every failure is classified: transient or not
             verdict = (
-                Verdict(True, f"timed out after {settings.timeout:g} s")
+                Verdict(retry_timeouts, f"timed out after {settings.timeout:g} s")
                 if isinstance(exc, TimeoutError)
                 else classify(exc)
             )

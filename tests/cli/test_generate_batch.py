@@ -257,3 +257,51 @@ def test_a_ledger_entry_the_provider_does_not_know_stops_the_run_with_its_messag
         assert len(server.created) == created  # nothing submitted
     err = capsys.readouterr().err
     assert "HTTP 404" in err and "No batch found with id 'batch_gone'" in err
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_create_call_that_times_out_after_the_batch_exists_creates_no_second(
+    provider, tmp_path, caplog
+):
+    """The provider creates the batch but answers the create call only after the client's
+    timeout: the run finds that batch among the provider's batches (OpenAI: by the job key in
+    its metadata; Anthropic: by size and time) and collects it; nothing is created twice."""
+    with FakeBatchServer(delay=0.05) as server:
+        server.create_hang = 1.5
+        timeout = ["--labeler-set", "retry={max_retries: 2, base_delay: 0.01, timeout: 0.5}"]
+        args = sl_cai(server, provider, tmp_path, "batch", batch=True, n=3, rounds=1, extra=timeout)
+        assert main(args) == 0
+        # answers, critiques, revisions: one batch each, and one create call each
+        assert server.created == [(provider, 3)] * 3 and server.create_calls == 3
+    assert "found, created by an earlier call that failed" in caplog.text
+    assert len(rows(tmp_path / "batch" / "sl_cai.jsonl")) == 3
+    if provider == "openai":
+        tags = [b["metadata"] for b in server.batches.values()]
+        assert all(set(t) == {"rlaif_job"} and len(t["rlaif_job"]) == 64 for t in tags)
+
+
+def test_a_rerun_submits_an_item_whose_row_failed_again(tmp_path):
+    """Run 1: one item errors in every batch that carries it (exit 3). Run 2, with the
+    provider answering again, submits that item once more and the row completes."""
+    broken = True
+
+    def fault(body, seen):
+        return "error" if broken and "prompt number 2" in json.dumps(body["messages"]) else None
+
+    with FakeBatchServer(delay=0.05) as server:
+        server.item_fault = fault
+        args = sl_cai(server, "openai", tmp_path, "batch", batch=True, n=3, rounds=1)
+        assert main(args) == 3
+        before = list(server.created)
+        broken = False
+        # one retry on the rerun: re-reading the batches that answered the item with an error
+        # would use it up and fail the row again
+        once = ["--labeler-set", "retry={max_retries: 1, base_delay: 0.01, timeout: 10}"]
+        assert main([*args, *once]) == 0
+        # the failed row's answer, then its critique and revision: one item each
+        assert server.created[len(before) :] == [("openai", 1)] * 3
+    assert [r["id"] for r in rows(tmp_path / "batch" / "sl_cai.jsonl")] == [
+        "line-1",
+        "line-2",
+        "line-3",
+    ]

@@ -10,7 +10,10 @@ Knobs for tests: ``delay`` (seconds a batch stays ``in_progress``), ``item_fault
 batches that carried the same request), and counters: ``created`` (one entry per batch created:
 provider and item count), ``create_calls`` (creation requests, answered or not) and ``polls``;
 ``create_faults`` answers the next creations with "429" or "500" instead; ``fail_validation``
-makes OpenAI batches end ``failed`` with a validation error.
+makes OpenAI batches end ``failed`` with a validation error; ``create_hang`` seconds makes the
+next creation create the batch, then answer only after that long (past the client's timeout, as
+a dropped connection would). Both list endpoints answer, newest first, with OpenAI's
+``metadata``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class FakeBatchServer(FakeOpenAIServer):
         self.polls = 0
         self.create_faults: list[str] = []  # "429" or "500" for the next batch creations
         self.create_calls = 0
+        self.create_hang = 0.0  # the next creation: create, then answer this many seconds late
         self.fail_validation = False  # OpenAI batches end "failed" with a validation error
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict[str, Any]] = {}
@@ -118,6 +122,7 @@ class FakeBatchServer(FakeOpenAIServer):
             "output_file_id": out_id,
             "error_file_id": err_id,
             "created_at": int(batch["created"]),
+            "metadata": batch.get("metadata"),
             "request_counts": {
                 "total": len(batch["items"]),
                 "completed": counts["ok"],
@@ -266,12 +271,21 @@ class FakeBatchServer(FakeOpenAIServer):
                     items.append((item["custom_id"], item["body"]))
                 batch = server._create("openai", items)
                 batch["input_file_id"] = request["input_file_id"]
+                batch["metadata"] = request.get("metadata")
+                self._hang()
                 self._json(server._openai_batch(batch))
+
+            def _hang(self) -> None:
+                with server._lock:
+                    hang, server.create_hang = server.create_hang, 0.0
+                if hang:
+                    time.sleep(hang)
 
             def _anthropic_create(self) -> None:
                 request = json.loads(self._body())
                 items = [(r["custom_id"], r["params"]) for r in request["requests"]]
                 batch = server._create("anthropic", items)
+                self._hang()
                 self._json(server._anthropic_batch(batch, server.root_url))
 
             def do_GET(self) -> None:
@@ -283,6 +297,8 @@ class FakeBatchServer(FakeOpenAIServer):
                 if known and known[0] not in server.batches and known[0] not in server.files:
                     err = {"error": {"message": f"No batch found with id '{known[0]}'."}}
                     return self._send(404, json.dumps(err).encode())
+                if parts in (["v1", "batches"], ["v1", "messages", "batches"]):
+                    return self._list(parts[1] == "batches")
                 if parts[:2] == ["v1", "batches"] and len(parts) == 3:
                     return self._json(server._openai_batch(server.batches[parts[2]]))
                 if parts[:2] == ["v1", "files"] and len(parts) == 4 and parts[3] == "content":
@@ -293,5 +309,19 @@ class FakeBatchServer(FakeOpenAIServer):
                 if parts[:3] == ["v1", "messages", "batches"] and parts[4:] == ["results"]:
                     return self._send(200, server._anthropic_results(server.batches[parts[3]]))
                 return self._send(404, b'{"error": {"message": "no such path"}}')
+
+            def _list(self, openai: bool) -> None:
+                provider = "openai" if openai else "anthropic"
+                with server._batch_lock:
+                    mine = [b for b in server.batches.values() if b["provider"] == provider]
+                mine.sort(key=lambda b: b["created"], reverse=True)
+                if openai:
+                    data = [server._openai_batch(b) for b in mine]
+                else:
+                    data = [server._anthropic_batch(b, server.root_url) for b in mine]
+                first = data[0]["id"] if data else None
+                last = data[-1]["id"] if data else None
+                page = {"data": data, "has_more": False, "first_id": first, "last_id": last}
+                self._json({"object": "list", **page} if openai else page)
 
         return Handler

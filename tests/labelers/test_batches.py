@@ -102,6 +102,9 @@ class Scripted:
         self.max_items = max_items
         self.dead = dead
         self.batches: list[list[str]] = []
+        self.keys: list[str] = []  # the job key of each batch created
+        self.create_fails = 0
+        self.hold: set[str] = set()  # batch ids that never finish
         self.seen: Counter[str] = Counter()
 
     def item_size(self, cid, body):
@@ -110,11 +113,20 @@ class Scripted:
     async def prepare(self, items):
         return items
 
-    async def create(self, items):
+    async def create(self, items, key=None):
         self.batches.append([cid for cid, _ in items])
+        self.keys.append(key)
+        if self.create_fails:  # created, but the call fails (a timeout after the upload)
+            self.create_fails -= 1
+            raise TimeoutError("no answer from the create call")
         return f"b{len(self.batches) - 1}", "in_progress"
 
+    async def find(self, key, items, since):
+        return [(f"b{i}", "in_progress") for i, k in enumerate(self.keys) if k == key]
+
     async def state(self, batch_id):
+        if batch_id in self.hold:  # still in progress, however long one waits
+            return BatchState("in_progress", False, False, {})
         if self.dead:
             return BatchState("failed", False, True, {}, "batch failed: bad input line 3")
         return BatchState("completed", True, False, {"total": 1})
@@ -314,3 +326,84 @@ def test_a_batch_that_fails_validation_fails_its_rows_with_the_providers_message
     )
     assert len(server.created) == 1  # not resubmitted: it would fail the same way
     assert [e.status for e in BatchLedger(tmp_path / "batches.sqlite").entries()] == ["failed"]
+
+
+def test_a_rerun_resubmits_an_item_that_failed_in_every_try_exactly_once(tmp_path):
+    """Run 1: an item errors in every batch that carries it, and its row fails. Run 2 submits it
+    again (once), instead of re-reading the batches that answered it with an error."""
+    broken = True
+
+    def answer(cid, seen):
+        if cid == "id2" and broken:
+            return ItemResult(None, "HTTP 500: boom", True)
+        return ItemResult({"answer": cid})
+
+    provider = Scripted(answer)
+    first = runner(provider, tmp_path, max_retries=2)
+    got, _ = asyncio.run(first.run(ITEMS))
+    assert isinstance(got["id2"], LabelerCallError)
+    assert provider.batches == [["id0", "id1", "id2", "id3"], ["id2"], ["id2"]]
+    first.close()
+
+    broken = False  # the provider answers it now
+    again = runner(provider, tmp_path, max_retries=2)
+    got, _ = asyncio.run(again.run({"id2": ITEMS["id2"]}))
+    assert got["id2"] == {"answer": "id2"}
+    assert provider.batches[3:] == [["id2"]] and again.created == 1 and again.reattached == 0
+
+
+def test_answers_of_an_expired_batch_survive_a_kill_during_the_resubmission(tmp_path):
+    """The first batch expires with three of four items done; the run is killed while the
+    resubmitted item's batch is in progress. The rerun submits nothing for the three done ones."""
+
+    def answer(cid, seen):
+        if cid == "id1" and seen == 0:
+            return ItemResult(None, "the item was expired", True)
+        return ItemResult({"answer": cid})
+
+    provider = Scripted(answer)
+    provider.hold.add("b1")  # the resubmission's batch: still running when the run is killed
+    killed = runner(provider, tmp_path)
+
+    async def until_killed():
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(killed.run(ITEMS), timeout=0.5)
+
+    asyncio.run(until_killed())
+    killed.close()
+    assert provider.batches == [["id0", "id1", "id2", "id3"], ["id1"]]
+
+    provider.hold.clear()  # the provider finishes the resubmitted batch meanwhile
+    rerun = runner(provider, tmp_path)
+    got, _ = asyncio.run(rerun.run(ITEMS))
+    assert got == {cid: {"answer": cid} for cid in ITEMS}
+    # id0, id2, id3 come from what the killed run kept; id1 from its in-progress batch
+    assert len(provider.batches) == 2 and rerun.created == 0 and rerun.reattached == 1
+    assert rerun.stored == {"id0", "id2", "id3"}
+
+
+def test_a_create_call_that_fails_after_creating_attaches_to_the_batch(tmp_path):
+    provider = Scripted(lambda cid, seen: ItemResult({"a": cid}))
+    provider.create_fails = 1  # the provider created it; the call timed out
+    r = runner(provider, tmp_path)
+    got, _ = asyncio.run(r.run(ITEMS))
+    assert got == {cid: {"a": cid} for cid in ITEMS}
+    assert len(provider.batches) == 1 and (r.created, r.found) == (0, 1)
+    assert [e.batch_id for e in r.ledger.entries()] == ["b0"]
+
+
+def test_a_rerun_after_an_unconfirmed_creation_looks_for_it_first(tmp_path):
+    """A process killed during its create call leaves the attempt in the ledger; the rerun
+    finds the batch the provider made and creates none."""
+    provider = Scripted(lambda cid, seen: ItemResult({"a": cid}))
+    ids = sorted(ITEMS)
+    key = job_key(provider.name, provider.endpoint, ids)
+    killed = runner(provider, tmp_path)
+    killed.ledger.attempt(key, provider.name, provider.endpoint, len(ids))
+    provider.batches.append(ids)  # what the provider made of the killed run's call
+    provider.keys.append(key)
+    killed.close()
+    r = runner(provider, tmp_path)
+    got, _ = asyncio.run(r.run(ITEMS))
+    assert got == {cid: {"a": cid} for cid in ITEMS}
+    assert len(provider.batches) == 1 and (r.created, r.found) == (0, 1)
