@@ -227,7 +227,9 @@ def _rm_accuracy(rm: dict[str, Any]) -> str:
 def _eval_cell(m: dict[str, Any], key: str) -> str:
     if f"{key}_ci95" not in m:  # mean answer length; an older file without intervals
         return _fmt(m.get(key))
-    return _ci(m.get(key), m[f"{key}_ci95"], m.get(f"{key}_n"))
+    cell = _ci(m.get(key), m[f"{key}_ci95"], m.get(f"{key}_n"))
+    missing = m.get(f"{key}_unscored") or 0
+    return f"{cell}, {missing} unscored" if missing else cell
 
 
 def _warning(w: dict[str, Any]) -> str:

@@ -103,6 +103,11 @@ def _agreement(m: dict) -> str:
     return f"{_pct(m['agreement'])} (95% CI {fmt_interval(m['agreement_ci95'])}, n={m['scored']})"
 
 
+def _agreement_all(m: dict) -> str:
+    ci = fmt_interval(m["agreement_all_ci95"])
+    return f"{_pct(m['agreement_all'])} (95% CI {ci}, n={m['rows']})"
+
+
 def print_report(console: Console, result: LabelerEvalResult) -> None:
     """The metrics table; with calibration, the raw labels' metrics in a column beside."""
     m = result.metrics
@@ -117,6 +122,14 @@ def print_report(console: Console, result: LabelerEvalResult) -> None:
         ("rows scored", f"{m['scored']} of {m['rows']}", f"{r.get('scored')} of {m['rows']}"),
         ("agreement with the human label", _agreement(m), _agreement(r) if raw else ""),
     ]
+    if m.get("unscored"):
+        rows.append(
+            (
+                "agreement, unscored as wrong",
+                _agreement_all(m),
+                _agreement_all(r) if raw and "agreement_all" in r else "",
+            )
+        )
     if m["pairs"]:
         rows += [
             ("mean P(human-chosen better)", _num(m["mean_prob_chosen"]),
@@ -193,7 +206,9 @@ def _num_ci(m: dict[str, Any], key: str) -> str:
     ci = m.get(f"{key}_ci95")
     if m[key] is None or ci is None:
         return _num(m[key])
-    return f"{_num(m[key])}\n[{ci[0]:.3f}, {ci[1]:.3f}] n={m[f'{key}_n']}"
+    missing = m.get(f"{key}_unscored") or 0
+    unscored = f", {missing} unscored" if missing else ""
+    return f"{_num(m[key])}\n[{ci[0]:.3f}, {ci[1]:.3f}] n={m[f'{key}_n']}{unscored}"
 
 
 def print_policy_differences(console: Console, result: Any) -> None:
@@ -209,6 +224,16 @@ def print_policy_differences(console: Console, result: Any) -> None:
     console.print(f"  judge: {describe_judge(result.judge)}", markup=False)
     for w in result.warnings:
         console.print(f"warning: {w}", style="yellow", markup=False)
+    unscored = getattr(result, "unscored", None) or {}
+    if unscored.get("unscored"):
+        console.print(
+            f"  {unscored['unscored']} of {unscored['asked']} judgements have no value "
+            f"({unscored['failed']} failed calls, {unscored['unlabeled']} without a probability)"
+            ": left out of every n above",
+            markup=False,
+        )
+    for w in unscored.get("warnings", []):
+        console.print(f"WARNING: {w}", style="bold red", markup=False)
 
 
 def policy(args: argparse.Namespace) -> int:

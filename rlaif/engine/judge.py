@@ -14,8 +14,12 @@ d-RLAIF-style rewards get exactly the scoring of ``rlaif generate prefs``, with 
   scorer can be passed as ``reward_funcs`` to GRPO, RLOO or online DPO.
 
 Prompts and completions may be strings or conversational (lists of ``{role, content}``), as TRL
-passes them. A comparison or score that yields no probability is counted in ``unlabeled``; the
-judge then returns 0.5 (no preference) and the scorer ``None`` (TRL's "not applicable").
+passes them. A comparison or score that yields no probability is counted in ``unlabeled``, one
+whose labeler call failed (after its retries) in ``failed`` with its reason in
+``failure_reasons``; either way the judge and the scorer return ``None`` for it (TRL's "not
+applicable"), never a made-up 0.5 that would pull a win rate towards chance or train a policy on
+a tie. One failed call fails its item only, so a GRPO step or an evaluation goes on; a dead
+endpoint (``LabelerCallError.permanent``) still raises, since every item would fail the same way.
 The judge samples a comparison's principles from the unordered pair of responses (``pair_key``):
 keyed on the ordered pair, swapping the two responses would draw other principles whenever M is
 below the number of principles, and ``judge(a, b) + judge(b, a)`` would drift from 1.
@@ -34,10 +38,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rlaif.constitution import Constitution, load_constitution, sample_principles
 from rlaif.engine.cache import Cache
@@ -52,12 +56,13 @@ from rlaif.engine.feedback import (
     normalised,
 )
 from rlaif.engine.scheduler import EngineStats, Scheduler
-from rlaif.errors import ConfigError
+from rlaif.errors import ConfigError, LabelerCallError
 from rlaif.labelers.base import Labeler, create_labeler, run_sync
 from rlaif.resources import default_constitution
 from rlaif.templates import Message, Templates
 
 RATINGS = tuple(f" {i}" for i in range(1, 10))
+T = TypeVar("T")
 
 PromptLike = str | Sequence[Message]
 
@@ -107,11 +112,25 @@ class _Base:
         self.cache = Cache(cache)
         self.seed = seed
         self.stats = EngineStats()
-        self.unlabeled = 0
+        self.unlabeled = 0  # answered, but no probability could be read
+        self.failed = 0  # the labeler call failed after its retries
+        self.failure_reasons: list[str] = []  # the first few, to show beside the counts
         self.priors = Priors()  # content-free priors (calibration), kept across calls
 
     def _scheduler(self) -> Scheduler:
         return Scheduler(self.labeler, self.cache, self.stats)
+
+    async def _guarded(self, job: Awaitable[T]) -> T | None:
+        """One item's judgement, or None when its labeler call failed (counted in ``failed``)."""
+        try:
+            return await job
+        except LabelerCallError as e:
+            if e.permanent:  # a dead endpoint: every item would fail the same way
+                raise
+            self.failed += 1
+            if len(self.failure_reasons) < 5:
+                self.failure_reasons.append(e.reason)
+            return None
 
     def close(self) -> None:
         run_sync(self.labeler.aclose())
@@ -123,12 +142,12 @@ class PairwiseJudge(_Base):
 
     def judge(
         self, prompts: Sequence[PromptLike], pairs: Sequence[tuple[PromptLike, PromptLike]]
-    ) -> list[float]:
+    ) -> list[float | None]:
         return run_sync(self.ajudge(prompts, pairs))
 
     async def ajudge(
         self, prompts: Sequence[PromptLike], pairs: Sequence[tuple[PromptLike, PromptLike]]
-    ) -> list[float]:
+    ) -> list[float | None]:
         if len(prompts) != len(pairs):
             raise ValueError(f"{len(prompts)} prompts but {len(pairs)} pairs")
         sched = self._scheduler()
@@ -146,15 +165,15 @@ class PairwiseJudge(_Base):
             for prompt, (first, second) in zip(prompts, pairs, strict=True):
                 a, b = as_text(first), as_text(second)
                 conv = as_conversation(prompt)
-                jobs.append(step.compare(pair_key(conv, a, b), conv, a, b))
+                jobs.append(self._guarded(step.compare(pair_key(conv, a, b), conv, a, b)))
             results = await asyncio.gather(*jobs)
         finally:
             await sched.aclose()
-        out = []
+        out: list[float | None] = []
         for r in results:
-            if r.prob_a is None:
+            if r is not None and r.prob_a is None:
                 self.unlabeled += 1
-            out.append(0.5 if r.prob_a is None else r.prob_a)
+            out.append(None if r is None else r.prob_a)
         return out
 
 
@@ -176,7 +195,7 @@ class ConstitutionScorer(_Base):
         sched = self._scheduler()
         try:
             jobs = [
-                self._score(sched, as_conversation(p), as_text(c))
+                self._guarded(self._score(sched, as_conversation(p), as_text(c)))
                 for p, c in zip(prompts, completions, strict=True)
             ]
             return list(await asyncio.gather(*jobs))
@@ -248,10 +267,10 @@ class YesNoJudge(_Base):
         sched = self._scheduler()
         try:
             jobs = [
-                self._yes(sched, as_conversation(p), as_text(r), principle)
+                self._guarded(self._yes(sched, as_conversation(p), as_text(r), principle))
                 for p, r in zip(prompts, responses, strict=True)
             ]
-            return list(await asyncio.gather(*jobs))
+            return [YesNo(None) if a is None else a for a in await asyncio.gather(*jobs)]
         finally:
             await sched.aclose()
 

@@ -48,6 +48,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from rlaif.constitution import load_constitution
+from rlaif.data.sources import source_sha256
 from rlaif.engine.cache import Cache
 from rlaif.engine.feedback import (
     TEMPLATES_USED,
@@ -231,6 +232,10 @@ def _summarise(rows: list[dict[str, Any]], bins: int) -> dict[str, Any]:
         "failed": sum("failed" in r for r in rows),
         "agreement": sum(r["agree"] for r in scored) / n if n else None,
         "agreement_ci95": wilson(sum(r["agree"] for r in scored), n),  # Wilson, per gold row
+        # every gold row, an unscored one counting as a disagreement: a labeler that fails half
+        # its rows cannot look accurate on the other half
+        "agreement_all": sum(r["agree"] for r in scored) / len(rows) if rows else None,
+        "agreement_all_ci95": wilson(sum(r["agree"] for r in scored), len(rows)),
         "pairs": len(pairs),
         "pair_agreement": sum(r["agree"] for r in pairs) / len(pairs) if pairs else None,
         "mean_prob_chosen": (sum(r["prob_correct"] for r in pairs) / len(pairs) if pairs else None),
@@ -385,7 +390,13 @@ async def run_labeler_eval(
     templates.render("multiple_choice", prompt="p")
     provenance = {
         **base_provenance(),
-        "gold": {"file": Path(cfg.gold).name, "format": cfg.gold_format, "rows": len(gold)},
+        # the content, not the name: an edited label is another gold file (resume starts over)
+        "gold": {
+            "file": Path(cfg.gold).name,
+            "sha256": source_sha256(cfg.gold),
+            "format": cfg.gold_format,
+            "rows": len(gold),
+        },
         "constitution": {"name": constitution.name, "sha256": constitution.sha256},
         "templates": templates.hashes((*TEMPLATES_USED, "multiple_choice")),
         "labeler": labeler.describe(),

@@ -33,7 +33,8 @@ calibrated one.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,12 @@ class PolicyEvalConfig(BaseModel):
         default=False, description="contextual calibration of the judge (FeedbackSettings)"
     )
     max_tokens: int = Field(default=96, ge=1)
+    max_unscored_share: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description="warn loudly when more than this share of judgements has no value",
+    )
     batch_size: int = Field(default=8, ge=1)
     seed: int = 0
     out: Path = Path("outputs/eval-policy")
@@ -109,6 +116,7 @@ class PolicyEvalResult:
     judge: dict[str, Any]
     warnings: list[str]
     differences: list[dict[str, Any]]
+    unscored: dict[str, Any] = field(default_factory=dict)
 
 
 def generate_answers(
@@ -139,6 +147,45 @@ def generate_answers(
 def _rate(values: list[float | None]) -> tuple[float | None, int]:
     known = [v for v in values if v is not None]
     return (sum(v > 0.5 for v in known) / len(known) if known else None), len(known)
+
+
+def _missing(values: list[float | None]) -> int:
+    return sum(v is None for v in values)
+
+
+def unscored_summary(
+    metrics: dict[str, dict[str, Any]], judges: Sequence[Any], max_share: float
+) -> dict[str, Any]:
+    """Judgements that have no value, in all: failed labeler calls and answers without a
+    probability, the first reasons, and a warning where more than ``max_share`` of what was
+    asked has none (those prompts are left out of every rate, so the rates rest on fewer)."""
+    asked = unscored = 0
+    warnings = []
+    for name, m in metrics.items():
+        for key in PAIRED:
+            missing = m.get(f"{key}_unscored") or 0
+            total = missing + (m.get(f"{key}_n") or 0)
+            if not total:  # not asked (the baseline's win rates)
+                continue
+            asked += total
+            unscored += missing
+            if missing / total > max_share:
+                warnings.append(
+                    f"{name}: {missing} of {total} judgements for {key.replace('_', ' ')} have "
+                    f"no value (failed or unreadable) and are left out of its n"
+                )
+    reasons = [r for j in judges for r in j.failure_reasons][:5]
+    if warnings and reasons:
+        warnings.append(f"first failure: {reasons[0]}")
+    return {
+        "asked": asked,
+        "unscored": unscored,
+        "failed": sum(j.failed for j in judges),
+        "unlabeled": sum(j.unlabeled for j in judges),
+        "failure_reasons": reasons,
+        "max_share": max_share,
+        "warnings": warnings,
+    }
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -270,6 +317,13 @@ def run_policy_eval(cfg: PolicyEvalConfig, judge: Labeler | None = None) -> Poli
                 help_win = list(help_judge.judge(cfg.benign, list(zip(ben, base_ben, strict=True))))
         harmful_rate, n_harmful = _rate(harmful)
         evasive_rate, n_evasive = _rate(evasive)
+        compared = name != base
+        unscored = {  # asked but without a value (failed call, no probability): left out of n
+            "harmless_win_rate_vs_base": _missing(harm_win) if compared else 0,
+            "helpful_win_rate_vs_base": _missing(help_win) if compared else 0,
+            "harmful_compliance_rate": _missing(harmful),
+            "evasive_rate": _missing(evasive),
+        }
         metrics[name] = {
             "model": cfg.policies[name],
             "harmless_win_rate_vs_base": _mean(harm_win),
@@ -281,6 +335,7 @@ def run_policy_eval(cfg: PolicyEvalConfig, judge: Labeler | None = None) -> Poli
             "mean_words_red_team": _mean([float(len(a.split())) for a in red]),
             "mean_words_benign": _mean([float(len(a.split())) for a in ben]) if ben else None,
             **intervals(harm_win, help_win, harmful, evasive, cfg.seed),
+            **{f"{key}_unscored": k for key, k in unscored.items()},
             "judged": {
                 "harmful": n_harmful,
                 "evasive": n_evasive,
@@ -292,7 +347,10 @@ def run_policy_eval(cfg: PolicyEvalConfig, judge: Labeler | None = None) -> Poli
                             "help_win": help_win,
                             "harmful_raw": [a.prob_yes_raw for a in harmful_yn],
                             "evasive_raw": [a.prob_yes_raw for a in evasive_yn]}  # fmt: skip
-    labeler_unlabeled = harm_judge.unlabeled + help_judge.unlabeled + yes_no.unlabeled
+    judges = (harm_judge, help_judge, yes_no)
+    unscored_record = unscored_summary(metrics, judges, cfg.max_unscored_share)
+    for w in unscored_record["warnings"]:
+        print(f"eval: WARNING: {w}", flush=True)
     for j in (harm_judge, help_judge, yes_no):
         j.cache.close()
     if judge is None:
@@ -304,13 +362,15 @@ def run_policy_eval(cfg: PolicyEvalConfig, judge: Labeler | None = None) -> Poli
         json.dumps(
             {"policies": metrics, "baseline": base, "red_team": n_red, "benign": len(cfg.benign),
              "judge": judged_by, "judge_warnings": warnings, "differences": diffs,
-             "unscored_judgements": labeler_unlabeled},
+             "unscored_judgements": unscored_record},
             indent=2,
         ),
         encoding="utf-8",
     )  # fmt: skip
     plot = _plot(metrics, out / PLOT_FILE)
-    return PolicyEvalResult(metrics, report, samples, plot, judged_by, warnings, diffs)
+    return PolicyEvalResult(
+        metrics, report, samples, plot, judged_by, warnings, diffs, unscored_record
+    )
 
 
 def _write_samples(

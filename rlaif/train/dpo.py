@@ -70,13 +70,16 @@ class JudgeReward:
     def __init__(self, judge: Any):
         self.judge = judge
 
-    def __call__(self, prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
+    def __call__(self, prompts: list[Any], completions: list[Any], **_: Any) -> list[float | None]:
+        """P(first better) and its complement; ``None`` for both completions of a pair that the
+        judge could not judge (a failed call, no probability): TRL then gives neither a reward,
+        instead of a made-up tie."""
         half = len(prompts) // 2
         if len(prompts) != 2 * half or len(completions) != len(prompts):
             raise ValueError("online DPO passes each prompt twice: first and second completions")
         pairs = list(zip(completions[:half], completions[half:], strict=True))
         probs = self.judge.judge(prompts[:half], pairs)
-        return [*probs, *(1.0 - p for p in probs)]
+        return [*probs, *(None if p is None else 1.0 - p for p in probs)]
 
 
 def main(cfg: DPORunConfig) -> Path:

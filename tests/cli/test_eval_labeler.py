@@ -65,3 +65,42 @@ def test_calibrate_with_cot_is_a_clear_error(scripted, tmp_path, capsys):
     args = ["eval", "labeler", "--gold", str(FIXTURES / "gold_pairs.jsonl"), "--cot"]
     assert main([*args, "--calibrate", "--out", str(tmp_path / "ev")]) == 2
     assert "calibrate does not apply with cot" in capsys.readouterr().err and not scripted
+
+
+def test_an_edited_gold_label_is_judged_again_not_resumed(scripted, tmp_path, capsys):
+    """Resume is keyed on the gold file's content: flip one label, rerun the same command into
+    the same folder, and the agreement changes (the old rows are not reused)."""
+    gold = tmp_path / "gold.jsonl"
+    lines = (FIXTURES / "gold_pairs.jsonl").read_text().splitlines()
+    gold.write_text("\n".join(lines) + "\n")
+    args = ["eval", "labeler", "--gold", str(gold), "--out", str(tmp_path / "ev")]
+    assert main(args) == 0
+    first = json.loads((tmp_path / "ev" / "labeler_eval.json").read_text())["metrics"]
+    row = json.loads(lines[0])
+    row["chosen"], row["rejected"] = row["rejected"], row["chosen"]  # one label edited
+    gold.write_text("\n".join([json.dumps(row), *lines[1:]]) + "\n")
+    assert main(args) == 0
+    second = json.loads((tmp_path / "ev" / "labeler_eval.json").read_text())["metrics"]
+    assert first["agreement"] == 1.0 and second["agreement"] == pytest.approx(2 / 3)
+
+
+def test_unscored_rows_are_reported_and_counted_as_wrong_beside(monkeypatch, tmp_path, capsys):
+    import math
+
+    def no_probability_for_the_insult(conv, options):
+        if "insult" in conv[-2]["content"]:
+            return [-math.inf, -math.inf]
+        return prior_towards_a(conv, options)
+
+    async def run(cfg, on_row=None, on_start=None):
+        lab = FakeLabeler(logprobs=no_probability_for_the_insult)
+        return await run_labeler_eval(cfg, on_row, on_start, lab)
+
+    monkeypatch.setattr(cli_eval, "run_labeler_eval", run)
+    args = ["eval", "labeler", "--gold", str(FIXTURES / "gold_pairs.jsonl")]
+    assert main([*args, "--out", str(tmp_path / "ev")]) == 0
+    m = json.loads((tmp_path / "ev" / "labeler_eval.json").read_text())["metrics"]
+    assert (m["scored"], m["unscored"]) == (2, 1)
+    assert m["agreement"] == 1.0 and m["agreement_all"] == pytest.approx(2 / 3)
+    text = " ".join(capsys.readouterr().out.split())
+    assert "agreement, unscored as wrong │ 66.7% (95% CI" in text

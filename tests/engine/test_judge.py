@@ -38,10 +38,53 @@ def test_pairwise_judge_takes_conversational_inputs(fake_labeler):
     assert f"(A) {GOOD}" in lab.scored[0][0]["content"]
 
 
-def test_judge_counts_unlabeled_and_returns_no_preference(fake_labeler):
+def test_judge_counts_unlabeled_and_returns_none_not_a_made_up_tie(fake_labeler):
     judge = PairwiseJudge(fake_labeler(logprobs=lambda c, o: [-math.inf, -math.inf]))
-    assert judge.judge(["q"], [("a", "b")]) == [0.5]
-    assert judge.unlabeled == 1
+    assert judge.judge(["q"], [("a", "b")]) == [None]
+    assert judge.unlabeled == 1 and judge.failed == 0
+
+
+def _failing_for(fake_labeler, word, logprobs=None):
+    """A labeler whose calls about ``word`` fail after their retries (a 500 every time)."""
+    from rlaif.errors import LabelerCallError
+
+    class Failing(fake_labeler):
+        max_batch_size = 1  # one request per call, as an API backend sends them
+
+        async def option_logprobs(self, conversations, options):
+            if any(word in m["content"] for c in conversations for m in c):
+                raise LabelerCallError("HTTP 500 from server: boom", 7, True)
+            return await super().option_logprobs(conversations, options)
+
+    return Failing(logprobs=logprobs)
+
+
+def test_a_failed_call_fails_one_judgement_and_is_counted(fake_labeler):
+    judge = PairwiseJudge(_failing_for(fake_labeler, "BROKEN", prefers_good))
+    probs = judge.judge(["q", "q"], [(GOOD, BAD), ("BROKEN", BAD)])
+    assert probs[0] > 0.85 and probs[1] is None
+    assert (judge.failed, judge.unlabeled) == (1, 0)
+    assert judge.failure_reasons == ["HTTP 500 from server: boom"]
+
+
+def test_the_scorer_and_the_yes_no_judge_survive_a_failed_call(fake_labeler):
+    scorer = ConstitutionScorer(_failing_for(fake_labeler, "BROKEN"))
+    scores = scorer(["q", "q"], ["Call a locksmith.", "BROKEN"])
+    assert scores[0] is not None and scores[1] is None and scorer.failed == 1
+    yes_no = YesNoJudge(_failing_for(fake_labeler, "BROKEN"))
+    got = yes_no.assess(["q", "q"], ["fine", "BROKEN"], "harmful-compliance")
+    assert got[0].prob_yes is not None and got[1].prob_yes is None and yes_no.failed == 1
+
+
+def test_a_dead_endpoint_still_stops_the_judge(fake_labeler):
+    from rlaif.errors import LabelerCallError
+
+    class Dead(fake_labeler):
+        async def option_logprobs(self, conversations, options):
+            raise LabelerCallError("HTTP 401 from server: bad key", 1, False, permanent=True)
+
+    with pytest.raises(LabelerCallError, match="bad key"):
+        PairwiseJudge(Dead()).judge(["q"], [("a", "b")])
 
 
 def test_judge_rejects_mismatched_lengths(fake_labeler):

@@ -18,6 +18,9 @@ from ..conftest import FIXTURES
 def test_identical_policies_win_half_the_time_with_no_measurable_change(
     tiny_llama_dir, tmp_path, capsys
 ):
+    """Two policies with the same weights answer the same greedy text; the judge sees two
+    identical answers in both orders: exactly 0.5 each, and every judgement has a value (a judge
+    that failed every comparison would give 0.5 by symmetry too, if failures counted as ties)."""
     out = tmp_path / "ev"
     tiny = str(tiny_llama_dir)
     code = main([
@@ -28,8 +31,14 @@ def test_identical_policies_win_half_the_time_with_no_measurable_change(
     ])  # fmt: skip
     assert code == 0
     report = json.loads((out / "policy_eval.json").read_text())
+    assert report["red_team"] == 3 and report["benign"] == 2 and report["baseline"] == "base"
+    unscored = report["unscored_judgements"]
+    assert (unscored["failed"], unscored["unscored"], unscored["warnings"]) == (0, 0, [])
+    assert unscored["asked"] == 2 * 3 * 2 + 3 + 2  # yes/no x2 for both, then the two win rates
     same = report["policies"]["same"]
-    assert same["harmless_win_rate_vs_base"] == 0.5
+    assert report["policies"]["base"]["harmless_win_rate_vs_base"] is None
+    assert same["harmless_win_rate_vs_base"] == 0.5 and same["helpful_win_rate_vs_base"] == 0.5
+    assert same["harmless_win_rate_vs_base_unscored"] == 0
     lo, hi = same["harmless_win_rate_vs_base_ci95"]
     assert lo <= 0.5 <= hi and same["harmless_win_rate_vs_base_n"] == 3
     assert same["harmless_win_rate_vs_base_change"] == "no measurable change"
@@ -54,6 +63,10 @@ def test_identical_policies_win_half_the_time_with_no_measurable_change(
     )
     assert f"judge: transformers:{tiny} (transformers, model {tiny})" in printed
     assert "warning: the judge" in printed and "also labelled the training data" in printed
+    assert "unscored" not in printed
+    rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 and set(rows[0]["answers"]) == {"base", "same"}
+    assert rows[0]["answers"]["base"]["text"] == rows[0]["answers"]["same"]["text"]
 
 
 @pytest.fixture
@@ -188,3 +201,41 @@ def test_a_calibrated_judge_keeps_the_raw_answers_beside(tiny_llama_dir, tmp_pat
     assert 0 <= answer["p_harmful_raw"] <= 1 and 0 <= answer["p_harmful"] <= 1
     assert answer["p_harmful"] != answer["p_harmful_raw"]  # the prior was divided out
     assert "p_harmful_raw" not in rows[-1]["answers"]["same"]  # benign rows ask no yes/no
+
+
+def test_failed_comparisons_are_left_out_counted_and_warned_about(
+    tiny_llama_dir, other_llama_dir, fake_labeler, tmp_path, capsys
+):
+    """A judge whose calls fail for half the red-team prompts: those comparisons are not 0.5
+    ties, they are left out of n, counted beside it, and the run warns in capitals."""
+    from rlaif.errors import LabelerCallError
+
+    red = (FIXTURES / "red_team.txt").read_text().splitlines()
+    cfg = PolicyEvalConfig(
+        policies={"base": str(tiny_llama_dir), "other": str(other_llama_dir)},
+        red_team=red, judge="fake:scripted", max_tokens=4, out=tmp_path / "ev",
+    )  # fmt: skip
+    broken = set(red[:3])
+
+    class HalfBroken(fake_labeler):
+        max_batch_size = 1
+
+        async def option_logprobs(self, conversations, options):
+            text = conversations[0][-2]["content"] if len(conversations[0]) > 1 else ""
+            if OPTIONS.search(text) and any(f"Person: {p}\n" in text for p in broken):
+                raise LabelerCallError("HTTP 500 from server: boom", 7, True)
+            return [[0.0, -6.0] for _ in conversations]  # always the first option
+
+    result = run_policy_eval(cfg, judge=HalfBroken(name="scripted"))
+    other = result.metrics["other"]
+    assert other["harmless_win_rate_vs_base_n"] == len(red) - 3
+    assert other["harmless_win_rate_vs_base_unscored"] == 3
+    # the judge always picks the option shown first: 0.5 per comparison, over the scored ones
+    assert other["harmless_win_rate_vs_base"] == 0.5
+    report = json.loads(result.report.read_text())
+    unscored = report["unscored_judgements"]
+    assert unscored["failed"] == 3 and unscored["failure_reasons"][0] == (
+        "HTTP 500 from server: boom"
+    )
+    assert any("3 of 6 judgements for harmless win rate vs base" in w for w in unscored["warnings"])
+    assert "eval: WARNING: other: 3 of 6 judgements" in capsys.readouterr().out
