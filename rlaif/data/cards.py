@@ -248,6 +248,7 @@ def prefs_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "judgements": len(judgements),
         "judgements_without_probability": sum(j["prob_a"] is None for j in judgements),
         "unparsed_answers": sum(j["unparsed"] for j in judgements),
+        "stopped_by_provider": sum(1 for r in rows if r.get("flags")),
     }
 
 
@@ -328,6 +329,8 @@ def write_prefs_card(
         f"| judgements without a probability | "
         f"{_rate(s['judgements_without_probability'], s['judgements'])} |",
         f"| sampled answers naming no option (votes mode) | {s['unparsed_answers']} |",
+        "| pairs with a response the provider stopped (refused, filtered, a tool call; `flags`) "
+        f"| {s['stopped_by_provider']} |",
         f"| prompt source | `{provenance['source']['file']}` "
         f"(sha256 `{provenance['source']['sha256'][:16]}`) |",
         "",

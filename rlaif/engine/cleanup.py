@@ -16,6 +16,10 @@ from typing import Literal
 
 CleanupMode = Literal["fix", "flag", "off"]
 
+# a provider's own reason for stopping, as the flag that marks the text: a refusal or a filtered
+# answer must never enter SFT data unmarked
+PROVIDER_STOPS = {"refusal": "refused", "content_filter": "filtered", "tool_calls": "tool_call"}
+
 _PREAMBLE = re.compile(
     r"^\s*(?:(?:sure|certainly|of course|okay|ok|absolutely)[,!.]?\s+)?"
     r"(?:here(?:'s| is| are)|below is|this is)\s+(?:the\s+|a\s+|my\s+|an\s+)?"
@@ -35,7 +39,7 @@ def clean_revision(
 ) -> tuple[str, list[str]]:
     """Return the (possibly repaired) revision and the flags raised for it."""
     if mode == "off":
-        return text, []
+        return text, [PROVIDER_STOPS[finish_reason]] if finish_reason in PROVIDER_STOPS else []
     flags: list[str] = []
     fixed = text
     m = _PREAMBLE.match(fixed)
@@ -53,6 +57,8 @@ def clean_revision(
     fixed = fixed.strip()
     if finish_reason == "length":
         flags.append("truncated")
+    if finish_reason in PROVIDER_STOPS:
+        flags.append(PROVIDER_STOPS[finish_reason])
     if not fixed:
         flags.append("empty")
         fixed = previous

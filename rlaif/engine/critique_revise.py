@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from rlaif.constitution import Constitution, CritiqueRevisionPrinciple, sample_principles
-from rlaif.engine.cleanup import CleanupMode, clean_revision
+from rlaif.engine.cleanup import PROVIDER_STOPS, CleanupMode, clean_revision
 from rlaif.labelers.base import Completion, Conversation, GenerateParams
 from rlaif.templates import Templates
 
@@ -137,6 +137,8 @@ class CritiqueRevise:
             text, flags = clean_revision(
                 revision.text, revision.finish_reason, current, self.cleanup, critique.text
             )
+            if critique.finish_reason in PROVIDER_STOPS:  # the critique itself was stopped
+                flags.append(f"critique_{PROVIDER_STOPS[critique.finish_reason]}")
             rounds.append(
                 {
                     "principle_id": principle.id,
@@ -148,6 +150,8 @@ class CritiqueRevise:
             all_flags.extend(f for f in flags if f not in all_flags)
             tokens += sum(c.prompt_tokens + c.completion_tokens for c in (critique, revision))
             current = text
+        if first.finish_reason in PROVIDER_STOPS:
+            all_flags.append(f"answer_{PROVIDER_STOPS[first.finish_reason]}")
         user = {"role": "user", "content": prompt}
         assistant = {"role": "assistant", "content": current}
         return {

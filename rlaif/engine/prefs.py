@@ -28,6 +28,7 @@ from pydantic import Field
 from rlaif.constitution import load_constitution
 from rlaif.data.cards import write_prefs_card
 from rlaif.engine.cache import Cache
+from rlaif.engine.cleanup import PROVIDER_STOPS
 from rlaif.engine.feedback import TEMPLATES_USED, Feedback, FeedbackSettings
 from rlaif.engine.jobs import (
     JobInputs,
@@ -121,6 +122,13 @@ class PrefsJob:
             "response_b": b,
             **details,
             "finish_reasons": [samples[i].finish_reason, samples[j].finish_reason],
+            # a response the provider stopped (a refusal, its content filter): marked, never
+            # silently a training pair
+            "flags": [
+                f"{side}_{PROVIDER_STOPS[s.finish_reason]}"
+                for side, s in (("response_a", samples[i]), ("response_b", samples[j]))
+                if s.finish_reason in PROVIDER_STOPS
+            ],
         }
 
 

@@ -113,6 +113,10 @@ def message_body(
     return body
 
 
+# stop reasons that are not an ordinary end of turn, in rlaif's words
+_FINISH: dict[Any, Any] = {"max_tokens": "length", "refusal": "refusal", "tool_use": "tool_calls"}
+
+
 def parse_message(response: Any, conversation: Conversation) -> Completion:
     """One completion from a Message (an SDK object, online or from a batch)."""
     if not isinstance(getattr(response, "content", None), list):
@@ -121,7 +125,7 @@ def parse_message(response: Any, conversation: Conversation) -> Completion:
     prompt_tokens, completion_tokens = usage_of(response)
     return Completion(
         text=strip_prefill(text, conversation),
-        finish_reason="length" if response.stop_reason == "max_tokens" else "stop",
+        finish_reason=_FINISH.get(response.stop_reason, "stop"),
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
     )

@@ -57,10 +57,16 @@ def _problems(e: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
 
 
+# why generation ended: "stop" (the model finished), "length" (the token limit), and the
+# provider's own word where it is something else: "content_filter" (OpenAI's filter cut it),
+# "refusal" (Anthropic's classifiers stopped it), "tool_calls" (the model called a tool)
+FinishReason = Literal["stop", "length", "content_filter", "refusal", "tool_calls"]
+
+
 @dataclass(frozen=True)
 class Completion:
     text: str
-    finish_reason: Literal["stop", "length"]
+    finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
 

@@ -171,6 +171,15 @@ def _choices(response: Any) -> list[dict[str, Any]]:
     return choices
 
 
+# the provider's finish reasons that are not an ordinary stop, kept as they are
+_FINISH: dict[Any, Any] = {
+    "length": "length",
+    "content_filter": "content_filter",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+}
+
+
 def parse_chat(response: dict[str, Any], conversation: Conversation, n: int) -> list[Completion]:
     """The ``n`` completions of a chat completion (the JSON answer, online or from a batch)."""
     choices = _choices(response)
@@ -182,7 +191,7 @@ def parse_chat(response: dict[str, Any], conversation: Conversation, n: int) -> 
         return [
             Completion(
                 text=strip_prefill((c.get("message") or {}).get("content") or "", conversation),
-                finish_reason="length" if c.get("finish_reason") == "length" else "stop",
+                finish_reason=_FINISH.get(c.get("finish_reason"), "stop"),
                 prompt_tokens=prompt_tokens,
                 completion_tokens=per_choice,
             )

@@ -135,3 +135,25 @@ def test_a_refused_parameter_stops_the_run_in_seconds_with_one_line(tmp_path, ca
     assert "the model refuses 'max_tokens'" in line
     assert "Use 'max_completion_tokens' instead." in line
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("spec", "stop", "flag"),
+    [("openai:fake-model", "content_filter", "filtered"),
+     ("anthropic:claude-sonnet-4-5", "refusal", "refused")],
+)  # fmt: skip
+def test_a_refused_or_filtered_revision_is_flagged_not_passed_as_a_stop(spec, stop, flag, tmp_path):
+    def stopped(request):  # the revision of the second prompt
+        text = request["messages"][-1]["content"]
+        return stop if "prompt number 1" in text and "Write only the improved" in text else None
+
+    with FakeOpenAIServer(strict=True) as server:
+        server.stop_reason_if = stopped
+        out = tmp_path / "sl"
+        args = ["generate", "sl-cai", "--prompts", str(prompts(tmp_path)), *labeler(server, spec),
+                "--rounds", "1", "--cleanup", "off", "--out", str(out)]  # fmt: skip
+        assert main(args) == 0
+    got = {r["id"]: r for r in rows(out / "sl_cai.jsonl")}
+    assert got["line-2"]["flags"] == [flag] and got["line-2"]["rounds"][0]["flags"] == [flag]
+    assert got["line-1"]["flags"] == [] and got["line-3"]["flags"] == []
+    assert f"| `{flag}` |" in (out / "README.md").read_text()

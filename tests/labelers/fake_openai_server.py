@@ -74,6 +74,9 @@ class FakeOpenAIServer:
         self.fail_if: Any = None  # request -> bool: these requests always get a 500
         self.echo_prefill = False  # anthropic: start the answer with the assistant prefill
         self.no_option_if: Any = None  # request -> bool: the answer names no option
+        # request -> None or the provider's stop reason for the answer ("content_filter",
+        # "tool_calls" for OpenAI; "refusal", "tool_use" for Anthropic)
+        self.stop_reason_if: Any = None
         self.votes_served: Counter[str] = Counter()  # per question (the conversation)
         self.in_flight = 0
         self.peak_in_flight = 0
@@ -193,11 +196,17 @@ class FakeOpenAIServer:
                     return self._send(500, b'{"error": {"message": "late"}}')
                 if fault == "garbage":
                     return self._send(200, b"<html>not json at all")
+                stop = server.stop_reason_if(request) if server.stop_reason_if else None
                 if self.path.endswith("/messages"):
-                    body = json.dumps(server.anthropic_message(request)).encode()
+                    answer = server.anthropic_message(request)
+                    if stop:
+                        answer["stop_reason"] = stop
                 else:
                     no_option = bool(server.no_option_if and server.no_option_if(request))
-                    body = json.dumps(completion(request, no_option)).encode()
+                    answer = completion(request, no_option)
+                    for choice in answer["choices"] if stop else []:
+                        choice["finish_reason"] = stop
+                body = json.dumps(answer).encode()
                 if fault == "truncated":
                     self._send(200, body[: len(body) // 2], length=len(body))
                     self.close_connection = True
