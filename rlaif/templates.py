@@ -6,9 +6,11 @@ readable and lets users write loops (few-shot turns) in Jinja. A trailing assist
 prefill that the model continues (used for multiple-choice answers).
 
 Why these choices:
-- ``SandboxedEnvironment``: users pass their own templates with ``--templates DIR``; a template
-  must not reach Python internals (``''.__class__.__mro__``), so the sandbox refuses them and we
-  turn its ``SecurityError`` into a clear ``TemplateSandboxError``.
+- ``ImmutableSandboxedEnvironment``: users pass their own templates with ``--templates DIR``; a
+  template must not reach Python internals (``''.__class__.__mro__``), nor change the values it is
+  given (``examples.append(...)`` would change the few-shot lists kept per principle for every
+  later row), so the sandbox refuses both and we turn its ``SecurityError`` into a clear
+  ``TemplateSandboxError``.
 - ``StrictUndefined``: a misspelt variable is an error naming the template, line and variable,
   never an empty string silently sent to a model.
 - Values substituted with ``{{ }}`` can never start a message: ``finalize`` escapes the marker in
@@ -25,7 +27,7 @@ from typing import Any, Literal, TypedDict
 
 import jinja2
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from rlaif.errors import TemplateError, TemplateSandboxError
 from rlaif.resources import builtin_dir
@@ -68,7 +70,7 @@ class Templates:
         if self.override is not None and not self.override.is_dir():
             raise TemplateError(self.override, "--templates must be an existing directory")
         search = [str(self.override)] if self.override else []
-        self.env = SandboxedEnvironment(
+        self.env = ImmutableSandboxedEnvironment(
             loader=jinja2.FileSystemLoader([*search, str(self.builtin)]),
             undefined=jinja2.StrictUndefined,
             finalize=_finalize,

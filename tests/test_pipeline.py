@@ -120,7 +120,11 @@ def test_iterated_rl_cai_relabels_the_current_policy(tiny_llama_dir, tmp_path):
     names = [r["stage"] for r in run_pipeline(cfg, until="rl_2")]
     assert names == ["sl_cai", "sft", "prefs", "rm", "rl", "prefs_2", "rm_2", "rl_2"]
     prov = json.loads((cfg.root / "prefs_2" / "preferences.jsonl").read_text().splitlines()[0])
-    assert prov["provenance"]["policy"]["model"].startswith(str(cfg.root / "rl"))
+    from rlaif.models import weights_fingerprint
+
+    policy = prov["provenance"]["policy"]  # the rl stage's folder, by name and weights
+    assert policy["model"] == "rl"
+    assert policy["weights_fingerprint"] == weights_fingerprint(str(cfg.root / "rl"))
     rl2 = json.loads((cfg.root / "rl_2" / "rlaif_train.json").read_text())["config"]
     assert rl2["model"] == str(cfg.root / "rl") and rl2["ref_model"] == str(cfg.root / "sft")
     assert rl2["reward_model"] == str(cfg.root / "rm_2")

@@ -140,6 +140,18 @@ def test_sandbox_blocks_python_internals(tmp_path, source):
     assert f"{tmp_path / 'initial_response.j2'}:2:" in str(err.value)
 
 
+def test_a_template_cannot_change_the_values_it_is_given(tmp_path):
+    """The few-shot lists are built once per principle and shared by every row: a template
+    that appended to them would change what every later row is shown."""
+    (tmp_path / "critique.j2").write_text(
+        "<<<user>>>\n{{ examples.append({'prompt': 'planted'}) }}{{ prompt }}\n"
+    )
+    examples = [{"prompt": "kept"}]
+    with pytest.raises(TemplateSandboxError, match="sandbox refused unsafe access"):
+        Templates(tmp_path).render("critique", prompt="p", examples=examples)
+    assert examples == [{"prompt": "kept"}]
+
+
 def test_missing_variable_names_template_line_and_variable(tmp_path):
     (tmp_path / "critique.j2").write_text("<<<user>>>\n{{ prompt }}\n{{ principle.critque }}\n")
     with pytest.raises(TemplateError) as err:

@@ -5,7 +5,9 @@ ones no row kept), the journal, timings, failed rows, batch state. None of that 
 published dataset, so what goes up is decided by the card, not by the folder: the files named in
 the card's ``configs: data_files`` (plus their ``.parquet`` twin when one was written), the plots
 the card shows, and the card itself. Reading the list from the card also means
-``load_dataset(REPO_ID)`` finds exactly the files the card describes.
+``load_dataset(REPO_ID)`` finds exactly the files the card describes. A name that leaves the
+folder (``../``, an absolute path, a link out of it) is refused: the card is a file a user may
+have edited or received, and a push must never upload a file from elsewhere on the machine.
 
 The card's front matter gets the licence and language the user gives at upload time (rlaif cannot
 know the terms of the user's prompts and models, so the generated card says ``unknown``). The
@@ -67,8 +69,12 @@ def prepare(out_dir: Path, license: str | None = None, language: str | None = No
     if not names:
         raise PushError(card_path, "the card names no data files (configs: data_files)")
     files = []
+    root = out_dir.resolve()
     for name in names:
-        f = out_dir / name
+        f = out_dir / str(name)
+        if Path(str(name)).is_absolute() or not f.resolve().is_relative_to(root):
+            # an edited or foreign card must not upload files from elsewhere on the machine
+            raise PushError(card_path, f"data file '{name}' is outside the dataset folder")
         if not f.is_file():
             raise PushError(f, "named in the card but missing: rerun the job to finish it")
         files.append(f)

@@ -20,7 +20,10 @@ Formats (``auto`` picks by the path, then by the first JSON record):
 Text files may be gzip-compressed (``.gz``). In JSONL and datasets, a ``prompt`` that is a list of
 chat messages (TRL's conversational format) is a multi-turn prompt: one user message is taken as
 it is; a longer conversation becomes the same ``Human:``/``Assistant:`` transcript that hh-rlhf's
-``context`` mode gives, ending with the person's last turn.
+``context`` mode gives, ending with the person's last turn. Message content may be a string or
+OpenAI/TRL content parts (their text parts are read). A record with no usable prompt (empty, a
+conversation ending with the assistant, a tool turn, an image part) is an error naming the record,
+in every format: a prompt is never dropped unsaid.
 """
 
 from __future__ import annotations
@@ -139,34 +142,69 @@ def hh_prompt(transcript: str, mode: HHContext) -> str | None:
     return "\n\n".join(f"{speaker}: {text}" for speaker, text in context)
 
 
-def conversation_prompt(messages: list[Any]) -> str | None:
-    """A chat-message list (TRL's conversational ``prompt``) as rlaif's prompt text."""
+class Unusable(ValueError):
+    """A record that holds no usable prompt; the message says why."""
+
+
+def message_text(content: Any) -> str:
+    """A message's text: a string, or OpenAI/TRL content parts (``[{"type": "text", "text":
+    ...}]``), whose text parts are joined; another kind of part (an image) is unusable."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text" or not isinstance(part.get("text"), str):
+                raise Unusable(f"a content part of type {kind!r}: only text parts can be read")
+            texts.append(part["text"])
+        return "\n".join(texts)
+    raise Unusable(f"message content is {type(content).__name__}, not text")
+
+
+_SPEAKERS = {"user": "Human", "assistant": "Assistant", "system": "System"}
+
+
+def conversation_prompt(messages: list[Any]) -> str:
+    """A chat-message list (TRL's conversational ``prompt``) as rlaif's prompt text; raises
+    ``Unusable`` saying why a list cannot be one."""
     turns = []
-    for m in messages:
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
-            return None
-        role = {"user": "Human", "assistant": "Assistant", "system": "System"}.get(m.get("role"))
-        if role is None or not m["content"].strip():
-            return None
-        turns.append((role, m["content"].strip()))
-    if not turns or turns[-1][0] != "Human":
-        return None
+    for i, m in enumerate(messages, start=1):
+        if not isinstance(m, dict):
+            raise Unusable(f"message {i} is not an object with role and content")
+        role = _SPEAKERS.get(m.get("role"))
+        if role is None:
+            raise Unusable(f"message {i} has role {m.get('role')!r} (user, assistant or system)")
+        text = message_text(m.get("content")).strip()
+        if not text:
+            raise Unusable(f"message {i} ({m.get('role')}) is empty")
+        turns.append((role, text))
+    if not turns:
+        raise Unusable("the conversation has no messages")
+    if turns[-1][0] != "Human":
+        raise Unusable("the conversation must end with the person's (user) turn")
     if len(turns) == 1:
         return turns[0][1]
     return "\n\n".join(f"{speaker}: {text}" for speaker, text in turns)
 
 
-def record_prompt(
-    rec: dict[str, Any], prompt_field: str, hh: bool, hh_context: HHContext
-) -> str | None:
-    """The prompt of one record: an hh-rlhf transcript, a text field or a message list."""
+def record_prompt(rec: dict[str, Any], prompt_field: str, hh: bool, hh_context: HHContext) -> str:
+    """The prompt of one record: an hh-rlhf transcript, a text field or a message list; raises
+    ``Unusable`` saying why a record has none."""
     if hh:
         transcript = rec.get("chosen")
-        return hh_prompt(transcript, hh_context) if isinstance(transcript, str) else None
+        prompt = hh_prompt(transcript, hh_context) if isinstance(transcript, str) else None
+        if prompt is None:
+            raise Unusable("no Human turn in 'chosen'")
+        return prompt
     value = rec.get(prompt_field)
     if isinstance(value, list):
         return conversation_prompt(value)
-    return value.strip() or None if isinstance(value, str) else None
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    if isinstance(value, str) or (value is None and prompt_field in rec):
+        raise Unusable(f"'{prompt_field}' is empty")
+    raise Unusable(_bad_prompt(prompt_field, rec))
 
 
 def _bad_prompt(prompt_field: str, keys: Iterable[str]) -> str:
@@ -235,10 +273,10 @@ def read_prompts(
         ]
     elif fmt in ("jsonl", "hh-rlhf"):
         for n, rec in jsonl_records(path, text):
-            prompt = record_prompt(rec, prompt_field, fmt == "hh-rlhf", hh_context)
-            if prompt is None:
-                bad = "no Human turn in 'chosen'" if fmt == "hh-rlhf" else None
-                raise PromptDataError(path, bad or _bad_prompt(prompt_field, rec), n)
+            try:
+                prompt = record_prompt(rec, prompt_field, fmt == "hh-rlhf", hh_context)
+            except Unusable as e:
+                raise PromptDataError(path, str(e), n) from None
             rows.append(PromptRow(str(rec.get(id_field, f"row-{n}")), prompt))
     elif fmt == "csv":
         reader = csv.DictReader(io.StringIO(text))
@@ -271,9 +309,12 @@ def _dataset_rows(
         raise PromptDataError(source, _bad_prompt(prompt_field, columns))
     rows = []
     for n, rec in take(records, limit):
-        prompt = record_prompt(rec, prompt_field, hh, hh_context)
-        if prompt is not None:
-            rows.append(PromptRow(str(rec.get(id_field) or f"row-{n}"), prompt))
+        rid = str(rec.get(id_field) or f"row-{n}")
+        try:
+            prompt = record_prompt(rec, prompt_field, hh, hh_context)
+        except Unusable as e:  # never skipped silently: the user would lose the row unawares
+            raise PromptDataError(source, f"record {n} (id {rid}): {e}") from None
+        rows.append(PromptRow(rid, prompt))
     return rows
 
 

@@ -57,7 +57,13 @@ from rlaif.engine.feedback import (
     normalised,
     position_flipped,
 )
-from rlaif.engine.jobs import base_provenance, endpoint_unusable, fingerprint, make_labeler
+from rlaif.engine.jobs import (
+    base_provenance,
+    endpoint_unusable,
+    fingerprint,
+    make_labeler,
+    public_description,
+)
 from rlaif.engine.journal import Journal
 from rlaif.engine.runner import run_rows
 from rlaif.engine.scheduler import EngineStats, Scheduler
@@ -399,7 +405,7 @@ async def run_labeler_eval(
         },
         "constitution": {"name": constitution.name, "sha256": constitution.sha256},
         "templates": templates.hashes((*TEMPLATES_USED, "multiple_choice")),
-        "labeler": labeler.describe(),
+        "labeler": public_description(labeler.describe()),
         "feedback": {**cfg.feedback.model_dump(mode="json"), "mode": feedback.mode},
         "seed": cfg.seed,
     }

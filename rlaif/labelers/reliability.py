@@ -155,7 +155,10 @@ def estimate_tokens(messages: Any) -> int:
 
 
 _KEYLIKE = re.compile(
-    r"((?<![A-Za-z0-9])sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+\S+|(?<=[?&]key=)[^&\s\"']+)"
+    r"((?<![A-Za-z0-9])sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+\S+"
+    r"|(?<=[?&]key=)[^&\s\"']+|(?<=[?&]api_key=)[^&\s\"']+|(?<=[?&]api-key=)[^&\s\"']+"
+    r"|(?<=[?&]apikey=)[^&\s\"']+)",
+    re.IGNORECASE,
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -136,8 +137,47 @@ def test_conversational_prompts_in_jsonl(tmp_path):
         rows[1].prompt == "Human: I need help.\n\nAssistant: With what?\n\nHuman: Picking a lock."
     )
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    with pytest.raises(PromptDataError, match=r"chat\.jsonl:3: no text field 'prompt'"):
+    with pytest.raises(PromptDataError, match=r"chat\.jsonl:3: the conversation must end with"):
         read_prompts(path)
+
+
+def test_content_parts_are_read_as_text_and_unusable_records_are_named(tmp_path):
+    """A saved dataset used to drop records without a usable prompt, unsaid; now content-part
+    messages are read and anything else is an error naming the record."""
+    from datasets import Dataset
+
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Hello"},
+                                          {"type": "text", "text": "there?"}]}]  # fmt: skip
+    good = Dataset.from_list([{"id": "a", "prompt": parts}])
+    good.save_to_disk(str(tmp_path / "good"))
+    assert [r.prompt for r in read_prompts(tmp_path / "good")] == ["Hello\nthere?"]
+    cases = {
+        "ends-with-assistant": [{"role": "user", "content": "x"},
+                                {"role": "assistant", "content": "y"}],
+        "tool": [{"role": "tool", "content": "42"}, {"role": "user", "content": "and?"}],
+        "image": [{"role": "user", "content": [{"type": "image_url", "text": None}]}],
+        "empty": [{"role": "user", "content": "  "}],
+    }  # fmt: skip
+    said = {
+        "ends-with-assistant": "the conversation must end with the person's (user) turn",
+        "tool": "message 1 has role 'tool'",
+        "image": "a content part of type 'image_url'",
+        "empty": "message 1 (user) is empty",
+    }
+    for name, prompt in cases.items():
+        rows = [{"id": "fine", "prompt": [{"role": "user", "content": "ok"}]},
+                {"id": name, "prompt": prompt}]  # fmt: skip
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        folder = tmp_path / f"{name}-ds"
+        folder.mkdir()
+        (folder / "train.jsonl").write_text(path.read_text())
+        with pytest.raises(
+            PromptDataError, match=rf"record 2 \(id {name}\): {re.escape(said[name])}"
+        ):
+            read_prompts(folder, "dataset")
+        with pytest.raises(PromptDataError, match=re.escape(said[name])):
+            read_prompts(path, "jsonl")
 
 
 def test_dataset_without_the_prompt_column_names_its_columns(tmp_path):

@@ -140,3 +140,19 @@ def test_generate_push_to_hub_uploads_when_every_row_succeeded(tmp_path, monkeyp
         args[args.index(str(tmp_path / "o"))] = str(tmp_path / "o2")
         assert main(["generate", "sl-cai", *args, "--labeler-set", "retry={max_retries: 0}"]) == 3
     assert "not pushed" in capsys.readouterr().out and not list(hub.iterdir())
+
+
+@pytest.mark.parametrize("name", ["../secret.txt", "/etc/passwd", "link.jsonl"])
+def test_a_card_naming_a_file_outside_the_folder_is_refused(sl_cai_out, tmp_path, name):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(sl_cai_out, folder)
+    (tmp_path / "secret.txt").write_text("not for the Hub")
+    (folder / "link.jsonl").symlink_to(tmp_path / "secret.txt")
+    card = folder / "README.md"
+    text = card.read_text().replace("data_files: sl_cai.jsonl", f"data_files: {name}", 1)
+    card.write_text(text)
+    assert f"data_files: {name}" in text
+    with pytest.raises(PushError, match="is outside the dataset folder"):
+        prepare(folder)
