@@ -71,6 +71,7 @@ class JsonClient:
                 ) from None
             self._session = aiohttp.ClientSession(
                 headers=self._headers,
+                trust_env=True,  # HTTPS_PROXY, HTTP_PROXY and NO_PROXY, as the SDKs honour them
                 timeout=aiohttp.ClientTimeout(total=self._timeout),
                 connector=aiohttp.TCPConnector(limit=self._limit),
             )

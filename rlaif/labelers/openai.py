@@ -104,6 +104,11 @@ async def _closed_with_the_loop(clients: list[JsonClient]) -> AsyncIterator[None
             await client.close()
 
 
+def _env_url(url: str) -> str | None:
+    """The URL for provenance when it came from ``$OPENAI_BASE_URL`` (None for OpenAI's)."""
+    return None if url == DEFAULT_URL else url
+
+
 _ENV_HEADERS = (("OPENAI_ORG_ID", "OpenAI-Organization"), ("OPENAI_PROJECT_ID", "OpenAI-Project"))
 
 
@@ -239,12 +244,16 @@ class OpenAILabeler(ApiLabelerMixin):
     def __init__(self, settings: OpenAISettings):
         self.settings = settings
         urls = settings.base_url
-        self._urls: list[str | None] = (
-            [urls] if isinstance(urls, str) or urls is None else list(urls)
+        # no base_url: $OPENAI_BASE_URL, as the SDK reads it, then OpenAI's API; one URL for
+        # online and batch mode alike (the SDK alone would send batches elsewhere)
+        default = os.environ.get("OPENAI_BASE_URL") or DEFAULT_URL
+        self._urls: list[str] = (
+            [urls or default] if isinstance(urls, str) or urls is None else list(urls)
         )
         if not self._urls:
             raise ConfigError("openai: base_url is an empty list")
-        self._key = read_api_key(settings.api_key_env, settings.api_key_file, urls is None)
+        required = self._urls == [DEFAULT_URL]  # local servers take any key
+        self._key = read_api_key(settings.api_key_env, settings.api_key_file, required)
         self.rules = rules_for("openai", settings.model, settings.model_rules)
         self.unparsed_votes = 0
         self._clients: list[JsonClient] | None = None
@@ -262,7 +271,7 @@ class OpenAILabeler(ApiLabelerMixin):
         described: dict[str, Any] = {
             "backend": self.backend,
             "model": self.settings.model,
-            "base_url": self.settings.base_url,
+            "base_url": self.settings.base_url or _env_url(self._urls[0]),
             "concurrency": self.settings.concurrency,
         }
         if self.settings.batch:
@@ -285,7 +294,7 @@ class OpenAILabeler(ApiLabelerMixin):
             headers = _headers(self._key)
             self._clients = [
                 JsonClient(
-                    url or DEFAULT_URL,
+                    url,
                     headers,
                     self.settings.retry.timeout,
                     limit=max(self.settings.concurrency, 1),
@@ -434,7 +443,7 @@ class _OpenAIBatches:
 
     def __init__(self, labeler: OpenAILabeler):
         self.labeler = labeler
-        self.endpoint = f"{labeler._urls[0] or DEFAULT_URL} {labeler.settings.model}"
+        self.endpoint = f"{labeler._urls[0]} {labeler.settings.model}"
 
     def _line(self, cid: str, body: dict[str, Any]) -> str:
         line = {"custom_id": cid, "method": "POST", "url": self.url, "body": body}

@@ -219,3 +219,35 @@ def test_a_labeler_used_under_several_event_loops_leaves_no_open_session(caplog)
     assert len(server.requests) == 3
     assert all(c.is_closed() for c in clients)
     assert not [r for r in caplog.records if "Unclosed" in r.getMessage()]
+
+
+def test_openai_base_url_from_the_environment_serves_online_and_batch_mode(tmp_path, monkeypatch):
+    """No base_url setting: $OPENAI_BASE_URL, as the SDK reads it, for online requests and for
+    batches alike (online used to go to OpenAI's API while batches went to the variable's)."""
+    from .fake_batch_server import FakeBatchServer
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with FakeBatchServer() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+        online = create_labeler("openai:fake", retry={"max_retries": 0, "timeout": 5})
+        assert run_sync(online.generate([CONV], GenerateParams(max_tokens=4)))[0][0].text
+        assert len(server.requests) == 1 and online.describe()["base_url"] == server.url
+        batch = create_labeler(
+            "openai:fake", batch=True, batch_poll=0.01, state_dir=tmp_path,
+            retry={"max_retries": 0, "timeout": 5},
+        )  # fmt: skip
+        assert run_sync(batch.generate([CONV], GenerateParams(max_tokens=4)))[0][0].text
+        assert server.created == [("openai", 1)]
+
+
+def test_the_transport_honours_proxy_settings(monkeypatch):
+    """HTTPS_PROXY/HTTP_PROXY/NO_PROXY as the SDKs honour them: a proxy on loopback sees the
+    request."""
+    with FakeOpenAIServer() as proxy:  # answers whatever it is asked, as a forwarding proxy would
+        monkeypatch.setenv("HTTP_PROXY", proxy.url.removesuffix("/v1"))
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        lab = create_labeler("openai:fake", base_url="http://upstream.invalid/v1",
+                             retry={"max_retries": 0, "timeout": 5})  # fmt: skip
+        out = run_sync(lab.generate([CONV], GenerateParams(max_tokens=4)))
+    assert out[0][0].text.startswith("echo:") and len(proxy.requests) == 1
