@@ -246,13 +246,33 @@ def load_checkpoint(out: Path, steps: int) -> dict | None:
     return state if 0 < state["step"] < steps else None
 
 
+def shaped_scores(
+    scores: torch.Tensor,
+    ended: torch.Tensor,
+    lengths: torch.Tensor,
+    texts: list[str],
+    cfg: PPORunConfig,
+) -> torch.Tensor:
+    """The sequence scores after the rule-based penalties: ``missing_eos_penalty`` for a
+    completion that never ended, ``length_penalty`` per token, and the repetition penalty."""
+    from rlaif.eval.hacking import repetition_penalties
+
+    if cfg.missing_eos_penalty is not None:
+        scores = scores - cfg.missing_eos_penalty * (~ended).float()
+    scores = scores - cfg.length_penalty * lengths
+    if cfg.repetition_penalty:
+        penalty = repetition_penalties(texts, cfg.repetition_penalty)
+        scores = scores - torch.tensor(penalty, device=scores.device)
+    return scores
+
+
 def main(cfg: PPORunConfig, reward_fn: RewardFn | None = None) -> Path:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
     from transformers import AutoTokenizer
 
-    from rlaif.eval.hacking import Monitor, Thresholds, repetition_penalties
+    from rlaif.eval.hacking import Monitor, Thresholds
 
     # a run before this one in the same process (``rlaif run``: SFT, then PPO) leaves accelerate's
     # global state at its own precision; the process group itself is kept
@@ -324,12 +344,7 @@ def main(cfg: PPORunConfig, reward_fn: RewardFn | None = None) -> Path:
         roll = rollout(accelerator, model, ref, tok, batch_prompts, cfg, eos)
         scores = reward_fn(batch_prompts, roll["texts"], roll["ids"]).to(device).float()
         raw_scores = scores.clone()
-        if cfg.missing_eos_penalty is not None:
-            scores = scores - cfg.missing_eos_penalty * (~roll["ended"]).float()
-        scores = scores - cfg.length_penalty * roll["mask"].sum(1)
-        if cfg.repetition_penalty:
-            penalty = repetition_penalties(roll["texts"], cfg.repetition_penalty)
-            scores = scores - torch.tensor(penalty, device=device)
+        scores = shaped_scores(scores, roll["ended"], roll["mask"].sum(1), roll["texts"], cfg)
         kl, kl_k3 = kl_estimates(roll["logp"], roll["ref_logp"], roll["mask"])
         rewards = token_rewards(kl, scores, roll["mask"], kl_ctl.beta)
         advantages, returns = gae(rewards, roll["values"], roll["mask"], cfg.gamma, cfg.lam)

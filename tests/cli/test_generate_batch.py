@@ -130,6 +130,11 @@ def test_prefs_in_batch_mode_writes_the_online_rows(provider, tmp_path):
     assert rows(tmp_path / "batch" / "preferences.jsonl") == online
     if provider == "anthropic":
         assert [j["votes"] for j in online[0]["judgements"]] != [None, None]
+    else:  # the fake prefers the "#1" response with P = 0.8, in whichever position it stands
+        for row in rows(tmp_path / "batch" / "preferences.jsonl"):
+            assert row["chosen"][0]["content"].endswith("#1")
+            assert row["preference_prob"] == pytest.approx(0.8)
+            assert [j["prob_first"] for j in row["judgements"]] == pytest.approx([0.2, 0.8])
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])

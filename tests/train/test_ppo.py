@@ -121,9 +121,27 @@ def test_rm_reward_path_two_steps(toy_policy, tiny_llama_dir, prompts_file, tmp_
     out = ppo.main(cfg)
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == [1, 2]
-    assert rows[1]["beta"] != rows[0]["beta"]  # the controller moved beta
-    # the penalty for completions without EOS (4 tokens rarely end) lowers the score
-    assert all(r["reward"] <= r["reward/model"] for r in rows)
+    # the controller's beta after each step, from the KL it saw: Ziegler et al.'s formula
+    beta = 0.05  # kl_coef
+    for r in rows:
+        error = max(min(r["kl"] / 0.01 - 1.0, 0.2), -0.2)
+        beta *= 1.0 + error * 4 / 10  # batch_size / kl_horizon
+        assert r["beta"] == pytest.approx(beta, rel=1e-9)
+
+
+def test_penalties_on_a_fixed_batch_by_hand(tmp_path):
+    cfg = load_recipe(
+        ppo.PPORunConfig, None, output_dir=str(tmp_path), missing_eos_penalty=1.0,
+        length_penalty=0.1, repetition_penalty=2.0,
+    )  # fmt: skip
+    scores = torch.tensor([1.0, 0.5, 0.0])
+    ended = torch.tensor([True, False, False])
+    lengths = torch.tensor([3.0, 4.0, 4.0])
+    # the third text's 3-grams: abc, bca, cab, abc: a repeated-3-gram share of 0.5, x 2.0
+    texts = ["one two three", "four five six seven", "a b c a b c"]
+    got = ppo.shaped_scores(scores, ended, lengths, texts, cfg)
+    # ended: -0.1 x 3 tokens; never ended: -1.0 and -0.1 x 4 tokens; and the repetition's 1.0
+    assert got.tolist() == pytest.approx([0.7, 0.5 - 1.0 - 0.4, 0.0 - 1.0 - 0.4 - 1.0])
 
 
 def test_bad_settings(tmp_path):
