@@ -60,7 +60,7 @@ class Cache:
     ):
         self.path = Path(path) if path is not None else None
         self._pending: dict[str, tuple[str, str, float]] = {}  # key -> (kind, value, created)
-        self._window = CommitWindow(self._commit, commit_seconds, commit_items)
+        self._window = CommitWindow(self._commit_or_fail, commit_seconds, commit_items)
         target = ":memory:"
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,22 +122,24 @@ class Cache:
         """Write every pending entry now, in one transaction."""
         self._window.flush()
 
-    def _commit(self) -> None:
-        rows = [(k, kind, value, created) for k, (kind, value, created) in self._pending.items()]
+    def _commit_or_fail(self) -> None:
         try:
-            self._db.execute("BEGIN IMMEDIATE")  # one transaction for the whole window
-            try:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO entries (key, kind, value, created)"
-                    " VALUES (?, ?, ?, ?)",
-                    rows,
-                )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+            self._commit()
         except sqlite3.Error as e:
             raise self._failed("write", e) from None
+
+    def _commit(self) -> None:
+        rows = [(k, kind, value, created) for k, (kind, value, created) in self._pending.items()]
+        self._db.execute("BEGIN IMMEDIATE")  # one transaction for the whole window
+        try:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO entries (key, kind, value, created) VALUES (?, ?, ?, ?)",
+                rows,
+            )
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
         self._pending.clear()
 
     def __len__(self) -> int:

@@ -327,8 +327,24 @@ async def run_journaled(
         stats.cost = sum(costs) if costs else None
         timings_file = write_timings(timings, done, seconds)
     finally:
-        for sched in schedulers:
-            await sched.aclose()
-            await sched.labeler.aclose()
-        cache.close()
+        await close_all(schedulers, cache)
     return JournaledRun(done, dataset, failed_file, timings_file, len(journal.kept))
+
+
+async def close_all(schedulers: list[Scheduler], cache: Cache) -> None:
+    """Close every scheduler, labeler and the cache, each even when another failed to (a cache
+    that cannot commit must not leave the labelers' connections open); then raise the first
+    failure."""
+    errors: list[Exception] = []
+    for sched in schedulers:
+        for close in (sched.aclose, sched.labeler.aclose):
+            try:
+                await close()
+            except Exception as e:
+                errors.append(e)
+    try:
+        cache.close()
+    except Exception as e:
+        errors.append(e)
+    if errors:
+        raise errors[0]

@@ -245,3 +245,36 @@ def test_prefs_and_labeler_eval_stop_the_same_way(command, tmp_path, monkeypatch
     assert secret not in captured.out + captured.err
     for path in (p for p in (tmp_path / "out").rglob("*") if p.is_file()):
         assert secret.encode() not in path.read_bytes(), path
+
+
+def test_a_cache_that_cannot_commit_ends_the_run_in_seconds_with_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    """The cache's disk fills up mid-run: the command ends at once, exit 2, naming the file;
+    rows written so far are kept (it used to wait forever for answers never handed out)."""
+    import sqlite3
+    import time
+
+    from rlaif.engine.cache import Cache
+
+    real = Cache._commit
+    commits = {"n": 0}
+
+    def fills_up(self):
+        commits["n"] += 1
+        if commits["n"] > 2:
+            raise sqlite3.OperationalError("database or disk is full")
+        return real(self)
+
+    monkeypatch.setattr(Cache, "_commit", fills_up)
+    with FakeOpenAIServer(latency=0.01) as server:
+        cfg = write_job(tmp_path, server.url, 200)
+        started = time.perf_counter()
+        code = main(["generate", "sl-cai", "--config", str(cfg)])
+        seconds = time.perf_counter() - started
+    err = capsys.readouterr().err
+    assert code == 2 and seconds < 20
+    assert f"cache {tmp_path / 'out' / 'cache.sqlite'}: cannot write: database or disk is full" in (
+        " ".join(err.split())
+    )
+    assert "Traceback" not in err and len(server.requests) < 600
