@@ -52,7 +52,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
@@ -141,6 +141,13 @@ _SCHEMA = (
 )
 
 
+def _in_chunks(ids: Sequence[str], size: int = 500) -> Iterator[tuple[list[str], str]]:
+    """``ids`` in chunks that fit one ``IN (...)`` query, each with its placeholders."""
+    for start in range(0, len(ids), size):
+        chunk = list(ids[start : start + size])
+        yield chunk, ",".join("?" * len(chunk))
+
+
 class BatchLedger:
     """Submitted batches (by job key) and the items each carries: written and committed before
     any poll. Opened on first use, so a labeler reused after ``close`` opens it again."""
@@ -174,9 +181,7 @@ class BatchLedger:
         the latest such batch), by job key, with the ids each one answers; batches whose id is in
         ``exclude`` do not count."""
         latest: dict[str, LedgerEntry] = {}
-        for start in range(0, len(ids), 500):
-            chunk = list(ids[start : start + 500])
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _in_chunks(ids):
             found = self._db.execute(
                 "SELECT i.custom_id, b.* FROM items i JOIN batches b ON b.job_key = i.job_key"
                 f" WHERE b.provider = ? AND b.endpoint = ? AND i.custom_id IN ({marks})",
@@ -252,9 +257,7 @@ class BatchLedger:
 
     def answers(self, endpoint: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(ids), 500):
-            chunk = list(ids[start : start + 500])
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _in_chunks(ids):
             rows = self._db.execute(
                 "SELECT custom_id, body FROM answers"
                 f" WHERE endpoint = ? AND custom_id IN ({marks})",
