@@ -10,7 +10,7 @@ backends, online and batch alike, read one ``ModelRules`` for their model from t
 the first pattern (a regular expression matched at the start of the model id) that matches wins,
 and a model no pattern names (every OpenAI-compatible local server: vLLM, llama.cpp) gets the
 ``default`` rules, which are today's bodies. A user overrides any field for a run with the labeler
-setting ``model_rules`` (``--labeler-set model_rules.prefill=false``).
+setting ``model_rules`` (``--labeler-set 'model_rules={prefill: false}'``).
 
 What the rules change:
 - sampling settings a model refuses are left out of the body; where ``temperature`` and ``top_p``
@@ -22,6 +22,8 @@ What the rules change:
   as before (an echoed prefill is stripped, options are found in the text);
 - where there are no log-probs, option scores are sampled votes (``supports_logprobs`` is False,
   so AI feedback runs in votes mode, said at the start of the run and in the card);
+- where there is no seed (Anthropic's API has none), sampled answers cannot be reproduced either,
+  and provenance says so the same way;
 - ``reasoning_tokens`` are added to the token limit of a reasoning model, whose hidden reasoning
   counts against ``max_completion_tokens``: a vote of 8 visible tokens needs room to think first.
 """
@@ -93,27 +95,46 @@ RULES: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
         (r"o[1-9](-|$)", {"family": "openai-o-series", **_REASONING}),
         (r"gpt-5", {"family": "openai-gpt-5", **_REASONING}),
     ),
+    # the Messages API takes no seed at all, whatever the model
     "anthropic": (
         # Claude 5 and later: non-default sampling is refused, and so is a prefill
         (
             r"claude-(opus|sonnet|haiku)-([5-9]|[1-9][0-9])(-|$)",
-            {"family": "claude-5", "temperature": False, "top_p": False, "prefill": False},
+            {
+                "family": "claude-5",
+                "seed": False,
+                "temperature": False,
+                "top_p": False,
+                "prefill": False,
+            },
         ),
         # Opus 4.7 and later 4.x Opus: no temperature, top_p or top_k at all; no prefill
         (
             r"claude-opus-4-[7-9](-|$)",
-            {"family": "claude-opus-4.7", "temperature": False, "top_p": False, "prefill": False},
+            {
+                "family": "claude-opus-4.7",
+                "seed": False,
+                "temperature": False,
+                "top_p": False,
+                "prefill": False,
+            },
         ),
         # 4.6 and later: one of temperature and top_p, and no prefill
         (
             r"claude-(opus|sonnet|haiku)-4-[6-9](-|$)",
-            {"family": "claude-4.6", "temperature_with_top_p": False, "prefill": False},
+            {
+                "family": "claude-4.6",
+                "seed": False,
+                "temperature_with_top_p": False,
+                "prefill": False,
+            },
         ),
         # Opus 4.1, Sonnet 4.5, Haiku 4.5: one of temperature and top_p
         (
             r"claude-(opus|sonnet|haiku)-4-[1-5](-|$)",
-            {"family": "claude-4.1", "temperature_with_top_p": False},
+            {"family": "claude-4.1", "seed": False, "temperature_with_top_p": False},
         ),
+        (r"", {"family": "claude", "seed": False}),  # every other model
     ),
 }
 
@@ -187,6 +208,11 @@ def not_reproducible(rules: ModelRules) -> str | None:
     if not rules.temperature:
         return (
             f"the model ({rules.family}) refuses temperature: greedy decoding cannot be asked for"
+        )
+    if not rules.seed:
+        return (
+            f"the API ({rules.family}) takes no seed: sampled answers (temperature above 0) vary "
+            "from run to run"
         )
     return None
 

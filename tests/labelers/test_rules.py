@@ -21,8 +21,8 @@ CONV = [
 @pytest.mark.parametrize(
     ("provider", "model", "family"),
     [
-        ("anthropic", "claude-3-5-sonnet-20241022", "default"),
-        ("anthropic", "claude-sonnet-4-20250514", "default"),
+        ("anthropic", "claude-3-5-sonnet-20241022", "claude"),
+        ("anthropic", "claude-sonnet-4-20250514", "claude"),
         ("anthropic", "claude-opus-4-1-20250805", "claude-4.1"),
         ("anthropic", "claude-sonnet-4-5", "claude-4.1"),
         ("anthropic", "claude-haiku-4-5-20251001", "claude-4.1"),
@@ -111,10 +111,13 @@ def test_provenance_says_what_is_refused_and_that_the_run_is_not_reproducible():
     said = provenance_of(rules_for("anthropic", "claude-opus-4-7"))
     assert said["model_rules"] == {
         "family": "claude-opus-4.7",
-        "refused": ["temperature", "top_p", "prefill"],
+        "refused": ["temperature", "top_p", "prefill", "seed"],
     }
     assert "greedy decoding (temperature 0) cannot be asked for" in said["not_reproducible"]
-    assert "not_reproducible" not in provenance_of(rules_for("anthropic", "claude-sonnet-4-6"))
+    # any Claude: no seed in the API, so sampled answers cannot be reproduced
+    sonnet = provenance_of(rules_for("anthropic", "claude-sonnet-4-6"))
+    assert sonnet["not_reproducible"].startswith("the API (claude-4.6) takes no seed")
+    assert "not_reproducible" not in provenance_of(rules_for("openai", "gpt-4o"))
 
 
 @pytest.mark.parametrize(
