@@ -72,7 +72,10 @@ def run(args: argparse.Namespace) -> int:
         ).read_bytes(),
         root / "data" / "prompts.txt": demo_prompts().read_bytes(),
     }
-    for template in sorted(builtin_dir("prompts").glob("*.j2")):
+    from rlaif.templates import TEMPLATE_NAMES
+
+    for name in TEMPLATE_NAMES:  # the ones --templates overrides (not the labelers' own)
+        template = builtin_dir("prompts") / f"{name}.j2"
         files[root / "templates" / template.name] = template.read_bytes()
     own = {"constitution": "constitution/harmless.yaml", "prompts": "data/prompts.txt"}
     recipe = _recipe(locate("quickstart", "recipe"), **own, templates="templates")

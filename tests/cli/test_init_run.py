@@ -22,6 +22,8 @@ def test_init_writes_a_project_whose_recipes_use_its_own_files(tmp_path, monkeyp
     assert cfg.constitution.resolve() == project / "constitution" / "harmless.yaml"
     assert cfg.prompts.resolve() == project / "data" / "prompts.txt"
     assert cfg.templates is not None and (cfg.templates / "critique.j2").is_file()
+    # only what --templates overrides: the labelers' prefill instruction is not a project file
+    assert not (cfg.templates / "prefill_instruction.j2").exists()
     const = load_constitution("constitution/harmless.yaml")
     assert len(const.few_shot) == 2  # the examples file came along
     assert main(["run", "recipe.yaml", "--list"]) == 0
