@@ -139,6 +139,23 @@ class EndpointError(RlaifError):
     exit_code = 4
 
 
+class FolderBusyError(RlaifError):
+    """Another process is writing the output folder (it holds the folder's lock)."""
+
+
+class StateFileError(FileError):
+    """A state file rlaif keeps in an output folder (cache, journal manifest, batch ledger, run
+    manifest) is damaged or not rlaif's. Never recreated over the user's data: the user moves it
+    away; the rows already in the dataset are kept."""
+
+    def __init__(self, path: str | Path, detail: str):
+        super().__init__(
+            path,
+            f"damaged or not an rlaif state file ({detail}); move it away and run the same "
+            "command again (the rows already in the dataset are kept)",
+        )
+
+
 class CacheError(RlaifError):
     """The labeler cache (SQLite) cannot be read or written: locked past its busy timeout, a full
     disk, a damaged file. The run stops with the file named; rows already written are kept."""

@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from rlaif import __version__
 from rlaif.data.datasets_io import LoadOptions, hub_id
 from rlaif.data.sources import HHContext, PromptFormat, read_prompts, source_sha256
-from rlaif.errors import ConfigError
+from rlaif.errors import ConfigError, StateFileError
 from rlaif.resources import ConstitutionPath, PromptsPath, data_file, default_constitution
 
 MANIFEST = "manifest.json"
@@ -260,10 +260,22 @@ def _file_hash(path: Path) -> str:
 
 
 def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
+    """A stage's manifest, None when it has none; a damaged one is an error (read as "none",
+    the stage would be rerun from scratch over what it had written)."""
+    path = stage_dir / MANIFEST
     try:
-        return json.loads((stage_dir / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError) as e:
+        raise StateFileError(path, str(e)) from None
+    try:
+        record = json.loads(text)
+    except ValueError as e:
+        raise StateFileError(path, f"not JSON: {e}") from None
+    if not isinstance(record, dict) or "fingerprint" not in record:
+        raise StateFileError(path, "no stage fingerprint in it")
+    return record
 
 
 def write_manifest(stage_dir: Path, record: dict[str, Any]) -> None:
@@ -318,7 +330,20 @@ def run_pipeline(
     until: str | None = None,
     on_event: Callable[[str, str, dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run (or skip) every stage; returns one status record per stage."""
+    """Run (or skip) every stage; returns one status record per stage. One ``rlaif run`` at a
+    time writes a run folder: a second stops at once (``engine.lock``)."""
+    from rlaif.engine.lock import folder_lock
+
+    with folder_lock(cfg.root):
+        return _run_stages(cfg, start, until, on_event)
+
+
+def _run_stages(
+    cfg: RunConfig,
+    start: str | None,
+    until: str | None,
+    on_event: Callable[[str, str, dict[str, Any]], None] | None,
+) -> list[dict[str, Any]]:
     stages_ = plan(cfg)
     names = [s.name for s in stages_]
     for flag, value in (("--from", start), ("--until", until)):

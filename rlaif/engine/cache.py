@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.engine.commit import COMMIT_ITEMS, COMMIT_SECONDS, CommitWindow
-from rlaif.errors import CacheError
+from rlaif.errors import CacheError, StateFileError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -67,15 +67,28 @@ class Cache:
             target = str(self.path)
         try:
             self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=30000")
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(SCHEMA)
-        except sqlite3.DatabaseError as e:
+            columns = [r[1] for r in self._db.execute("PRAGMA table_info(entries)")]
+        except sqlite3.OperationalError as e:  # locked past the timeout, a read-only disk
             raise CacheError(f"cannot open cache {target}: {e}") from None
+        except sqlite3.DatabaseError as e:  # not SQLite at all, or a damaged file
+            raise StateFileError(target, f"cache: {e}") from None
+        if columns != ["key", "kind", "value", "created"]:
+            raise StateFileError(target, "an SQLite file, but not an rlaif cache")
+        if self.path is not None and mode.lower() != "wal":
+            # without WAL (a network filesystem), processes sharing the file could corrupt it
+            raise CacheError(
+                f"cache {target}: SQLite cannot use WAL mode here (journal mode {mode}): several "
+                "runs sharing it would be unsafe; put the cache on a local disk (--cache PATH)"
+            )
 
-    def _failed(self, doing: str, e: sqlite3.Error) -> CacheError:
+    def _failed(self, doing: str, e: sqlite3.Error) -> CacheError | StateFileError:
         where = self.path if self.path is not None else "(in memory)"
+        if not isinstance(e, sqlite3.OperationalError):  # "database disk image is malformed"
+            return StateFileError(where, f"cache: {e}")
         return CacheError(
             f"cache {where}: cannot {doing}: {e}; rows written so far are kept (free the disk "
             "or stop the other process holding the file, then run the same command again)"

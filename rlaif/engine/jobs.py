@@ -321,7 +321,7 @@ async def run_journaled(
         on_start(len(rows), stats)
     try:
         done = await run_rows(rows, process, journal, window, on_row)
-        dataset, failed_file = journal.finish()
+        dataset, failed_file = journal.finish(len(rows))
         stats.retries = sum(s.labeler.retries for s in schedulers)
         costs = [s.labeler.cost for s in schedulers if s.labeler.cost is not None]
         stats.cost = sum(costs) if costs else None

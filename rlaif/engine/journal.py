@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.engine.commit import COMMIT_SECONDS, CommitWindow
+from rlaif.errors import EngineError, StateFileError
 
 
 def dumps_row(row: dict[str, Any]) -> str:
@@ -62,10 +63,21 @@ class Journal:
         self.kept: list[str] = []  # lines carried over from an earlier run
 
     def _previous_fingerprint(self) -> str | None:
+        """The fingerprint of the run that wrote the journal; None when there was none. A
+        damaged manifest is an error: read as "another job", it would discard the journal."""
         try:
-            return json.loads(self.manifest.read_text(encoding="utf-8"))["fingerprint"]
-        except (OSError, ValueError, KeyError, TypeError):
+            text = self.manifest.read_text(encoding="utf-8")
+        except FileNotFoundError:
             return None
+        except (OSError, UnicodeDecodeError) as e:
+            raise StateFileError(self.manifest, str(e)) from None
+        try:
+            fingerprint = json.loads(text)["fingerprint"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise StateFileError(self.manifest, f"no run fingerprint: {e}") from None
+        if not isinstance(fingerprint, str):
+            raise StateFileError(self.manifest, "the run fingerprint is not a string")
+        return fingerprint
 
     def open(self, expected_ids: Sequence[str]) -> list[str]:
         """Start or resume; returns the kept lines (a prefix of ``expected_ids``, in order)."""
@@ -123,8 +135,9 @@ class Journal:
                 self._file.close()
                 self._file = None
 
-    def finish(self) -> tuple[Path, Path | None]:
-        """The run completed: the partial file becomes the dataset.
+    def finish(self, expected: int | None = None) -> tuple[Path, Path | None]:
+        """The run completed: the partial file becomes the dataset, once it holds exactly
+        ``expected`` rows (every input row, each once).
 
         Rows marked ``failed`` (a labeler call that failed for good) are moved to
         ``NAME.failed.jsonl`` instead, so the dataset holds only complete rows. They are not part
@@ -135,6 +148,12 @@ class Journal:
         """
         self.close()
         lines = [ln for ln in _complete_lines(self.partial.read_bytes()) if ln]
+        if expected is not None and len(lines) != expected:
+            # never a silently short dataset: the journal is kept for a rerun to resume from
+            raise EngineError(
+                f"{self.partial}: the journal holds {len(lines)} rows but the input has "
+                f"{expected}; the dataset was not written. Run the same command again to resume"
+            )
         sides: dict[str, list[str]] = {"failed": [], "unlabeled": []}
         kept = []
         for line in lines:

@@ -40,6 +40,7 @@ from rlaif.engine.jobs import (
     source_provenance,
     write_parquet,
 )
+from rlaif.engine.lock import folder_lock
 from rlaif.engine.scheduler import EngineStats, Scheduler
 from rlaif.labelers.base import GenerateParams
 from rlaif.templates import Templates
@@ -199,26 +200,27 @@ async def run_prefs(
     on_row: Callable[[dict[str, Any], bool], None] | None = None,
     on_start: Callable[[int, EngineStats], None] | None = None,
 ) -> PrefsResult:
-    started = time.perf_counter()
-    job = build(cfg)
-    out = Path(cfg.out)
-    run = await run_journaled(
-        job.rows, job.run_row, job.provenance, job.schedulers, job.cache, job.stats,
-        out / DATASET_FILE, out / TIMINGS_FILE, on_row, on_start, cfg.breaker,
-    )  # fmt: skip
-    ok = [r for r in run.done if "failed" not in r and "unlabeled" not in r]
-    unlabeled = [r for r in run.done if "unlabeled" in r]
-    failed = [r for r in run.done if "failed" in r]
-    unlabeled_file = run.dataset.with_name(f"{run.dataset.stem}.unlabeled.jsonl")
-    extra = [run.timings_file]
-    extra += [p for p in (run.failed_file, unlabeled_file) if p and p.exists()]
-    if cfg.parquet:
-        extra.append(write_parquet(run.dataset))
-    seconds = time.perf_counter() - started
-    card, plots = write_prefs_card(
-        out, ok, unlabeled, failed, job.provenance, job.stats, seconds, command, run.resumed
-    )
-    return PrefsResult(
-        ok, unlabeled, failed, run.resumed, job.stats, seconds, run.dataset, card,
-        [*extra, *plots],
-    )  # fmt: skip
+    with folder_lock(cfg.out):
+        started = time.perf_counter()
+        job = build(cfg)
+        out = Path(cfg.out)
+        run = await run_journaled(
+            job.rows, job.run_row, job.provenance, job.schedulers, job.cache, job.stats,
+            out / DATASET_FILE, out / TIMINGS_FILE, on_row, on_start, cfg.breaker,
+        )  # fmt: skip
+        ok = [r for r in run.done if "failed" not in r and "unlabeled" not in r]
+        unlabeled = [r for r in run.done if "unlabeled" in r]
+        failed = [r for r in run.done if "failed" in r]
+        unlabeled_file = run.dataset.with_name(f"{run.dataset.stem}.unlabeled.jsonl")
+        extra = [run.timings_file]
+        extra += [p for p in (run.failed_file, unlabeled_file) if p and p.exists()]
+        if cfg.parquet:
+            extra.append(write_parquet(run.dataset))
+        seconds = time.perf_counter() - started
+        card, plots = write_prefs_card(
+            out, ok, unlabeled, failed, job.provenance, job.stats, seconds, command, run.resumed
+        )
+        return PrefsResult(
+            ok, unlabeled, failed, run.resumed, job.stats, seconds, run.dataset, card,
+            [*extra, *plots],
+        )  # fmt: skip

@@ -35,6 +35,7 @@ from rlaif.engine.jobs import (
     source_provenance,
     write_parquet,
 )
+from rlaif.engine.lock import folder_lock
 from rlaif.engine.scheduler import EngineStats, Scheduler
 from rlaif.labelers.base import GenerateParams
 from rlaif.templates import Templates
@@ -145,20 +146,21 @@ async def run_sl_cai(
     on_row: Callable[[dict[str, Any], bool], None] | None = None,
     on_start: Callable[[int, EngineStats], None] | None = None,
 ) -> SLCAIResult:
-    started = time.perf_counter()
-    job = build(cfg)
-    out = Path(cfg.out)
-    run = await run_journaled(
-        job.rows, job.step.run_row, job.provenance, job.schedulers, job.cache, job.stats,
-        out / DATASET_FILE, out / TIMINGS_FILE, on_row, on_start, cfg.breaker,
-    )  # fmt: skip
-    ok = [r for r in run.done if "failed" not in r]
-    failed = [r for r in run.done if "failed" in r]
-    extra = [run.timings_file, *([run.failed_file] if run.failed_file else [])]
-    if cfg.parquet:
-        extra.append(write_parquet(run.dataset))
-    seconds = time.perf_counter() - started
-    card = write_sl_cai_card(
-        out, ok, job.provenance, job.stats, seconds, command, run.resumed, failed
-    )
-    return SLCAIResult(ok, run.resumed, job.stats, seconds, run.dataset, card, extra, failed)
+    with folder_lock(cfg.out):
+        started = time.perf_counter()
+        job = build(cfg)
+        out = Path(cfg.out)
+        run = await run_journaled(
+            job.rows, job.step.run_row, job.provenance, job.schedulers, job.cache, job.stats,
+            out / DATASET_FILE, out / TIMINGS_FILE, on_row, on_start, cfg.breaker,
+        )  # fmt: skip
+        ok = [r for r in run.done if "failed" not in r]
+        failed = [r for r in run.done if "failed" in r]
+        extra = [run.timings_file, *([run.failed_file] if run.failed_file else [])]
+        if cfg.parquet:
+            extra.append(write_parquet(run.dataset))
+        seconds = time.perf_counter() - started
+        card = write_sl_cai_card(
+            out, ok, job.provenance, job.stats, seconds, command, run.resumed, failed
+        )
+        return SLCAIResult(ok, run.resumed, job.stats, seconds, run.dataset, card, extra, failed)

@@ -65,6 +65,7 @@ from rlaif.engine.jobs import (
     public_description,
 )
 from rlaif.engine.journal import Journal
+from rlaif.engine.lock import folder_lock
 from rlaif.engine.runner import run_rows
 from rlaif.engine.scheduler import EngineStats, Scheduler
 from rlaif.errors import LabelerCallError
@@ -376,99 +377,102 @@ async def run_labeler_eval(
     labeler: Labeler | None = None,
 ) -> LabelerEvalResult:
     """Evaluate ``cfg.labeler`` (or an already built ``labeler``) against ``cfg.gold``."""
-    started = time.perf_counter()
-    gold = read_gold(cfg.gold, cfg.gold_format)[: cfg.limit]
-    constitution = load_constitution(cfg.constitution)
-    templates = Templates(cfg.templates)
-    if labeler is None:
-        labeler = make_labeler(cfg.labeler, cfg.labeler_settings, cfg.batch_size, Path(cfg.out))
-    out = Path(cfg.out)
-    cache = Cache(cfg.cache or out / "cache.sqlite")
-    stats = EngineStats()
-    sched = Scheduler(labeler, cache, stats, cfg.batch_size, cfg.concurrency)
-    feedback = Feedback(
-        constitution, templates, sched, cfg.feedback, labeler.supports_logprobs, cfg.seed
-    )
-    notice = feedback.notice(f"{labeler.backend}:{labeler.model_name}")
-    if notice:
-        log.warning("%s", notice)
-    feedback.check_templates()
-    templates.render("multiple_choice", prompt="p")
-    provenance = {
-        **base_provenance(),
-        # the content, not the name: an edited label is another gold file (resume starts over)
-        "gold": {
-            "file": Path(cfg.gold).name,
-            "sha256": source_sha256(cfg.gold),
-            "format": cfg.gold_format,
-            "rows": len(gold),
-        },
-        "constitution": {"name": constitution.name, "sha256": constitution.sha256},
-        "templates": templates.hashes((*TEMPLATES_USED, "multiple_choice")),
-        "labeler": public_description(labeler.describe()),
-        "feedback": {**cfg.feedback.model_dump(mode="json"), "mode": feedback.mode},
-        "seed": cfg.seed,
-    }
-    job = _Job(feedback, sched, templates, cfg.feedback, cfg.seed)
-    by_id = {g.id: g for g in gold}
-    journal = Journal(out / ROWS_FILE, fingerprint(provenance))
-
-    async def process(row: dict[str, Any]) -> dict[str, Any]:
-        try:
-            return await job.run_row(by_id[row["id"]])
-        except LabelerCallError as e:
-            if e.permanent:  # a dead endpoint fails every row: stop, as the dataset jobs do
-                raise endpoint_unusable(e) from e
-            stats.failed_rows += 1
-            return {"id": row["id"], "failed": {"reason": e.reason, "attempts": e.attempts}}
-
-    if on_start:
-        on_start(len(gold), stats)
-    try:
-        rows = await run_rows(
-            [{"id": g.id} for g in gold],
-            process,
-            journal,
-            2 * sched.max_batch * sched.max_concurrency,
-            on_row,
+    with folder_lock(cfg.out):
+        started = time.perf_counter()
+        gold = read_gold(cfg.gold, cfg.gold_format)[: cfg.limit]
+        constitution = load_constitution(cfg.constitution)
+        templates = Templates(cfg.templates)
+        if labeler is None:
+            labeler = make_labeler(cfg.labeler, cfg.labeler_settings, cfg.batch_size, Path(cfg.out))
+        out = Path(cfg.out)
+        cache = Cache(cfg.cache or out / "cache.sqlite")
+        stats = EngineStats()
+        sched = Scheduler(labeler, cache, stats, cfg.batch_size, cfg.concurrency)
+        feedback = Feedback(
+            constitution, templates, sched, cfg.feedback, labeler.supports_logprobs, cfg.seed
         )
-        rows_file, _ = journal.finish()
-    finally:
-        await sched.aclose()
-        await labeler.aclose()
-        cache.close()
-    seconds = time.perf_counter() - started
-    metrics = summarise(rows, cfg.bins)
-    metrics["calibrated"] = cfg.feedback.calibrate
-    if cfg.feedback.calibrate:
-        metrics["content_free_priors"] = {
-            pid: prior for (pid, _), prior in feedback.priors.values.items()
+        notice = feedback.notice(f"{labeler.backend}:{labeler.model_name}")
+        if notice:
+            log.warning("%s", notice)
+        feedback.check_templates()
+        templates.render("multiple_choice", prompt="p")
+        provenance = {
+            **base_provenance(),
+            # the content, not the name: an edited label is another gold file (resume starts over)
+            "gold": {
+                "file": Path(cfg.gold).name,
+                "sha256": source_sha256(cfg.gold),
+                "format": cfg.gold_format,
+                "rows": len(gold),
+            },
+            "constitution": {"name": constitution.name, "sha256": constitution.sha256},
+            "templates": templates.hashes((*TEMPLATES_USED, "multiple_choice")),
+            "labeler": public_description(labeler.describe()),
+            "feedback": {**cfg.feedback.model_dump(mode="json"), "mode": feedback.mode},
+            "seed": cfg.seed,
         }
-    metrics.update(
-        seconds=round(seconds, 2),
-        labeler_calls=stats.labeler_calls,
-        cache_hits=stats.cache_hits,
-        requests=stats.requests,
-        generated_tokens=stats.generated_tokens,
-        retries=labeler.retries,
-        cost=labeler.cost,
-    )
-    plot = None
-    if metrics["pairs"] or metrics["choices"]:
-        from rlaif.plots import reliability_diagram
+        job = _Job(feedback, sched, templates, cfg.feedback, cfg.seed)
+        by_id = {g.id: g for g in gold}
+        journal = Journal(out / ROWS_FILE, fingerprint(provenance))
 
-        use_pairs = bool(metrics["pairs"])
-        plot = reliability_diagram(
-            metrics["reliability_bins"] if use_pairs else metrics["choice_reliability_bins"],
-            metrics["ece"] if use_pairs else metrics["choice_ece"],
-            out / PLOT_FILE,
-            f"{labeler.model_name} vs {Path(cfg.gold).name}",
+        async def process(row: dict[str, Any]) -> dict[str, Any]:
+            try:
+                return await job.run_row(by_id[row["id"]])
+            except LabelerCallError as e:
+                if e.permanent:  # a dead endpoint fails every row: stop, as the dataset jobs do
+                    raise endpoint_unusable(e) from e
+                stats.failed_rows += 1
+                return {"id": row["id"], "failed": {"reason": e.reason, "attempts": e.attempts}}
+
+        if on_start:
+            on_start(len(gold), stats)
+        try:
+            rows = await run_rows(
+                [{"id": g.id} for g in gold],
+                process,
+                journal,
+                2 * sched.max_batch * sched.max_concurrency,
+                on_row,
+            )
+            rows_file, _ = journal.finish(len(gold))
+        finally:
+            await sched.aclose()
+            await labeler.aclose()
+            cache.close()
+        seconds = time.perf_counter() - started
+        metrics = summarise(rows, cfg.bins)
+        metrics["calibrated"] = cfg.feedback.calibrate
+        if cfg.feedback.calibrate:
+            metrics["content_free_priors"] = {
+                pid: prior for (pid, _), prior in feedback.priors.values.items()
+            }
+        metrics.update(
+            seconds=round(seconds, 2),
+            labeler_calls=stats.labeler_calls,
+            cache_hits=stats.cache_hits,
+            requests=stats.requests,
+            generated_tokens=stats.generated_tokens,
+            retries=labeler.retries,
+            cost=labeler.cost,
         )
-    report = out / REPORT_FILE
-    tmp = report.with_name(f".{REPORT_FILE}.tmp")
-    tmp.write_text(
-        json.dumps({"metrics": metrics, "provenance": provenance}, indent=2, ensure_ascii=False),
-        encoding="utf-8",
-    )
-    tmp.replace(report)
-    return LabelerEvalResult(metrics, rows, report, plot, rows_file)
+        plot = None
+        if metrics["pairs"] or metrics["choices"]:
+            from rlaif.plots import reliability_diagram
+
+            use_pairs = bool(metrics["pairs"])
+            plot = reliability_diagram(
+                metrics["reliability_bins"] if use_pairs else metrics["choice_reliability_bins"],
+                metrics["ece"] if use_pairs else metrics["choice_ece"],
+                out / PLOT_FILE,
+                f"{labeler.model_name} vs {Path(cfg.gold).name}",
+            )
+        report = out / REPORT_FILE
+        tmp = report.with_name(f".{REPORT_FILE}.tmp")
+        tmp.write_text(
+            json.dumps(
+                {"metrics": metrics, "provenance": provenance}, indent=2, ensure_ascii=False
+            ),
+            encoding="utf-8",
+        )
+        tmp.replace(report)
+        return LabelerEvalResult(metrics, rows, report, plot, rows_file)

@@ -266,7 +266,14 @@ def differences(
 
 def run_policy_eval(cfg: PolicyEvalConfig, judge: Labeler | None = None) -> PolicyEvalResult:
     """Answer, judge and write ``policy_eval.json``; ``judge`` replaces ``cfg.judge`` (tests,
-    an already built labeler)."""
+    an already built labeler). One writer at a time in ``cfg.out`` (``engine.lock``)."""
+    from rlaif.engine.lock import folder_lock
+
+    with folder_lock(cfg.out):
+        return _evaluate(cfg, judge)
+
+
+def _evaluate(cfg: PolicyEvalConfig, judge: Labeler | None) -> PolicyEvalResult:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     cache_path = cfg.cache or out / "cache.sqlite"

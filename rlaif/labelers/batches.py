@@ -59,7 +59,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rlaif.errors import LabelerCallError, LabelerResponseError
+from rlaif.errors import LabelerCallError, LabelerResponseError, StateFileError
 from rlaif.labelers.reliability import ApiCaller, Verdict, redact, with_retries
 
 log = logging.getLogger("rlaif.batches")
@@ -161,10 +161,19 @@ class BatchLedger:
         if self._conn is None:
             if self.path is not None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(str(self.path) if self.path is not None else ":memory:")
-            with self._conn:
-                for statement in _SCHEMA:
-                    self._conn.execute(statement)
+            conn = sqlite3.connect(str(self.path) if self.path is not None else ":memory:")
+            try:
+                # a damaged ledger is never written over: it names the batches being paid for
+                checked = conn.execute("PRAGMA quick_check").fetchone()[0]
+                if checked != "ok":
+                    raise sqlite3.DatabaseError(checked)
+                with conn:
+                    for statement in _SCHEMA:
+                        conn.execute(statement)
+            except sqlite3.DatabaseError as e:
+                conn.close()
+                raise StateFileError(self.path or ":memory:", f"batch ledger: {e}") from None
+            self._conn = conn
         return self._conn
 
     def live(self, key: str) -> LedgerEntry | None:
