@@ -7,7 +7,9 @@ one renamed away. So every job that writes an output folder takes an exclusive `
 the process that holds it (its pid and command, which the holder writes into the lock file).
 
 ``flock`` is the operating system's: the lock goes with the process however it ends, ``kill -9``
-included, so a stale lock never blocks the next run; the file may stay, but nothing holds it.
+included, so a stale lock never blocks the next run; the file may stay, but nothing holds it. A
+folder the lock had to create is removed again when the job wrote nothing else into it (a bad
+input stops a job before its first write).
 Readers (``rlaif push``, ``rlaif report``, a review page reading datasets) never take it. Within
 one process the lock is re-entrant: a pipeline that holds its run folder may run a job that asks
 for the same folder again.
@@ -76,6 +78,7 @@ def folder_lock(folder: str | Path) -> Iterator[None]:
             f, n = _held[path]
             _held[path] = (f, n - 1)
         return
+    created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
     f = open(path / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 - held until released
     try:
@@ -96,4 +99,8 @@ def folder_lock(folder: str | Path) -> Iterator[None]:
         yield
     finally:
         _held.pop(path)
+        if created and [p.name for p in path.iterdir()] == [LOCK_FILE]:
+            # the job stopped before writing anything (bad input): leave no folder behind
+            (path / LOCK_FILE).unlink()
+            path.rmdir()
         f.close()  # closing the file releases the lock
