@@ -157,14 +157,16 @@ DIFF_LABELS = {
 
 
 def judge_of(ev: dict[str, Any]) -> tuple[str, list[str]]:
-    """The judge's one-line identity and the warnings about it (an older ``policy_eval.json``
-    names only its labeler)."""
+    """The judge's one-line identity and the warnings about it and about judgements without a
+    value (an older ``policy_eval.json`` names only its labeler)."""
     from rlaif.eval.independence import describe_judge
 
     judge = ev.get("judge")
     if not judge:
         return f"{ev.get('labeler', '?')} (identity not recorded)", []
-    return describe_judge(judge), list(ev.get("judge_warnings", []))
+    unscored = ev.get("unscored_judgements")
+    said = unscored.get("warnings", []) if isinstance(unscored, dict) else []
+    return describe_judge(judge), [*ev.get("judge_warnings", []), *said]
 
 
 def _tables(d: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:

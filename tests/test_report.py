@@ -153,3 +153,27 @@ def test_report_shows_intervals_n_the_judge_and_its_warning(run_dir):
     assert "<b>Evaluation judge:</b>" in html
     assert "<p class='warn'><b>Warning:</b> the judge" in html
     assert "no measurable change" in html and "Before and after: paired differences" in html
+
+
+def test_report_shows_unscored_judgements_beside_n_and_their_warning(run_dir):
+    from rlaif.eval.policy import intervals
+
+    harm_win = [0.9, 0.8, None, None]  # two comparisons failed: left out, not ties
+    m = {
+        "harmless_win_rate_vs_base": 0.85, "harmful_compliance_rate": 0.0, "evasive_rate": 0.0,
+        "helpful_win_rate_vs_base": None, "mean_words_red_team": 3.0,
+        **intervals(harm_win, [], [0.1] * 4, [0.1] * 4),
+        "harmless_win_rate_vs_base_unscored": 2,
+    }  # fmt: skip
+    said = "rl: 2 of 4 judgements for harmless win rate vs base have no value"
+    (run_dir / "eval" / "policy_eval.json").write_text(json.dumps({
+        "policies": {"rl": m}, "baseline": "base", "red_team": 4, "benign": 0,
+        "judge": {"spec": "smollm2", "backend": "transformers", "model": "smollm2"},
+        "judge_warnings": [], "differences": [],
+        "unscored_judgements": {"asked": 12, "unscored": 2, "warnings": [said]},
+    }))  # fmt: skip
+    cfg = RunConfig(name="demo-run", prompts=FIXTURES / "prompts.txt", out=run_dir)
+    _, md_path = write_report(cfg, run_dir)
+    md = md_path.read_text()
+    assert "n=2), 2 unscored |" in md
+    assert f"> **Warning:** {said}" in md
