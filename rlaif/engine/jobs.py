@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -125,37 +123,19 @@ def base_provenance() -> dict[str, Any]:
     return {"rlaif": __version__}
 
 
-_SECRET_QUERY = re.compile(
-    r"(?i)(key|api[-_]?key|apikey|token|access[-_]?token|secret|sig|password)"
-)
-
-
-def public_url(url: str) -> str:
-    """A server URL as provenance may carry it: no user or password, and the values of query
-    parameters that name a key or token redacted (``?api-version=...`` stays)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    query = "&".join(
-        f"{k}=[redacted]" if _SECRET_QUERY.search(k) else f"{k}={v}"
-        for k, v in parse_qsl(parts.query, keep_blank_values=True)
-    )
-    return urlunsplit((parts.scheme, host, parts.path, query, parts.fragment))
-
-
 def public_description(desc: dict[str, Any]) -> dict[str, Any]:
     """A labeler's ``describe()`` as rows and cards carry it, which users publish: server URLs
     without credentials or key-like query values, and a local model folder as its name and its
     weights fingerprint instead of an absolute path on this machine."""
+    from rlaif.labelers.reliability import redact
     from rlaif.models import weights_fingerprint
 
     out = dict(desc)
     urls = out.get("base_url")
     if isinstance(urls, str):
-        out["base_url"] = public_url(urls)
+        out["base_url"] = redact(urls)
     elif isinstance(urls, list):
-        out["base_url"] = [public_url(u) if isinstance(u, str) else u for u in urls]
+        out["base_url"] = [redact(u) if isinstance(u, str) else u for u in urls]
     model = out.get("model")
     if isinstance(model, str) and model and Path(model).expanduser().exists():
         path = Path(model).expanduser()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,7 +42,7 @@ def _command() -> str:
     name = Path(sys.argv[0]).name
     name = "rlaif" if name in ("__main__.py", "-c", "") else name
     said = " ".join([name, *sys.argv[1:]])
-    return redact(re.sub(r"://[^/@\s]+@", "://", said))[:300]
+    return redact(said)[:300]
 
 
 def _holder(f: Any) -> str:

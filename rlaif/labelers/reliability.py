@@ -154,20 +154,22 @@ def estimate_tokens(messages: Any) -> int:
     return math.ceil(chars / 4) + 4 * len(messages)
 
 
-_KEYLIKE = re.compile(
-    r"((?<![A-Za-z0-9])sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+\S+"
-    r"|(?<=[?&]key=)[^&\s\"']+|(?<=[?&]api_key=)[^&\s\"']+|(?<=[?&]api-key=)[^&\s\"']+"
-    r"|(?<=[?&]apikey=)[^&\s\"']+)",
-    re.IGNORECASE,
+_KEYLIKE = re.compile(r"((?<![A-Za-z0-9])sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+\S+)", re.IGNORECASE)
+# a URL's query value whose name says it is a secret (key, api_key, api-key, access_token, sig...)
+_SECRET_PARAM = re.compile(
+    r"([?&][\w.-]*(?:key|token|secret|sig|password)[\w.-]*=)[^&\s\"'#]+", re.IGNORECASE
 )
+_USERINFO = re.compile(r"(?<=://)[^/@\s?#]+@")  # user:password@ in a URL
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """``text`` without the given secrets or anything shaped like an API key."""
+    """``text`` without the given secrets, anything shaped like an API key, key-like query
+    values in URLs (``?api_key=...``) and URL credentials (``user:password@``)."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, "[redacted]")
-    return _KEYLIKE.sub("[redacted]", text)
+    text = _SECRET_PARAM.sub(r"\1[redacted]", _KEYLIKE.sub("[redacted]", text))
+    return _USERINFO.sub("", text)
 
 
 def server_says(body: Any, text: str | None = None, limit: int = 500) -> str:

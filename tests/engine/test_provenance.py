@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import json
 
-from rlaif.engine.jobs import public_description, public_url
+from rlaif.engine.jobs import public_description
 from rlaif.labelers.reliability import redact
 from rlaif.models import weights_fingerprint
 
 
 def test_urls_lose_credentials_and_key_like_query_values():
-    assert public_url("http://me:hunter2@10.0.0.5:8000/v1?api-key=abc&api-version=2024-06") == (
+    assert redact("http://me:hunter2@10.0.0.5:8000/v1?api-key=abc&api-version=2024-06") == (
         "http://10.0.0.5:8000/v1?api-key=[redacted]&api-version=2024-06"
     )
-    assert public_url("https://api.example.com/v1?key=s3cret&token=t") == (
+    assert redact("https://api.example.com/v1?key=s3cret&token=t") == (
         "https://api.example.com/v1?key=[redacted]&token=[redacted]"
     )
-    assert public_url("http://127.0.0.1:8080/v1") == "http://127.0.0.1:8080/v1"
+    assert redact("http://127.0.0.1:8080/v1") == "http://127.0.0.1:8080/v1"
 
 
 def test_a_local_model_is_named_by_its_folder_and_weights(tmp_path):
