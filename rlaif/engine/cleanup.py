@@ -20,6 +20,14 @@ CleanupMode = Literal["fix", "flag", "off"]
 # answer must never enter SFT data unmarked
 PROVIDER_STOPS = {"refusal": "refused", "content_filter": "filtered", "tool_calls": "tool_call"}
 
+
+def stop_flags(finish_reason: str, prefix: str = "") -> list[str]:
+    """The flag for a text the provider stopped (``refused``, ``filtered``, ``tool_call``), with
+    ``prefix`` naming which text it is; none for an ordinary stop or the token limit."""
+    flag = PROVIDER_STOPS.get(finish_reason)
+    return [f"{prefix}{flag}"] if flag else []
+
+
 _PREAMBLE = re.compile(
     r"^\s*(?:(?:sure|certainly|of course|okay|ok|absolutely)[,!.]?\s+)?"
     r"(?:here(?:'s| is| are)|below is|this is)\s+(?:the\s+|a\s+|my\s+|an\s+)?"
@@ -39,7 +47,7 @@ def clean_revision(
 ) -> tuple[str, list[str]]:
     """Return the (possibly repaired) revision and the flags raised for it."""
     if mode == "off":
-        return text, [PROVIDER_STOPS[finish_reason]] if finish_reason in PROVIDER_STOPS else []
+        return text, stop_flags(finish_reason)
     flags: list[str] = []
     fixed = text
     m = _PREAMBLE.match(fixed)
@@ -57,8 +65,7 @@ def clean_revision(
     fixed = fixed.strip()
     if finish_reason == "length":
         flags.append("truncated")
-    if finish_reason in PROVIDER_STOPS:
-        flags.append(PROVIDER_STOPS[finish_reason])
+    flags += stop_flags(finish_reason)
     if not fixed:
         flags.append("empty")
         fixed = previous

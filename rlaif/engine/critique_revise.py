@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from rlaif.constitution import Constitution, CritiqueRevisionPrinciple, sample_principles
-from rlaif.engine.cleanup import PROVIDER_STOPS, CleanupMode, clean_revision
+from rlaif.engine.cleanup import CleanupMode, clean_revision, stop_flags
 from rlaif.labelers.base import Completion, Conversation, GenerateParams
 from rlaif.templates import Templates
 
@@ -137,8 +137,7 @@ class CritiqueRevise:
             text, flags = clean_revision(
                 revision.text, revision.finish_reason, current, self.cleanup, critique.text
             )
-            if critique.finish_reason in PROVIDER_STOPS:  # the critique itself was stopped
-                flags.append(f"critique_{PROVIDER_STOPS[critique.finish_reason]}")
+            flags += stop_flags(critique.finish_reason, "critique_")  # the critique was stopped
             rounds.append(
                 {
                     "principle_id": principle.id,
@@ -150,8 +149,7 @@ class CritiqueRevise:
             all_flags.extend(f for f in flags if f not in all_flags)
             tokens += sum(c.prompt_tokens + c.completion_tokens for c in (critique, revision))
             current = text
-        if first.finish_reason in PROVIDER_STOPS:
-            all_flags.append(f"answer_{PROVIDER_STOPS[first.finish_reason]}")
+        all_flags += stop_flags(first.finish_reason, "answer_")
         user = {"role": "user", "content": prompt}
         assistant = {"role": "assistant", "content": current}
         return {

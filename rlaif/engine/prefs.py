@@ -28,7 +28,7 @@ from pydantic import Field
 from rlaif.constitution import load_constitution
 from rlaif.data.cards import write_prefs_card
 from rlaif.engine.cache import Cache
-from rlaif.engine.cleanup import PROVIDER_STOPS
+from rlaif.engine.cleanup import stop_flags
 from rlaif.engine.feedback import TEMPLATES_USED, Feedback, FeedbackSettings
 from rlaif.engine.jobs import (
     JobInputs,
@@ -127,9 +127,8 @@ class PrefsJob:
             # a response the provider stopped (a refusal, its content filter): marked, never
             # silently a training pair
             "flags": [
-                f"{side}_{PROVIDER_STOPS[s.finish_reason]}"
-                for side, s in (("response_a", samples[i]), ("response_b", samples[j]))
-                if s.finish_reason in PROVIDER_STOPS
+                *stop_flags(samples[i].finish_reason, "response_a_"),
+                *stop_flags(samples[j].finish_reason, "response_b_"),
             ],
         }
 
