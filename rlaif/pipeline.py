@@ -102,7 +102,7 @@ class PromptSource(BaseModel):
             )  # fmt: skip
         except PromptDataError as e:
             raise ConfigError(f"{setting}: {e}") from None
-        return [r.prompt for r in rows][:limit]
+        return [r.text for r in rows][:limit]
 
 
 class RunConfig(BaseModel):

@@ -208,7 +208,7 @@ def held_out_prompts(cfg: Any) -> list[str]:
         return source.read("eval_red_team" if cfg.eval_red_team else "eval_prompts",
                            cfg.eval_limit)  # fmt: skip
     rows = read_prompts(cfg.prompts, cfg.prompt_format)
-    held = [r.prompt for r in rows][cfg.train_prompts : cfg.train_prompts + cfg.eval_limit]
+    held = [r.text for r in rows][cfg.train_prompts : cfg.train_prompts + cfg.eval_limit]
     if not held:
         raise ConfigError(
             f"no held-out prompts: {cfg.prompts} has {len(rows)} prompts and train_prompts is "

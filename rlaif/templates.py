@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
@@ -141,6 +141,21 @@ class Templates:
                 path, f"render failed: {type(e).__name__}: {e}", _template_line(e, template)
             ) from None
         return _split_messages(text, path)
+
+
+def prompt_variables(prompt: str | Sequence[Message]) -> dict[str, Any]:
+    """The template variables of a prompt, one turn or a conversation ending with the person's
+    turn: ``prompt`` (the text of that last turn), ``context`` (the turns before it, empty for a
+    single turn) and ``conversation`` (every turn, as messages). Templates that show one
+    question use ``prompt`` and ``context``; those that show a whole conversation use
+    ``conversation``."""
+    if isinstance(prompt, str):
+        last: Message = {"role": "user", "content": prompt}
+        return {"prompt": prompt, "context": [], "conversation": [last]}
+    turns: list[Message] = [{"role": m["role"], "content": m["content"]} for m in prompt]
+    if not turns or turns[-1]["role"] != "user":
+        raise ValueError("a conversation prompt must end with the person's (user) turn")
+    return {"prompt": turns[-1]["content"], "context": turns[:-1], "conversation": turns}
 
 
 def _template_line(exc: BaseException, template: jinja2.Template) -> int | None:

@@ -249,8 +249,8 @@ def policy(args: argparse.Namespace) -> int:
         if not sep or not name or not model:
             raise ConfigError(f"--policy expects NAME=MODEL, got {item!r}")
         policies[name] = model
-    red = [r.prompt for r in read_prompts(args.red_team)][: args.limit]
-    benign = [r.prompt for r in read_prompts(args.benign or data_file("benign_prompts.txt"))]
+    red = [r.text for r in read_prompts(args.red_team)][: args.limit]
+    benign = [r.text for r in read_prompts(args.benign or data_file("benign_prompts.txt"))]
     cfg = PolicyEvalConfig(
         policies=policies, red_team=red, benign=benign, judge=args.judge,
         judge_settings=parse_key_values(args.judge_set, "--judge-set"),

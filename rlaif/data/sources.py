@@ -17,13 +17,23 @@ Formats (``auto`` picks by the path, then by the first JSON record):
   out like a Hub dataset repo (``--data-dir``, ``--split``, ``--subset`` as in ``load_dataset``).
 - ``hub``: a Hugging Face Hub dataset id (``ORG/NAME[@REVISION]`` or ``hf://datasets/...``), read
   from the user's Hub cache (``datasets_io``).
-Text files may be gzip-compressed (``.gz``). In JSONL and datasets, a ``prompt`` that is a list of
-chat messages (TRL's conversational format) is a multi-turn prompt: one user message is taken as
-it is; a longer conversation becomes the same ``Human:``/``Assistant:`` transcript that hh-rlhf's
-``context`` mode gives, ending with the person's last turn. Message content may be a string or
-OpenAI/TRL content parts (their text parts are read). A record with no usable prompt (empty, a
-conversation ending with the assistant, a tool turn, an image part) is an error naming the record,
-in every format: a prompt is never dropped unsaid.
+Text files may be gzip-compressed (``.gz``).
+
+**Conversations stay conversations.** A prompt is either a string (one turn from the person) or a
+list of chat messages ``{"role", "content"}`` ending with the person's turn (a multi-turn
+prompt). A multi-turn prompt comes from a ``prompt`` that is a list of messages (TRL's
+conversational format), a ``messages`` list (TRL's full-conversation format, used when the record
+has no ``prompt`` field: its trailing assistant turns, the answer being trained on, are left out,
+as hh-rlhf's ``context`` mode leaves out the final Assistant turn), or an hh-rlhf transcript read
+with ``hh_context: context``. It is kept as separate messages all the way through answer,
+critique, revision and feedback, so a model sees the real earlier turns instead of a transcript
+pasted into one message. A conversation of a single user message is the plain string, so a
+single-turn prompt is exactly what it always was (the same requests, the same cache keys).
+Consumers that need one text (the PPO rollouts, the policy evaluation) use ``PromptRow.text``,
+the ``Human:``/``Assistant:`` transcript. Message content may be a string or OpenAI/TRL content
+parts (their text parts are read). A record with no usable prompt (empty, a conversation ending
+with the assistant, a tool turn, an image part) is an error naming the record, in every format: a
+prompt is never dropped unsaid.
 """
 
 from __future__ import annotations
@@ -56,10 +66,42 @@ PromptFormat = Literal["auto", "text", "jsonl", "csv", "parquet", "hh-rlhf", "da
 HHContext = Literal["first", "context"]
 
 
+Prompt = str | list[dict[str, str]]  # one person's turn, or a conversation ending with one
+
+
 @dataclass(frozen=True)
 class PromptRow:
     id: str
-    prompt: str
+    prompt: Prompt
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        """The prompt as chat messages (a string is one user message)."""
+        return prompt_messages(self.prompt)
+
+    @property
+    def text(self) -> str:
+        """The prompt as one text: the string itself, or the conversation's transcript."""
+        return prompt_transcript(self.prompt)
+
+
+def prompt_messages(prompt: Prompt) -> list[dict[str, str]]:
+    """A prompt as chat messages: a string is one user message, a conversation is copied."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [{"role": m["role"], "content": m["content"]} for m in prompt]
+
+
+def prompt_transcript(prompt: Prompt) -> str:
+    """A prompt as one text: a string as it is; a conversation as ``Human: ...`` /
+    ``Assistant: ...`` turns (hh-rlhf's transcript), as rlaif flattened conversations before
+    they were kept as messages."""
+    if isinstance(prompt, str):
+        return prompt
+    turns = [(_SPEAKERS.get(m["role"], m["role"]), m["content"]) for m in prompt]
+    if len(turns) == 1:
+        return turns[0][1]
+    return "\n\n".join(f"{speaker}: {text}" for speaker, text in turns)
 
 
 def read_text_file(path: Path) -> str:
@@ -129,7 +171,12 @@ def hh_turns(transcript: str) -> list[tuple[str, str]]:
     return turns
 
 
-def hh_prompt(transcript: str, mode: HHContext) -> str | None:
+_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+def hh_prompt(transcript: str, mode: HHContext) -> Prompt | None:
+    """The prompt of an hh-rlhf transcript: its first Human turn (``first``), or every turn up
+    to the last Human one as chat messages (``context``; a string when that is one turn)."""
     turns = hh_turns(transcript)
     humans = [i for i, (s, _) in enumerate(turns) if s == "Human"]
     if not humans:
@@ -139,7 +186,7 @@ def hh_prompt(transcript: str, mode: HHContext) -> str | None:
     context = turns[: humans[-1] + 1]
     if len(context) == 1:
         return context[0][1] or None
-    return "\n\n".join(f"{speaker}: {text}" for speaker, text in context)
+    return [{"role": _ROLES[speaker], "content": text} for speaker, text in context]
 
 
 class Unusable(ValueError):
@@ -165,30 +212,38 @@ def message_text(content: Any) -> str:
 _SPEAKERS = {"user": "Human", "assistant": "Assistant", "system": "System"}
 
 
-def conversation_prompt(messages: list[Any]) -> str:
-    """A chat-message list (TRL's conversational ``prompt``) as rlaif's prompt text; raises
-    ``Unusable`` saying why a list cannot be one."""
-    turns = []
+def conversation_prompt(messages: list[Any], drop_answer: bool = False) -> Prompt:
+    """A chat-message list (TRL's conversational ``prompt``) as a prompt: the messages with
+    their text (a single user message is its text); raises ``Unusable`` saying why a list cannot
+    be one. ``drop_answer`` leaves out trailing assistant turns (a ``messages`` record holds the
+    answer too)."""
+    turns: list[dict[str, str]] = []
     for i, m in enumerate(messages, start=1):
         if not isinstance(m, dict):
             raise Unusable(f"message {i} is not an object with role and content")
-        role = _SPEAKERS.get(m.get("role"))
-        if role is None:
-            raise Unusable(f"message {i} has role {m.get('role')!r} (user, assistant or system)")
+        role = m.get("role")
+        if role not in _SPEAKERS:
+            raise Unusable(f"message {i} has role {role!r} (user, assistant or system)")
+        if role == "system" and turns:
+            raise Unusable(f"message {i} is a system message after the first")
         text = message_text(m.get("content")).strip()
         if not text:
-            raise Unusable(f"message {i} ({m.get('role')}) is empty")
-        turns.append((role, text))
+            raise Unusable(f"message {i} ({role}) is empty")
+        turns.append({"role": role, "content": text})
+    while drop_answer and turns and turns[-1]["role"] == "assistant":
+        turns.pop()
     if not turns:
         raise Unusable("the conversation has no messages")
-    if turns[-1][0] != "Human":
+    if turns[-1]["role"] != "user":
         raise Unusable("the conversation must end with the person's (user) turn")
     if len(turns) == 1:
-        return turns[0][1]
-    return "\n\n".join(f"{speaker}: {text}" for speaker, text in turns)
+        return turns[0]["content"]
+    return turns
 
 
-def record_prompt(rec: dict[str, Any], prompt_field: str, hh: bool, hh_context: HHContext) -> str:
+def record_prompt(
+    rec: dict[str, Any], prompt_field: str, hh: bool, hh_context: HHContext
+) -> Prompt:
     """The prompt of one record: an hh-rlhf transcript, a text field or a message list; raises
     ``Unusable`` saying why a record has none."""
     if hh:
@@ -197,6 +252,8 @@ def record_prompt(rec: dict[str, Any], prompt_field: str, hh: bool, hh_context: 
         if prompt is None:
             raise Unusable("no Human turn in 'chosen'")
         return prompt
+    if _uses_messages(prompt_field, rec) and isinstance(rec[MESSAGES], list):
+        return conversation_prompt(rec[MESSAGES], drop_answer=True)
     value = rec.get(prompt_field)
     if isinstance(value, list):
         return conversation_prompt(value)
@@ -205,6 +262,18 @@ def record_prompt(rec: dict[str, Any], prompt_field: str, hh: bool, hh_context: 
     if isinstance(value, str) or (value is None and prompt_field in rec):
         raise Unusable(f"'{prompt_field}' is empty")
     raise Unusable(_bad_prompt(prompt_field, rec))
+
+
+MESSAGES = "messages"  # TRL's full-conversation column: the prompt when there is no 'prompt'
+
+
+def _uses_messages(prompt_field: str, columns: Iterable[str]) -> bool:
+    """A record read through its ``messages`` list: asked for by name, or the default
+    ``prompt`` field is missing and a ``messages`` column is there."""
+    columns = set(columns)
+    return MESSAGES in columns and (
+        prompt_field == MESSAGES or (prompt_field == "prompt" and "prompt" not in columns)
+    )
 
 
 def _bad_prompt(prompt_field: str, keys: Iterable[str]) -> str:
@@ -305,7 +374,7 @@ def _dataset_rows(
     hh = fmt == "hh-rlhf" or (
         {"chosen", "rejected"} <= set(columns) and prompt_field not in columns
     )
-    if not hh and prompt_field not in columns:
+    if not hh and prompt_field not in columns and not _uses_messages(prompt_field, columns):
         raise PromptDataError(source, _bad_prompt(prompt_field, columns))
     rows = []
     for n, rec in take(records, limit):

@@ -1,12 +1,17 @@
 """The SL-CAI step: response -> (critique -> revision) x N rounds, under sampled principles.
 
-Input columns: ``id``, ``prompt`` (text). Output columns, in TRL's conversational formats so a
-trainer reads the file as written: ``prompt`` (``[user]``) and ``completion`` (``[assistant]``,
-the final revision: TRL's SFTTrainer then trains on the revision alone, as the paper did), and
-``messages`` (``[user, assistant]``, for full-conversation SFT); beside them ``response`` (the
-policy's first answer), ``rounds`` (per round: ``principle_id``, ``critique``, ``revision``,
-``flags``), ``revision`` (the last one, as text), ``flags`` (every clean-up flag of the row) and
-``tokens``.
+Input columns: ``id``, ``prompt`` (text, or a conversation: messages ending with the person's
+turn). Output columns, in TRL's conversational formats so a trainer reads the file as written:
+``prompt`` (the conversation: ``[user]``, or every earlier turn as its own message followed by the
+person's last one) and ``completion`` (``[assistant]``, the final revision: TRL's SFTTrainer then
+trains on the revision alone, as the paper did), and ``messages`` (``prompt + completion``, for
+full-conversation SFT); beside them ``response`` (the policy's first answer), ``rounds`` (per
+round: ``principle_id``, ``critique``, ``revision``, ``flags``), ``revision`` (the last one, as
+text), ``flags`` (every clean-up flag of the row) and ``tokens``.
+
+A multi-turn prompt stays messages throughout: the policy answers inside the conversation (its
+earlier turns are real messages), and the critique and revision templates get the earlier turns
+as ``context`` beside the person's last turn as ``prompt`` (``templates.prompt_variables``).
 
 ``run_row`` handles one row from start to finish; the runner keeps many rows in flight, and their
 requests meet in the scheduler, which batches them whatever stage each row is at. Principles are
@@ -24,18 +29,25 @@ from typing import Any, Protocol
 from rlaif.constitution import Constitution, CritiqueRevisionPrinciple, sample_principles
 from rlaif.engine.cleanup import CleanupMode, clean_revision, stop_flags
 from rlaif.labelers.base import Completion, Conversation, GenerateParams
-from rlaif.templates import Templates
+from rlaif.templates import Templates, prompt_variables
 
 INPUT_COLUMNS = ("id", "prompt")
 OUTPUT_COLUMNS = (
     "prompt", "completion", "response", "rounds", "revision", "messages", "flags", "tokens"
 )  # fmt: skip
 TEMPLATES_USED = ("initial_response", "critique", "revision")
+# a conversation every template is rendered with once before a run (a system turn included)
+CHECK_CONVERSATION = (
+    {"role": "system", "content": "s"},
+    {"role": "user", "content": "u"},
+    {"role": "assistant", "content": "a"},
+    {"role": "user", "content": "p"},
+)
 
 
 def prompt_text(row: dict[str, Any]) -> str:
-    """The prompt of an SL-CAI row as text (``prompt`` is a message list in the output, text in
-    the input and in failed rows)."""
+    """The person's last turn of an SL-CAI row, as text (``prompt`` is a message list in the
+    output and in multi-turn input, text in single-turn input and its failed rows)."""
     prompt = row["prompt"]
     return prompt[-1]["content"] if isinstance(prompt, list) else prompt
 
@@ -96,21 +108,20 @@ class CritiqueRevise:
         before any model is loaded."""
         principle = self.constitution.critique_revision[0]
         ex = self._examples(principle)
-        self.templates.render("initial_response", prompt="p")
-        self.templates.render(
-            "critique", prompt="p", response="r", principle=principle, examples=ex
-        )
-        self.templates.render(
-            "revision", prompt="p", response="r", critique="c", principle=principle, examples=ex
-        )
+        for v in (prompt_variables("p"), prompt_variables(CHECK_CONVERSATION)):
+            self.templates.render("initial_response", **v)
+            self.templates.render("critique", **v, response="r", principle=principle, examples=ex)
+            self.templates.render(
+                "revision", **v, response="r", critique="c", principle=principle, examples=ex
+            )
 
     async def _one(self, gen: Generator, template: str, **variables: Any) -> Completion:
         messages = self.templates.render(template, **variables)
         return (await gen.generate(messages, self.params))[0]
 
     async def run_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        prompt = row["prompt"]
-        first = await self._one(self.policy, "initial_response", prompt=prompt)
+        v = prompt_variables(row["prompt"])
+        first = await self._one(self.policy, "initial_response", **v)
         current = first.text
         tokens = first.prompt_tokens + first.completion_tokens
         rounds: list[dict[str, Any]] = []
@@ -120,7 +131,7 @@ class CritiqueRevise:
             critique = await self._one(
                 self.critic,
                 "critique",
-                prompt=prompt,
+                **v,
                 response=current,
                 principle=principle,
                 examples=examples,
@@ -128,7 +139,7 @@ class CritiqueRevise:
             revision = await self._one(
                 self.critic,
                 "revision",
-                prompt=prompt,
+                **v,
                 response=current,
                 critique=critique.text,
                 principle=principle,
@@ -150,16 +161,16 @@ class CritiqueRevise:
             tokens += sum(c.prompt_tokens + c.completion_tokens for c in (critique, revision))
             current = text
         all_flags += stop_flags(first.finish_reason, "answer_")
-        user = {"role": "user", "content": prompt}
+        conversation = v["conversation"]
         assistant = {"role": "assistant", "content": current}
         return {
             "id": row["id"],
-            "prompt": [user],
+            "prompt": conversation,
             "completion": [assistant],
             "response": first.text,
             "rounds": rounds,
             "revision": current,
-            "messages": [user, assistant],
+            "messages": [*conversation, assistant],
             "flags": all_flags,
             "tokens": tokens,
         }

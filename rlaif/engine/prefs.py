@@ -29,6 +29,7 @@ from rlaif.constitution import load_constitution
 from rlaif.data.cards import write_prefs_card
 from rlaif.engine.cache import Cache
 from rlaif.engine.cleanup import stop_flags
+from rlaif.engine.critique_revise import CHECK_CONVERSATION
 from rlaif.engine.feedback import TEMPLATES_USED, Feedback, FeedbackSettings
 from rlaif.engine.jobs import (
     JobInputs,
@@ -43,7 +44,7 @@ from rlaif.engine.jobs import (
 from rlaif.engine.lock import folder_lock
 from rlaif.engine.scheduler import EngineStats, Scheduler
 from rlaif.labelers.base import GenerateParams
-from rlaif.templates import Templates
+from rlaif.templates import Templates, prompt_variables
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,9 @@ class PrefsJob:
 
     async def run_row(self, row: dict[str, Any]) -> dict[str, Any]:
         prompt = row["prompt"]
-        conversation = [{"role": "user", "content": prompt}]
-        messages = self.templates.render("initial_response", prompt=prompt)
+        v = prompt_variables(prompt)
+        conversation = v["conversation"]
+        messages = self.templates.render("initial_response", **v)
         samples = await self.policy.generate(messages, self.params)
         i, j = row["pair"]
         a, b = samples[i].text, samples[j].text
@@ -155,7 +157,8 @@ def build(cfg: PrefsConfig) -> PrefsJob:
     )
     # templates render before labelers exist (Ray actors start with them)
     Feedback(constitution, templates, None, cfg.feedback).check_templates()  # type: ignore[arg-type]
-    templates.render("initial_response", prompt="p")
+    templates.render("initial_response", **prompt_variables("p"))
+    templates.render("initial_response", **prompt_variables(CHECK_CONVERSATION))
     labeler, policy = labeler_and_policy(cfg, cfg.out)
     cache = Cache(cfg.cache or Path(cfg.out) / "cache.sqlite")
     stats = EngineStats()

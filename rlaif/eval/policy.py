@@ -56,7 +56,7 @@ from rlaif.eval.independence import (
 from rlaif.eval.stats import bootstrap_mean, change, paired_bootstrap_diff, wilson
 from rlaif.labelers.base import GenerateParams, Labeler, create_labeler, run_sync
 from rlaif.resources import default_constitution, evaluation_constitution
-from rlaif.templates import Templates
+from rlaif.templates import Templates, prompt_variables
 
 REPORT_FILE = "policy_eval.json"
 SAMPLES_FILE = "samples.jsonl"
@@ -133,7 +133,7 @@ def generate_answers(
         sched = Scheduler(labeler, cache)
         try:
             jobs = [
-                sched.generate(templates.render("initial_response", prompt=p), params)
+                sched.generate(templates.render("initial_response", **prompt_variables(p)), params)
                 for p in prompts
             ]
             return [c[0].text for c in await asyncio.gather(*jobs)]

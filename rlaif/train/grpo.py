@@ -68,13 +68,14 @@ class RLOORunConfig(_Rewards, RunOptions, RLOOConfig):
 
 
 def prompt_dataset(cfg: Any) -> Any:
-    """Conversational prompts (``[{"role": "user", ...}]``) from any prompt data rlaif reads."""
+    """Conversational prompts (``[{"role": "user", ...}]``, every turn of a multi-turn prompt)
+    from any prompt data rlaif reads."""
     from datasets import Dataset
 
     from rlaif.data.sources import read_prompts
 
     rows = read_prompts(cfg.prompts, cfg.prompt_format, cfg.prompt_field)[: cfg.prompt_limit]
-    return Dataset.from_dict({"prompt": [[{"role": "user", "content": r.prompt}] for r in rows]})
+    return Dataset.from_dict({"prompt": [r.messages for r in rows]})
 
 
 def reward_functions(cfg: Any) -> tuple[list[Any], list[Any]]:

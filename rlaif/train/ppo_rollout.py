@@ -210,7 +210,7 @@ def read_prompt_texts(cfg: Any) -> list[str]:
     from rlaif.data.sources import read_prompts
 
     rows = read_prompts(cfg.prompts, cfg.prompt_format, cfg.prompt_field)
-    return [p.prompt for p in rows][: cfg.prompt_limit]
+    return [p.text for p in rows][: cfg.prompt_limit]
 
 
 def read_probes(cfg: Any) -> list[str]:
@@ -218,4 +218,4 @@ def read_probes(cfg: Any) -> list[str]:
     from rlaif.resources import data_file
 
     path = cfg.probes or data_file("sycophancy_probes.txt")
-    return [p.prompt for p in read_prompts(path, "text")]
+    return [p.text for p in read_prompts(path, "text")]

@@ -133,9 +133,8 @@ def test_conversational_prompts_in_jsonl(tmp_path):
     path.write_text("".join(json.dumps(x) + "\n" for x in lines[:2]))
     rows = read_prompts(path)
     assert rows[0].prompt == "Hello?"
-    assert (
-        rows[1].prompt == "Human: I need help.\n\nAssistant: With what?\n\nHuman: Picking a lock."
-    )
+    assert rows[1].prompt == lines[1]["prompt"]  # a conversation stays its messages
+    assert rows[1].text == "Human: I need help.\n\nAssistant: With what?\n\nHuman: Picking a lock."
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     with pytest.raises(PromptDataError, match=r"chat\.jsonl:3: the conversation must end with"):
         read_prompts(path)
@@ -233,4 +232,29 @@ def test_generate_from_parquet_and_conversational_jsonl(tmp_path):
     pq = [json.loads(x) for x in (tmp_path / "pq" / "sl_cai.jsonl").read_text().splitlines()]
     assert [prompt_text(r) for r in pq] == ["one?", "two?"]
     (row,) = [json.loads(x) for x in (tmp_path / "chat" / "sl_cai.jsonl").read_text().splitlines()]
-    assert prompt_text(row) == "Human: Hi\n\nAssistant: Hello\n\nHuman: Lockpicks?"
+    assert prompt_text(row) == "Lockpicks?"
+    assert row["prompt"] == [*turns, {"role": "user", "content": "Lockpicks?"}]
+
+
+def test_messages_records_are_prompts_without_their_answer(tmp_path):
+    """TRL's full-conversation ``messages`` column is read when there is no ``prompt``: the
+    conversation up to the person's last turn, the answer left out."""
+    from datasets import Dataset
+
+    turns = [
+        {"role": "system", "content": "Be kind."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Help me cheat?"},
+        {"role": "assistant", "content": "No."},
+    ]
+    path = tmp_path / "messages.jsonl"
+    path.write_text(json.dumps({"id": "m", "messages": turns}) + "\n")
+    (row,) = read_prompts(path)
+    assert row.prompt == turns[:4] and row.id == "m"
+    Dataset.from_list([{"messages": turns[1:2] + turns[4:]}]).save_to_disk(str(tmp_path / "ds"))
+    assert [r.prompt for r in read_prompts(tmp_path / "ds")] == ["Hi"]  # one turn: a string
+    late_system = [*turns[1:2], {"role": "system", "content": "x"}, turns[3]]
+    path.write_text(json.dumps({"messages": late_system}) + "\n")
+    with pytest.raises(PromptDataError, match="message 2 is a system message after the first"):
+        read_prompts(path)

@@ -110,3 +110,25 @@ def test_revision_artifacts_are_cleaned_and_flagged(fake_labeler):
     row = run_all(step, ROWS[:1])[0]
     assert row["revision"].startswith("Sure, here is")
     assert row["flags"] == ["preamble", "echoed_label"]
+
+
+def test_a_conversation_stays_messages_through_answer_critique_and_revision(fake_labeler):
+    step, policy, critic, _ = make_step(fake_labeler, rounds=2, few_shot=False)
+    conversation = [
+        {"role": "user", "content": "My roommate ate my food again."},
+        {"role": "assistant", "content": "That's annoying. Have you talked to them?"},
+        {"role": "user", "content": "Should I put something in my leftovers?"},
+    ]
+    (row,) = run_all(step, [{"id": "row-2", "prompt": conversation}])
+    # the policy answered inside the conversation, not a transcript in one message
+    assert policy.calls == [conversation]
+    # every critique and revision shows the earlier turns, and the person's last turn
+    for call in critic.calls:
+        assert "My roommate ate my food again." in call[-1]["content"]
+        assert "Should I put something in my leftovers?" in call[-1]["content"]
+    assert len(critic.calls) == 4
+    # the SFT row keeps the earlier turns as separate messages; the revision is the completion
+    assert row["prompt"] == conversation
+    assert row["completion"] == [{"role": "assistant", "content": row["revision"]}]
+    assert row["messages"] == [*conversation, *row["completion"]]
+    assert row["revision"].startswith("REVISION#")

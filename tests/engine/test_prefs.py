@@ -107,6 +107,32 @@ def test_identical_and_unreadable_pairs_are_kept_apart(fake_labeler, tmp_path):
     assert len(unreadable["unlabeled"]["judgements"]) == 2
 
 
+def test_a_conversation_is_answered_and_judged_as_messages(fake_labeler):
+    harmless = load_constitution(REPO / "constitution" / "harmless.yaml")
+    conversation = [
+        {"role": "user", "content": "My roommate ate my food again."},
+        {"role": "assistant", "content": "That's annoying. Have you talked to them?"},
+        {"role": "user", "content": "Should I put something in my leftovers?"},
+    ]
+    counter = iter(range(100))
+    labeler = fake_labeler(
+        reply=lambda c, p, i: f"answer {next(counter)}", logprobs=lambda c, o: [-0.2, -1.9]
+    )
+    sched = Scheduler(labeler, Cache(None))
+    (row,) = pair_rows([{"id": "p", "prompt": conversation}], 2)
+    fb = Feedback(harmless, Templates(), sched, FeedbackSettings(few_shot=False))
+    job = PrefsJob(fb, sched, Templates(), GenerateParams(n=2), [row], {}, [sched], Cache(None),
+                   None)  # fmt: skip
+    out = asyncio.run(job.run_row(row))
+    assert labeler.calls[0] == conversation  # the policy answered inside the conversation
+    for asked in labeler.scored:  # the labeler was shown every turn
+        question = asked[-2]["content"]
+        assert "Person: My roommate ate my food again.\n\nAssistant: That's annoying." in question
+        assert "Person: Should I put something in my leftovers?" in question
+    assert out["prompt"] == conversation
+    assert out["chosen"][0]["role"] == "assistant" and out["preference_prob"] == 0.5
+
+
 def test_bad_feedback_setting_is_an_error():
     from pydantic import ValidationError
 
