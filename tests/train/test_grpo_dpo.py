@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from rlaif.train import dpo, grpo
@@ -133,3 +135,23 @@ def test_online_dpo_with_a_judge(tiny_llama_dir, prompts_file, tmp_path):
     out = dpo.main_online(cfg, judge=judge)
     assert len(judge.calls) == 2  # one judged batch per step
     assert [r["step"] for r in read_metrics(out) if "loss" in r] == [1, 2]
+
+
+def test_grpo_prompts_keep_a_conversation_as_its_messages(tmp_path):
+    from types import SimpleNamespace
+
+    from rlaif.train.grpo import prompt_dataset
+
+    conversation = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Lockpicks?"},
+    ]
+    path = tmp_path / "p.jsonl"
+    path.write_text(
+        json.dumps({"prompt": conversation}) + "\n" + json.dumps({"prompt": "One turn?"}) + "\n"
+    )
+    cfg = SimpleNamespace(prompts=str(path), prompt_format="auto", prompt_field="prompt",
+                          prompt_limit=None)  # fmt: skip
+    ds = prompt_dataset(cfg)
+    assert ds["prompt"] == [conversation, [{"role": "user", "content": "One turn?"}]]
