@@ -36,6 +36,11 @@ from rlaif.errors import CompareError
 # folder of `rlaif run`
 DATASETS = {"sl_cai": ("sl_cai.jsonl", "sl_cai"), "prefs": ("preferences.jsonl", "prefs")}
 KIND_NAMES = {"sl_cai": "SL-CAI", "prefs": "preferences"}
+# the columns each comparison reads; a file without them is not that dataset
+REQUIRED = {
+    "sl_cai": ("id", "prompt", "response", "rounds", "revision"),
+    "prefs": ("id", "prompt", "prob_a", "preference_prob", "judgements"),
+}
 
 
 @dataclass
@@ -61,7 +66,7 @@ class Run:
         return out
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def _read_jsonl(path: Path, kind: str) -> list[dict[str, Any]]:
     rows = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -70,8 +75,11 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise CompareError(f"{path}:{n}: not JSON ({e.msg})") from None
-        if not isinstance(row, dict) or "id" not in row:
-            raise CompareError(f"{path}:{n}: not an rlaif dataset row (no `id`)")
+        missing = [k for k in REQUIRED[kind] if k not in row] if isinstance(row, dict) else ["id"]
+        if missing:
+            raise CompareError(
+                f"{path}:{n}: not an rlaif {KIND_NAMES[kind]} row (no {', '.join(missing)})"
+            )
         rows.append(row)
     return rows
 
@@ -90,7 +98,7 @@ def load_run(folder: Path, label: str) -> Run:
         path = find_dataset(folder, kind)
         if path is not None:
             run.files[kind] = path
-            run.rows[kind] = _read_jsonl(path)
+            run.rows[kind] = _read_jsonl(path, kind)
     if not run.files:
         raise CompareError(
             f"{folder}: no rlaif dataset here (run {label}): expected sl_cai.jsonl or "

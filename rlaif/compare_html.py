@@ -245,27 +245,37 @@ def _prefs_items(result: dict[str, Any], top: int) -> str:
             f"<p class='muted'>{flip}{e(note)}; P(response_a better) "
             f"{_f(x['a']['prob_a'])} → {_f(x['b']['prob_a'])} ({x['shift']:+.3f})</p>"
         )
+        if x["same_responses"]:
+            out.append("<p><b>The two responses (the same in both runs)</b></p>"
+                       + _responses(ra))  # fmt: skip
         cols = []
         for side, row in (("a", ra), ("b", rb)):
-            per = pr.judgement_sides(row)
-            lines = "; ".join(
-                f"{pid}: " + ", ".join(f"{o} {p:.2f}" for o, p in sides.items())
-                for pid, sides in per.items()
-            )
-            texts_html = (
-                ""
-                if x["same_responses"] and side == "b"
-                else _text("response_a", row.get("response_a", ""))
-                + _text("response_b", row.get("response_b", ""))
-            )
+            texts_html = "" if x["same_responses"] else _responses(row)
             cols.append(
                 f"<div><h4>{side.upper()}: chose response_{x[side]['chosen']} "
                 f"(P {x[side]['preference_prob']:.3f})</h4>"
                 f"<p class='muted'>P(response_a better) per principle and order: "
-                f"{e(lines or 'none')}</p>{texts_html}</div>"
+                f"{e(_judged(row))}</p>{texts_html}</div>"
             )  # fmt: skip
         out.append(f"<div class='pair'>{''.join(cols)}</div></div>")
     return "".join(out)
+
+
+def _responses(row: dict[str, Any]) -> str:
+    return (
+        "<div class='pair'>"
+        f"<div>{_text('response_a', row.get('response_a', ''))}</div>"
+        f"<div>{_text('response_b', row.get('response_b', ''))}</div></div>"
+    )
+
+
+def _judged(row: dict[str, Any]) -> str:
+    """``harm: ab 0.80, ba 0.60; calm: no probability`` for a pair's judgements."""
+    parts = [
+        f"{pid}: " + (", ".join(f"{o} {p:.2f}" for o, p in sides.items()) or "no probability")
+        for pid, sides in pr.judgement_sides(row).items()
+    ]
+    return "; ".join(parts) or "none"
 
 
 HOW_TO_READ = (

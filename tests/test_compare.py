@@ -103,7 +103,10 @@ def _rows(path):
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("case", ["empty", "missing", "no_shared_ids", "no_common_kind", "bad"])
+CASES = ["empty", "missing", "no_shared_ids", "no_common_kind", "bad", "foreign"]
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_cli_errors_exit_2(tmp_path, capsys, case):
     other = tmp_path / "other"
     other.mkdir()
@@ -113,6 +116,7 @@ def test_cli_errors_exit_2(tmp_path, capsys, case):
         "no_shared_ids": "share no row id",
         "no_common_kind": "no dataset in common",
         "bad": "sl_cai.jsonl:3: not JSON",
+        "foreign": "preferences.jsonl:1: not an rlaif preferences row (no prob_a, preference_prob",
     }[case]
     if case == "missing":
         other = tmp_path / "nowhere"
@@ -127,6 +131,8 @@ def test_cli_errors_exit_2(tmp_path, capsys, case):
         shutil.copy(A / "preferences.jsonl", only_prefs / "preferences.jsonl")
     if case == "bad":
         (other / "sl_cai.jsonl").write_text((A / "sl_cai.jsonl").read_text() + "{oops\n")
+    if case == "foreign":
+        (other / "preferences.jsonl").write_text('{"id": 1, "prompt": "x"}\n')
     first = tmp_path / "prefs_only" if case == "no_common_kind" else A
     with pytest.raises(CompareError):
         compare(first, other)
