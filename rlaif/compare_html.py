@@ -51,6 +51,7 @@ def write_plots(result: dict[str, Any], out: Path) -> dict[str, Path]:
             (f"A ({names['a']})", f"B ({names['b']})"),
             [x["change_differs"] for x in items],
             "revised in one run only",
+            other_label="revised in both or in neither",
         )
         plots["sl_cai_principles"] = side_by_side_bars(
             {f"{k.upper()}: {names[k]}": {s["principle_id"]: s["changed_share"]
@@ -70,6 +71,7 @@ def write_plots(result: dict[str, Any], out: Path) -> dict[str, Path]:
             [x["flipped"] for x in items],
             "label flipped",
             threshold=0.5,
+            other_label="same label",
         )
         plots["prefs_principles"] = side_by_side_bars(
             {f"{k.upper()}: {names[k]}": {s["principle_id"]: s["position_bias"] or 0.0
@@ -253,7 +255,7 @@ def _prefs_items(result: dict[str, Any], top: int) -> str:
             texts_html = "" if x["same_responses"] else _responses(row)
             cols.append(
                 f"<div><h4>{side.upper()}: chose response_{x[side]['chosen']} "
-                f"(P {x[side]['preference_prob']:.3f})</h4>"
+                f"(P(chosen better) {x[side]['preference_prob']:.3f})</h4>"
                 f"<p class='muted'>P(response_a better) per principle and order: "
                 f"{e(_judged(row))}</p>{texts_html}</div>"
             )  # fmt: skip

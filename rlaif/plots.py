@@ -113,21 +113,28 @@ def paired_scatter(
     marked: Sequence[bool] | None = None,
     marked_label: str = "",
     threshold: float | None = None,
+    other_label: str = "other",
 ) -> Path:
     """One point per item measured in two runs (x: the first, y: the second), with the
     diagonal of no change; ``marked`` points are drawn in another colour, and ``threshold``
-    draws the lines that split the plane into quadrants (e.g. 0.5 for a label's side)."""
+    draws the lines that split the plane into quadrants (e.g. 0.5 for a label's side). The axes
+    fit the points (and the threshold), the same range on both, so a cluster of soft labels
+    near 0.5 is spread out instead of squeezed into a corner of [0, 1]."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.8, 4.4), dpi=100)
     flags = list(marked) if marked is not None else [False] * len(points)
-    for want, colour, name in ((False, "#4C72B0", "other"), (True, "#C44E52", marked_label)):
+    for want, colour, name in ((False, "#4C72B0", other_label), (True, "#C44E52", marked_label)):
         chosen = [p for p, m in zip(points, flags, strict=True) if m == want]
         if chosen:
             xs, ys = zip(*chosen, strict=True)
             ax.scatter(xs, ys, s=22, color=colour, alpha=0.8, label=name if marked else None)
-    top = max([1.0, *(v for p in points for v in p)])
-    low = min([0.0, *(v for p in points for v in p)])
+    values = [v for p in points for v in p] + ([threshold] if threshold is not None else [])
+    low, top = min(values, default=0.0), max(values, default=1.0)
+    pad = max(top - low, 0.02) * 0.08
+    low, top = low - pad, top + pad
     ax.plot([low, top], [low, top], "--", color="grey", linewidth=0.8)
+    ax.set_xlim(low, top)
+    ax.set_ylim(low, top)
     if threshold is not None:
         ax.axvline(threshold, color="#999999", linewidth=0.6)
         ax.axhline(threshold, color="#999999", linewidth=0.6)
