@@ -169,3 +169,8 @@ class EngineError(RlaifError):
 
 class LabelerResponseError(RlaifError):
     """A server answered with something that is not a valid response (garbage, truncated JSON)."""
+
+
+class CompareError(RlaifError):
+    """Two output folders cannot be compared: one holds no rlaif dataset (or a damaged one), they
+    hold no dataset of the same kind, or their datasets share no row id."""

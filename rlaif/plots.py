@@ -103,3 +103,66 @@ def grouped_bars(groups: dict[str, dict[str, float]], path: Path, title: str) ->
     ax.set_title(title)
     ax.legend(fontsize=8)
     return _save(plt, fig, path)
+
+
+def paired_scatter(
+    points: Sequence[tuple[float, float]],
+    path: Path,
+    title: str,
+    labels: tuple[str, str],
+    marked: Sequence[bool] | None = None,
+    marked_label: str = "",
+    threshold: float | None = None,
+    other_label: str = "other",
+) -> Path:
+    """One point per item measured in two runs (x: the first, y: the second), with the
+    diagonal of no change; ``marked`` points are drawn in another colour, and ``threshold``
+    draws the lines that split the plane into quadrants (e.g. 0.5 for a label's side). The axes
+    fit the points (and the threshold), the same range on both, so a cluster of soft labels
+    near 0.5 is spread out instead of squeezed into a corner of [0, 1]."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.8, 4.4), dpi=100)
+    flags = list(marked) if marked is not None else [False] * len(points)
+    for want, colour, name in ((False, "#4C72B0", other_label), (True, "#C44E52", marked_label)):
+        chosen = [p for p, m in zip(points, flags, strict=True) if m == want]
+        if chosen:
+            xs, ys = zip(*chosen, strict=True)
+            ax.scatter(xs, ys, s=22, color=colour, alpha=0.8, label=name if marked else None)
+    values = [v for p in points for v in p] + ([threshold] if threshold is not None else [])
+    low, top = min(values, default=0.0), max(values, default=1.0)
+    pad = max(top - low, 0.02) * 0.08
+    low, top = low - pad, top + pad
+    ax.plot([low, top], [low, top], "--", color="grey", linewidth=0.8)
+    ax.set_xlim(low, top)
+    ax.set_ylim(low, top)
+    if threshold is not None:
+        ax.axvline(threshold, color="#999999", linewidth=0.6)
+        ax.axhline(threshold, color="#999999", linewidth=0.6)
+    ax.set_xlabel(labels[0], fontsize=8)
+    ax.set_ylabel(labels[1], fontsize=8)
+    ax.set_title(title, fontsize=9)
+    if marked is not None and any(flags):
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _save(plt, fig, path)
+
+
+def side_by_side_bars(
+    panels: dict[str, dict[str, float]], path: Path, title: str, xlabel: str, xmax: float = 1.0
+) -> Path:
+    """One panel of horizontal bars per run (its own categories, e.g. its principles)."""
+    plt = _pyplot()
+    tallest = max([1, *(len(v) for v in panels.values())])
+    fig, axes = plt.subplots(
+        1, max(len(panels), 1), figsize=(4.2 * max(len(panels), 1), 1.2 + 0.28 * tallest),
+        dpi=100, squeeze=False,
+    )  # fmt: skip
+    for ax, (name, values) in zip(axes[0], panels.items(), strict=False):
+        keys = list(values)[::-1]
+        ax.barh(keys, [values[k] for k in keys], color="#4C72B0")
+        ax.set_xlim(0, xmax)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+    fig.suptitle(title, fontsize=10)
+    return _save(plt, fig, path)

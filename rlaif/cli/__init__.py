@@ -14,10 +14,10 @@ import sys
 import warnings
 
 from rlaif import __version__
-from rlaif.cli import constitution, demo, eval, generate, init, models, push, run, train
+from rlaif.cli import compare, constitution, demo, eval, generate, init, models, push, run, train
 from rlaif.errors import RlaifError
 
-GROUPS = (demo, init, run, generate, eval, train, push, constitution, models)
+GROUPS = (demo, init, run, generate, eval, train, compare, push, constitution, models)
 
 
 def build_parser() -> argparse.ArgumentParser:

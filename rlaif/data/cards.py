@@ -15,6 +15,8 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rlaif.data.principles import markdown_table, prefs_principles, sl_cai_principles
+
 if TYPE_CHECKING:  # data/ does not depend on the engine at run time
     from rlaif.engine.scheduler import EngineStats
 
@@ -43,6 +45,19 @@ def _histogram(title: str, counts: Counter[str], empty: str) -> list[str]:
     for key, n in counts.most_common():
         lines.append(f"| `{key}` | {n} | {_bar(n, most)} |")
     return [*lines, ""]
+
+
+def _principles_section(kind: str, stats: list[dict[str, Any]], note: str) -> list[str]:
+    """The per-principle table, with a bar for how often each principle was used."""
+    if not stats:
+        return ["### Principles used", "", "No principles were used.", ""]
+    key = "rounds" if kind == "sl_cai" else "pairs"
+    most = max(s[key] for s in stats)
+    lines = markdown_table(kind, stats)
+    lines[0] += " |"
+    lines[1] += "---|"
+    lines[2:] = [f"{line} {_bar(s[key], most)} |" for line, s in zip(lines[2:], stats, strict=True)]
+    return ["### Principles used", "", note, "", *lines, ""]
 
 
 def front_matter(
@@ -106,7 +121,6 @@ def write_sl_cai_card(
     resumed: int,
     failed: list[dict[str, Any]] | None = None,
 ) -> Path:
-    principles = Counter(r["principle_id"] for row in rows for r in row["rounds"])
     flags = Counter(f for row in rows for r in row["rounds"] for f in r["flags"])
     flagged_rows = sum(1 for row in rows if row["flags"])
     tokens = sum(row["tokens"] for row in rows)
@@ -147,7 +161,13 @@ def write_sl_cai_card(
         "`critique`, `revision`, `flags`), `revision` (final, as text), `flags`, `tokens`, "
         "`provenance`. Wall-clock timings per row are in `sl_cai.timings.jsonl`.",
         "",
-        *_histogram("Principles used", principles, "No principles were used."),
+        *_principles_section(
+            "sl_cai",
+            sl_cai_principles(rows),
+            "Per principle, over every round: the share of rounds whose revision changed the "
+            "text it revised, the mean word-level edit distance of a round (Levenshtein over "
+            "words) and the clean-up flags its rounds raised.",
+        ),
         *_histogram(
             f"Clean-up flags (mode `{provenance['cleanup']}`)",
             flags,
@@ -280,7 +300,6 @@ def write_prefs_card(
                 "preference_prob",
             )
         )
-    principles = Counter(j["principle_id"] for r in rows for j in r["judgements"])
     reasons = Counter(r["unlabeled"]["reason"].split(";")[0] for r in unlabeled)
     mean = s["mean_preference_prob"]
     agreement = s["mean_principle_agreement"]
@@ -342,7 +361,15 @@ def write_prefs_card(
         "`prob_first`, `prob_a`, `logprobs` or `votes`, `reasoning`, `error`), "
         "`position_consistent`, `principle_agreement`, `errors`, `finish_reasons`, `provenance`.",
         "",
-        *_histogram("Principles used", principles, "No principles were used."),
+        *_principles_section(
+            "prefs",
+            prefs_principles(rows),
+            "Per feedback principle: the pairs it judged, the mean P(chosen better) under it "
+            "alone (below 0.5: it mostly disagreed with the pair's label), and over the pairs "
+            "asked in both orders, the share whose two orders picked the same response and the "
+            "share that picked the same position instead (flips: position bias; a 0.5 picks "
+            "neither).",
+        ),
         *_histogram("Why pairs were left unlabeled", reasons, "Every pair got a label."),
         "## How it was made",
         "",
