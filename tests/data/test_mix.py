@@ -272,6 +272,20 @@ def test_trainer_and_run_configs_take_mix_and_refuse_bad_entries(tmp_path):
         plan(RunConfig(**base, rm={"mix": ["gone.jsonl"]}))
 
 
+def test_the_gpu_recipe_mixes_human_helpfulness_into_the_rm():
+    from rlaif.errors import ConfigFileError
+    from rlaif.pipeline import RunConfig
+    from rlaif.yamlio import load_yaml_model
+
+    from ..conftest import REPO
+
+    cfg = load_yaml_model(REPO / "recipes" / "run-7b-gpu.yaml", RunConfig, ConfigFileError)
+    (entry,) = parse_mix(cfg.rm["mix"])
+    assert entry.label == "human:Anthropic/hh-rlhf/helpful-base" and entry.split == "train"
+    assert entry.hub() == ("Anthropic/hh-rlhf", None) and 0 < entry.weight <= 1
+    assert cfg.eval_benign.split == "test"  # evaluation prompts stay out of the RM's data
+
+
 # --------------------------------------------------------------------------- the Hub
 
 
