@@ -35,10 +35,11 @@ carry their own (an entry without the setting keeps a row's own ``preference_pro
 
 **Weights.** ``weight`` is the number of training pairs drawn from an entry per AI training
 pair: with N AI training pairs an entry gives exactly ``weight * N`` pairs (rounded to the
-nearest count, halves up), drawn without
-replacement while it has that many and repeated evenly when it has fewer (each of its pairs
-``k`` or ``k + 1`` times). ``weight: 0`` uses an entry for held-out accuracy only. ``limit``
-reads the entry's first N records (streamed from a Hub dataset).
+nearest count, halves up), drawn without replacement while it has that many and repeated evenly
+when it has fewer (each of its pairs ``k`` or ``k + 1`` times). A share of the training pairs is
+then a ratio of weights: ``weight: 1`` is as many human pairs as AI pairs. ``weight: 0`` uses an
+entry for held-out accuracy only. ``limit`` reads the entry's first N records (streamed from a
+Hub dataset).
 
 **Held out.** The reward model's held-out split is by prompt *within each source*: a share
 ``eval_split`` of every source's prompts (rounded up, never all) goes to the held-out side with
@@ -345,6 +346,11 @@ def _pairs_pair(rec: dict[str, Any]) -> tuple[list[Any], list[Any], list[Any]]:
         return (_prompt(rec["prompt"]), _response(rec["chosen"], "chosen"),
                 _response(rec["rejected"], "rejected"))  # fmt: skip
     # TRL's implicit prompt: two conversations that differ only in their last message
+    if not isinstance(rec["chosen"], list) or not isinstance(rec["rejected"], list):
+        raise _Unusable(
+            "no 'prompt', and 'chosen'/'rejected' are not chat-message lists (transcripts of "
+            "Human:/Assistant: turns are format hh-rlhf)"
+        )
     chosen, rejected = _messages(rec["chosen"], "chosen"), _messages(rec["rejected"], "rejected")
     if chosen[:-1] != rejected[:-1]:
         raise _Skip(SKIP_CONTEXT)

@@ -233,6 +233,8 @@ def test_bad_files_are_one_line_naming_entry_file_and_line(tmp_path):
                  "\n\nAssistant: b"}])  # fmt: skip
     with pytest.raises(PreferenceDataError, match=r"no usable preference pairs \(identical"):
         read_entry(MixEntry(path=str(bad)), 1)
+    with pytest.raises(PreferenceDataError, match=r"\(pairs\): no 'prompt', .* are format hh-rlhf"):
+        read_entry(MixEntry(path=str(HH), format="pairs"), 1)
 
 
 def test_ai_rows_must_have_the_trainer_columns_and_sources_stay_apart(tmp_path):
