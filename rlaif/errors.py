@@ -73,6 +73,11 @@ class PromptDataError(FileError):
     """A prompt data file (``--prompts``) is missing, empty or malformed."""
 
 
+class PreferenceDataError(FileError):
+    """Preference pairs (a trainer's ``dataset`` or a ``mix`` entry) are missing, empty or
+    malformed; the message names the mix entry where there is one."""
+
+
 class GoldDataError(PromptDataError):
     """A gold label file (``--gold``) is missing, empty or malformed."""
 

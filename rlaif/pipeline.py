@@ -59,7 +59,19 @@ class RLSettings(BaseModel):
     @model_validator(mode="after")
     def _known_keys(self) -> RLSettings:
         check_keys(self.settings, stage_keys("rl", self.algorithm))
+        check_mix_setting(self.settings)
         return self
+
+
+def check_mix_setting(values: dict[str, Any]) -> None:
+    """A section's ``mix`` entries (``rlaif.data.mix``), checked when the recipe loads."""
+    if "mix" in values:
+        from rlaif.data.mix import parse_mix
+
+        try:
+            parse_mix(values["mix"])
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
 
 
 def check_keys(values: dict[str, Any], allowed: list[str]) -> None:
@@ -184,6 +196,8 @@ class RunConfig(BaseModel):
     def _known_stage_keys(cls, value: dict[str, Any], info: Any) -> dict[str, Any]:
         """A misspelt key in a stage section is an error now, not after an hour of SL-CAI."""
         check_keys(value, stage_keys(info.field_name, "ppo"))
+        if info.field_name == "rm":
+            check_mix_setting(value)
         feedback = value.get("feedback") if info.field_name == "prefs" else None
         if isinstance(feedback, dict):  # the one nested section: its keys are known too
             from rlaif.engine.feedback import FeedbackSettings
@@ -313,10 +327,12 @@ def plan(cfg: RunConfig) -> list[Stage]:
                              lambda p=policy: s.prefs_settings(p),
                              [cfg.prompts, cfg.constitution]))  # fmt: skip
         if cfg.rl.algorithm != "dpo":
-            out.append(Stage(f"rm{suffix}", s.rm(f"prefs{suffix}"), s.rm_settings, []))
+            out.append(Stage(f"rm{suffix}", s.rm(f"prefs{suffix}"), s.rm_settings,
+                             s.mix_inputs(cfg.rm)))  # fmt: skip
         rl_name = f"rl{suffix}"
+        rl_inputs = [cfg.prompts, *s.mix_inputs(cfg.rl.settings)]
         out.append(Stage(rl_name, s.rl(policy, f"prefs{suffix}", f"rm{suffix}"),
-                         s.rl_settings, [cfg.prompts]))  # fmt: skip
+                         s.rl_settings, rl_inputs))  # fmt: skip
         policy = rl_name
     out.append(Stage("eval", s.evaluate(policy), s.eval_settings, s.eval_inputs()))
     out.append(Stage("report", s.report, dict, []))

@@ -1,8 +1,10 @@
 """The run report: ``report.html`` (self-contained, plots embedded) and ``report.md``.
 
 Every number is read from the run's own files: stage manifests, the datasets, ``metrics.jsonl``
-of each trainer, ``held_out.json`` of the RM, ``warnings.jsonl`` of RL and the evaluation's
-``policy_eval.json`` and ``samples.jsonl``. Nothing is typed in by hand; a section whose files
+of each trainer, ``held_out.json`` and ``eval_by_source.json`` of the RM (its held-out accuracy
+on each source of preference data: the AI labels and any human data mixed in), DPO's
+``train_by_source.json``, ``warnings.jsonl`` of RL and the evaluation's ``policy_eval.json`` and
+``samples.jsonl``. Nothing is typed in by hand; a section whose files
 are missing says so. The HTML has no scripts and no external resources, so it opens anywhere,
 offline.
 
@@ -36,6 +38,10 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -95,6 +101,7 @@ def collect(root: Path, order: list[str] | None = None) -> dict[str, Any]:
         "eval_loss": evals[-1].get("eval_loss") if evals else None,
         "train_loss": next((r["train_loss"] for r in rm_rows if "train_loss" in r), None),
         "held_out_pairs": json.loads(held.read_text())["pairs"] if held.exists() else None,
+        "by_source": _json(root / "rm" / "eval_by_source.json"),
     }
     data["labeler_evals"] = []  # `rlaif eval labeler --out RUN/<folder>`, where a user ran one
     for path in sorted(root.glob("*/labeler_eval.json")):
@@ -109,6 +116,7 @@ def collect(root: Path, order: list[str] | None = None) -> dict[str, Any]:
         "metric": key,
         "kl_last": rl[-1].get("kl") if rl else None,
         "warnings": _jsonl(root / "rl" / "warnings.jsonl"),
+        "by_source": _json(root / "rl" / "train_by_source.json"),
     }
     ev = root / "eval" / "policy_eval.json"
     data["eval"] = json.loads(ev.read_text()) if ev.exists() else None
@@ -197,7 +205,13 @@ def _tables(d: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
             n = m.get("scored")
             data_rows.append([f"labeler agreement with human labels ({folder})",
                               _ci(m["agreement"], m.get("agreement_ci95"), n)])  # fmt: skip
+    if rl["by_source"]:
+        counts = rl["by_source"]["sources"].items()
+        said = ", ".join(f"{k}: {v['train_pairs']}" for k, v in counts)
+        data_rows.append(["DPO training pairs by source", said])
     tables.append(("Data and training", ["", "value"], data_rows))
+    if rm["by_source"]:
+        tables.append(_rm_source_table(rm["by_source"]))
     if d["eval"]:
         ev = d["eval"]
         rows = [[name, *(_eval_cell(m, k) for k, _ in EVAL_COLUMNS)]
@@ -219,7 +233,23 @@ def _tables(d: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
     return tables
 
 
+def _rm_source_table(by: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
+    """Held-out accuracy per source of preference data (AI labels, human data mixed in)."""
+    rows = []
+    for label, s in by["sources"].items():
+        skipped = ", ".join(f"{n} {why}" for why, n in (s.get("skipped") or {}).items())
+        weight = "" if s.get("weight") is None else _fmt(float(s["weight"]), 2)
+        rows.append([label, _ci(s["accuracy"], s["ci95"], s["n"]), str(s["train_pairs"]),
+                     weight, skipped or "none"])  # fmt: skip
+    header = ["source", "held-out accuracy (95% CI, n)", "training pairs", "weight", "skipped"]
+    return "Reward model held-out accuracy by source", header, rows
+
+
 def _rm_accuracy(rm: dict[str, Any]) -> str:
+    by = rm.get("by_source")
+    if by and by["overall"]["n"]:  # every held-out pair scored once by the trained model
+        o = by["overall"]
+        return _ci(o["accuracy"], o["ci95"], o["n"])
     n = rm["held_out_pairs"]
     if rm["eval_accuracy"] is None or not n:
         return _fmt(rm["eval_accuracy"]) + ("" if n is None else f" (n={n})")

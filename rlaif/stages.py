@@ -10,7 +10,10 @@ The eval stage's judge is ``eval.judge`` (with ``eval.judge_settings``), by defa
 labeler. It is told which labelers made the training data (SL-CAI critiques and revisions,
 preference labels, GRPO's constitutional reward), so it can warn when the judge is one of them.
 The RM stage records how many held-out pairs its accuracy was measured on (``held_out.json``):
-the report's interval needs that count. Nothing here imports the pipeline or the report imports
+the report's interval needs that count. The RM (and DPO) may mix other preference data into the
+AI pairs (``rm.mix``, ``rl.settings.mix``: ``rlaif.data.mix``); the mixed-in sources are inputs
+of the stage, so a changed file reruns it, and the RM writes its per-source held-out accuracy
+(``eval_by_source.json``) for the report. Nothing here imports the pipeline or the report imports
 this module: the pipeline hands its stage order over (``order``) when it plans.
 """
 
@@ -103,12 +106,20 @@ class StageBuilder:
                               model=str(self.root / "sft"), dataset=data,
                               **self.rm_settings())  # fmt: skip
             model = reward.main(cfg)
-            _, held = reward.split_dataset(cfg)  # the same seeded split the training used
+            by_source = out / reward.BY_SOURCE_FILE  # what the trained model scored
+            scored = json.loads(by_source.read_text(encoding="utf-8"))["overall"]["n"]
             held_out = out / HELD_OUT_FILE
-            held_out.write_text(json.dumps({"pairs": len(held) if held is not None else 0}))
-            return [model, held_out]
+            held_out.write_text(json.dumps({"pairs": scored}))
+            return [model, held_out, by_source]
 
         return run
+
+    def mix_inputs(self, section: dict[str, Any]) -> list[Path]:
+        """The sources a stage's ``mix`` reads: their contents are part of its fingerprint (the
+        plan is made before any stage runs, so a missing file stops the run at once)."""
+        from rlaif.data.mix import input_paths
+
+        return input_paths(section.get("mix"))
 
     def rl_settings(self) -> dict[str, Any]:
         return {"algorithm": self.cfg.rl.algorithm, "seed": self.cfg.seed, **self.cfg.rl.settings}

@@ -283,6 +283,8 @@ def save_run_config(out_dir: str | Path, cfg: Any, kind: str) -> Path:
             values[f.name] = v
         elif isinstance(v, list | tuple) and all(isinstance(x, int | float | str) for x in v):
             values[f.name] = list(v)
+        elif f.name == "mix" and isinstance(v, list):  # the mixed-in datasets, as given
+            values[f.name] = json.loads(json.dumps(v, default=str))
     record: dict[str, Any] = {"trainer": kind, "config": values}
     hub = hub_commits(values.get(k) for k in MODEL_KEYS)
     if hub:

@@ -1,6 +1,9 @@
 """DPO on the AI preference pairs, and online DPO judged by the constitution (both TRL).
 
-DPO reads ``preferences.jsonl`` as it is (conversational prompt/chosen/rejected). Online DPO
+DPO reads ``preferences.jsonl`` as it is (conversational prompt/chosen/rejected), plus the
+``mix`` entries (``rlaif.data.mix``: human helpfulness pairs beside the AI harmlessness pairs,
+drawn by weight; DPO uses which response is chosen, not ``preference_prob``); the pairs each
+source gave are written to ``train_by_source.json``. Online DPO
 (TRL's experimental ``OnlineDPOTrainer``) samples two completions per prompt during training and
 needs to know which is better; TRL 1.16 dropped its judges and ranks the pair by reward
 functions. ``JudgeReward`` turns our constitutional pairwise judge into such a function: TRL
@@ -18,6 +21,7 @@ adapter disabled).
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -29,16 +33,18 @@ from trl import DPOConfig
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # we chose the experimental trainer
 from trl.experimental.online_dpo import OnlineDPOConfig
 
+from rlaif.data.mix import check_mix, mix_preferences
 from rlaif.train.common import (
     RunOptions,
     causal_lm_loader,
     finish_training,
-    load_jsonl_dataset,
     metrics_callback,
     model_path,
     peft_config,
     run_main,
 )
+
+TRAIN_BY_SOURCE_FILE = "train_by_source.json"
 
 
 @dataclass
@@ -46,6 +52,15 @@ class DPORunConfig(RunOptions, DPOConfig):
     model: str = field(default="outputs/run/sft", metadata={"help": "policy init and reference"})
     dataset: str = field(default="outputs/prefs/preferences.jsonl")
     output_dir: str | None = field(default="outputs/run/dpo")
+    mix: list[dict[str, Any]] = field(
+        default_factory=list,
+        metadata={"help": "preference data mixed in: entries with path, weight, limit, source, "
+                  "split, data_dir (rlaif.data.mix)"},
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        self.mix = check_mix(self.mix)  # a bad entry fails before any model loads
+        super().__post_init__()
 
 
 @dataclass
@@ -91,7 +106,8 @@ def main(cfg: DPORunConfig) -> Path:
     load = causal_lm_loader(path)
 
     tok = AutoTokenizer.from_pretrained(path)
-    ds = load_jsonl_dataset(cfg.dataset).select_columns(["prompt", "chosen", "rejected"])
+    mixed = mix_preferences(cfg.dataset, cfg.mix, seed=cfg.seed, soft_labels=False)
+    ds = mixed.dataset("train", ["prompt", "chosen", "rejected"])
     trainer = DPOTrainer(
         model=load(),
         args=cfg,
@@ -100,7 +116,11 @@ def main(cfg: DPORunConfig) -> Path:
         peft_config=peft_config(cfg),
         callbacks=[metrics_callback(out)],
     )
-    return finish_training(trainer, cfg, out, tok, "dpo", "DPO", load)
+    result = finish_training(trainer, cfg, out, tok, "dpo", "DPO", load)
+    if trainer.is_world_process_zero():
+        counts = {"sources": mixed.sources}
+        (out / TRAIN_BY_SOURCE_FILE).write_text(json.dumps(counts, indent=2), encoding="utf-8")
+    return result
 
 
 def main_online(cfg: OnlineDPORunConfig, judge: Any = None) -> Path:

@@ -14,12 +14,21 @@ policy's body with a fresh scalar head. A held-out share of the prompts (``eval_
 of a prompt fall on one side) reports pairwise accuracy (``eval_accuracy``: the share of held-out
 pairs where r(chosen) > r(rejected)).
 
+``mix`` adds preference data of other sources to the AI pairs (``rlaif.data.mix``: the paper's
+human helpfulness labels beside AI harmlessness labels, by weight). Every row carries its
+``source``, the held-out split is by prompt within each source, and once trained the model
+scores every held-out pair (r(chosen) > r(rejected), one forward pass per pair, no gradients):
+``eval_by_source.json`` holds each source's accuracy with its 95% Wilson interval and n, its
+training count and the rows it skipped, and the same table is printed. TRL's ``eval_accuracy``
+(logged during training) is a mean of per-batch accuracies over all sources together.
+
 The reward model being trained is loaded in fp32 (master weights) with ``bf16: true`` meaning
 autocast, like every trainer here (``rlaif.train.common``); it has no frozen reference.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +39,13 @@ from torch import nn
 from trl import RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
+from rlaif.data.mix import MixedPairs, check_mix, mix_preferences
 from rlaif.errors import ConfigError
+from rlaif.eval.stats import wilson
 from rlaif.train.common import (
     TRAINABLE_DTYPE,
     RunOptions,
     finish_training,
-    load_jsonl_dataset,
     metrics_callback,
     model_path,
     peft_config,
@@ -43,6 +53,7 @@ from rlaif.train.common import (
 )
 
 LABEL = "preference_prob"
+BY_SOURCE_FILE = "eval_by_source.json"
 
 
 def soft_bradley_terry_loss(
@@ -98,44 +109,94 @@ class RewardRunConfig(RunOptions, RewardConfig):
     )
     output_dir: str | None = field(default="outputs/run/rm")
     soft_labels: bool = field(default=True, metadata={"help": "train on preference_prob"})
-    eval_split: float = field(default=0.1, metadata={"help": "prompts held out (share)"})
+    eval_split: float = field(
+        default=0.1, metadata={"help": "share of each source's prompts held out"}
+    )
+    mix: list[dict[str, Any]] = field(
+        default_factory=list,
+        metadata={"help": "preference data mixed in: entries with path, weight, limit, "
+                  "preference_prob, source, split, data_dir (rlaif.data.mix)"},
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        self.mix = check_mix(self.mix)  # a bad entry fails before any model loads
+        super().__post_init__()
 
 
-def prompt_groups(ds: Any) -> list[str]:
-    """The prompt of each pair, as a key: ``prompt_id``, else the ``<prompt id>`` part of an
-    ``id`` such as ``<prompt id>/<i>-<j>`` (``rlaif generate prefs``), else the prompt itself."""
-    import json
-
-    columns = set(ds.column_names)
-    if "prompt_id" in columns:
-        return [str(x) for x in ds["prompt_id"]]
-    if "id" in columns:
-        return [str(x).rsplit("/", 1)[0] for x in ds["id"]]
-    return [json.dumps(p, sort_keys=True) for p in ds["prompt"]]
+def prepare_data(cfg: RewardRunConfig) -> tuple[Any, Any, MixedPairs]:
+    """Training pairs (the trainer's columns), held-out pairs (with ``source``; None when
+    nothing is held out) and the per-source counts (``rlaif.data.mix``)."""
+    mixed = mix_preferences(cfg.dataset, cfg.mix, cfg.eval_split, cfg.seed, cfg.soft_labels)
+    columns = ["chosen", "prompt", "rejected", *([LABEL] if cfg.soft_labels else [])]
+    train = mixed.dataset("train", sorted(columns))
+    if not len(train):
+        raise ConfigError(f"{cfg.dataset}: no pairs left to train on")
+    held = mixed.dataset("held_out", sorted([*columns, "source"])) if mixed.held_out else None
+    return train, held, mixed
 
 
 def split_dataset(cfg: RewardRunConfig) -> tuple[Any, Any]:
-    """Train and held-out pairs, split by prompt: with K > 2 responses per prompt several pairs
-    share a prompt, and a split per pair would score held-out pairs on prompts seen in training.
-    A share ``eval_split`` of the prompts (rounded up, at least one, never all) is held out."""
-    import math
-    import random
+    """Train and held-out pairs, split by prompt within each source (``rlaif.data.mix``)."""
+    train, held, _ = prepare_data(cfg)
+    return train, held
 
-    ds = load_jsonl_dataset(cfg.dataset)
-    needed = {"prompt", "chosen", "rejected"} | ({LABEL} if cfg.soft_labels else set())
-    if not needed <= set(ds.column_names):
-        raise ConfigError(f"{cfg.dataset}: needs columns {sorted(needed)}; has {ds.column_names}")
-    groups = prompt_groups(ds)
-    ds = ds.select_columns(sorted(needed))
-    prompts = sorted(set(groups))
-    if cfg.eval_split <= 0 or len(ds) < 4 or len(prompts) < 2:
-        return ds, None
-    random.Random(cfg.seed).shuffle(prompts)
-    n_held = math.ceil(round(cfg.eval_split * len(prompts), 9))  # 0.3 * 10 = 3.0000000000000004
-    held = set(prompts[: min(n_held, len(prompts) - 1)])
-    train = [i for i, g in enumerate(groups) if g not in held]
-    test = [i for i, g in enumerate(groups) if g in held]
-    return ds.select(train), ds.select(test)
+
+def score_pairs(trainer: Any, dataset: Any) -> list[bool]:
+    """For each tokenized pair of ``dataset``: r(chosen) > r(rejected) under the trained model.
+    Every process runs the same batches (sharded models need them all)."""
+    if dataset is None or not len(dataset):
+        return []
+    model, device = trainer.model, trainer.accelerator.device
+    collate = DataCollatorForPreference(pad_token_id=trainer.processing_class.pad_token_id)
+    size = max(1, trainer.args.per_device_eval_batch_size)
+    was_training = model.training
+    model.eval()
+    wins: list[bool] = []
+    with torch.no_grad(), trainer.accelerator.autocast():
+        for start in range(0, len(dataset), size):
+            rows = dataset.select(range(start, min(start + size, len(dataset))))
+            batch = collate([{"chosen_ids": r["chosen_ids"], "rejected_ids": r["rejected_ids"]}
+                             for r in rows])  # fmt: skip
+            logits = model(
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+                use_cache=False,
+            ).logits.squeeze(-1)
+            chosen, rejected = torch.chunk(logits.float(), chunks=2)
+            wins += (chosen > rejected).tolist()
+    model.train(was_training)
+    return wins
+
+
+def accuracy_by_source(
+    mixed: MixedPairs, scored_sources: list[str], wins: list[bool]
+) -> dict[str, Any]:
+    """Each source's held-out accuracy with its 95% Wilson interval and n, beside its counts;
+    pairs TRL dropped (longer than ``max_length``) are counted apart."""
+
+    def cell(k: int, n: int) -> dict[str, Any]:
+        interval = wilson(k, n)
+        return {"correct": k, "n": n, "accuracy": k / n if n else None,
+                "ci95": list(interval) if interval else None}  # fmt: skip
+
+    sources = {}
+    for label, counts in mixed.sources.items():
+        won = [w for s, w in zip(scored_sources, wins, strict=True) if s == label]
+        dropped = counts["held_out_pairs"] - len(won)
+        sources[label] = {**counts, **cell(sum(won), len(won)), "too_long": dropped}
+    return {"sources": sources, "overall": cell(sum(wins), len(wins))}
+
+
+def print_by_source(report: dict[str, Any]) -> None:
+    print("rm: held-out accuracy by source (r(chosen) > r(rejected); 95% Wilson interval)")
+    for label, s in [*report["sources"].items(), ("all sources", report["overall"])]:
+        if s["n"]:
+            lo, hi = s["ci95"]
+            said = f"{s['accuracy']:.3f} (95% CI {lo:.3f}-{hi:.3f}, n={s['n']})"
+        else:
+            said = "n/a (n=0: nothing held out)"
+        train = f", {s['train_pairs']} training pairs" if "train_pairs" in s else ""
+        print(f"  {label:<40} {said}{train}", flush=True)
 
 
 def main(cfg: RewardRunConfig) -> Path:
@@ -143,7 +204,7 @@ def main(cfg: RewardRunConfig) -> Path:
 
     path = model_path(cfg.model)
     out = Path(cfg.output_dir or "outputs/run/rm")
-    train, held_out = split_dataset(cfg)
+    train, held_out, mixed = prepare_data(cfg)
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -171,7 +232,16 @@ def main(cfg: RewardRunConfig) -> Path:
         callbacks=[metrics_callback(out)],
     )
     # training evaluates the held-out split on its eval schedule (the last step included)
-    return finish_training(trainer, cfg, out, tok, "rm", "reward model", load)
+    result = finish_training(trainer, cfg, out, tok, "rm", "reward model", load)
+    scored = trainer.eval_dataset if held_out is not None else None  # tokenized, as trained
+    report = accuracy_by_source(
+        mixed, scored["source"] if scored is not None else [], score_pairs(trainer, scored)
+    )
+    if trainer.is_world_process_zero():
+        report.update(eval_split=cfg.eval_split, seed=cfg.seed)
+        (out / BY_SOURCE_FILE).write_text(json.dumps(report, indent=2), encoding="utf-8")
+        print_by_source(report)
+    return result
 
 
 if __name__ == "__main__":
