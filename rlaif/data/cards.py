@@ -154,9 +154,10 @@ def write_sl_cai_card(
         f"| prompt source | `{provenance['source']['file']}` "
         f"(sha256 `{provenance['source']['sha256'][:16]}`) |",
         "",
-        "Columns: `id`, `prompt` (`[user]`) and `completion` (`[assistant]`: the final "
+        "Columns: `id`, `prompt` (`[user]`, or every turn of a multi-turn prompt) and "
+        "`completion` (`[assistant]`: the final "
         "revision), TRL's conversational prompt/completion format, which SFT trains on by "
-        "default (loss on the revision only, as in the paper); `messages` (`[user, assistant]`) "
+        "default (loss on the revision only, as in the paper); `messages` (`prompt + completion`) "
         "for full-conversation SFT; `response` (first answer), `rounds` (`principle_id`, "
         "`critique`, `revision`, `flags`), `revision` (final, as text), `flags`, `tokens`, "
         "`provenance`. Wall-clock timings per row are in `sl_cai.timings.jsonl`.",
