@@ -311,10 +311,7 @@ def plan(cfg: RunConfig) -> list[Stage]:
             sections["red_team"] = {**ray, **cfg.red_team}
         cfg = cfg.model_copy(update=sections)
     s = stages.StageBuilder(cfg, root)
-    # with a `red_team:` section, new prompts from seeds first; sl_cai and prefs train on them
-    red_team = [Stage("red_team", s.red_team, s.red_team_settings, [s.red_team_seeds()])]
     out = [
-        *(red_team if cfg.red_team is not None else []),
         Stage("sl_cai", s.sl_cai, s.sl_cai_settings, [cfg.prompts, cfg.constitution]),
         Stage("sft", s.sft, s.sft_settings, []),
         Stage(
@@ -324,6 +321,8 @@ def plan(cfg: RunConfig) -> list[Stage]:
             [cfg.prompts, cfg.constitution],
         ),
     ]
+    if cfg.red_team is not None:  # new prompts from seeds first; sl_cai and prefs train on them
+        out.insert(0, Stage("red_team", s.red_team, s.red_team_settings, [s.red_team_seeds()]))
     policy = "sft"
     for k in range(cfg.iterations + 1):
         suffix = "" if k == 0 else f"_{k + 1}"

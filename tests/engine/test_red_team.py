@@ -276,3 +276,20 @@ def test_seeds_and_prompts_are_one_setting(tmp_path):
         RedTeamConfig(seeds=SEEDS, prompts=SEEDS)
     with pytest.raises(ValueError, match="min_chars"):
         RedTeamConfig(seeds=SEEDS, min_chars=50, max_chars=10)
+
+
+@pytest.mark.slow
+def test_the_embedded_model_end_to_end(tmp_path):
+    from rlaif.data.dedupe import normalise
+
+    out = tmp_path / "out"
+    result = run(RedTeamConfig(seeds="demo_prompts.txt", n=4, examples=3, max_tokens=32, out=out))
+    raw = lines(out / "generations.jsonl")
+    assert [r["id"] for r in raw] == ["gen-1", "gen-2", "gen-3", "gen-4"]
+    assert all(isinstance(r["output"], str) for r in raw) and not result.failed
+    assert len(result.rows) + len(result.removed) == 4
+    seeds = {normalise(p.prompt) for p in read_prompts("demo_prompts.txt")}
+    kept = [normalise(r["prompt"]) for r in result.rows]
+    assert not seeds & set(kept) and len(set(kept)) == len(kept)
+    assert all(r["nearest_seed_similarity"] < 0.5 for r in result.rows)
+    assert "| **kept** | |" in result.card.read_text()
