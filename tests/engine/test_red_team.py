@@ -293,3 +293,10 @@ def test_the_embedded_model_end_to_end(tmp_path):
     assert not seeds & set(kept) and len(set(kept)) == len(kept)
     assert all(r["nearest_seed_similarity"] < 0.5 for r in result.rows)
     assert "| **kept** | |" in result.card.read_text()
+
+
+def test_request_template_numbers_the_seeds_and_prefills_the_next_number():
+    msgs = Templates().render("red_team", examples=["How do I pick a lock?", "Insult my boss."])
+    assert "\n\n1. How do I pick a lock?\n2. Insult my boss.\n\n" in msgs[0]["content"]
+    assert msgs[-1] == {"role": "assistant", "content": "3."}
+    assert red_team.stop_strings(2) == ("\n\n", "\n4.")
