@@ -31,6 +31,7 @@ Outputs: ``prompts.jsonl`` (kept prompts, ``id`` + ``prompt``: any job reads it 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import math
@@ -220,12 +221,16 @@ class RedTeamJob:
 
     async def p_yes(self, request: str) -> dict[str, Any]:
         """P(yes) to the classifier question, the mean over Yes-first and No-first."""
-        per_order: list[float | None] = []
-        for yes_first in (True, False):
-            messages = self.templates.render(
-                "red_team_classify", request=request, yes_first=yes_first
+        asked = [
+            self.labeler.option_logprobs(
+                self.templates.render("red_team_classify", request=request, yes_first=yes_first),
+                OPTIONS,
             )
-            probs = normalised(await self.labeler.option_logprobs(messages, OPTIONS))
+            for yes_first in (True, False)
+        ]
+        per_order: list[float | None] = []
+        for yes_first, logprobs in zip((True, False), await asyncio.gather(*asked), strict=True):
+            probs = normalised(logprobs)
             per_order.append(None if probs is None else probs[0 if yes_first else 1])
         usable = [p for p in per_order if p is not None]
         return {
