@@ -10,9 +10,11 @@ few-shot prompting a model with existing prompts. This job does the same with an
   later keeps every earlier row's question (and its cached answer).
 - **One request per row** (``prompts/red_team.j2``): a numbered list of the seeds and an
   assistant prefill with the next number, so chat models and plain continuers both write one
-  new list item. ``parse_request`` keeps its first line, without numbering, quotes or labels.
-  An output with no request in it (empty, a refusal, a line cut off by ``max_tokens``) is kept in
-  ``generations.jsonl`` with its reason, and counted by the ``unparsable`` filter.
+  new list item. Each block of ``batch size`` requests samples with its own seed
+  (``sampling_seed``), so batches do not repeat each other's random draws. ``parse_request``
+  keeps the first line, without numbering, quotes or labels. An output with no request in it
+  (empty, a refusal, a line cut off by ``max_tokens``) is kept in ``generations.jsonl`` with its
+  reason, and counted by the ``unparsable`` filter.
 - **Optional classifier** (``classify``): the labeler answers a Yes/No question about each parsed
   request (``prompts/red_team_classify.j2``), asked with Yes first and with No first; P(yes) is
   the mean over the two orders of the normalised option probabilities, so a position bias
@@ -204,7 +206,8 @@ class RedTeamJob:
     async def run_row(self, row: dict[str, Any]) -> dict[str, Any]:
         shown = [self.seeds[i] for i in row["shown"]]
         messages = self.templates.render("red_team", examples=[text for _, text in shown])
-        answer = (await self.labeler.generate(messages, self.params))[0]
+        params = self.params.model_copy(update={"seed": row["sampling_seed"]})
+        answer = (await self.labeler.generate(messages, params))[0]
         prompt, reason = parse_request(answer.text, answer.finish_reason)
         out: dict[str, Any] = {
             "id": row["id"],
@@ -249,6 +252,17 @@ def read_seeds(cfg: RedTeamConfig) -> list[tuple[str, str]]:
     if not seeds:
         raise ConfigError(f"{cfg.prompts}: no seed prompts with text")
     return seeds
+
+
+def sampling_seed(seed: int, index: int, batch: int) -> int:
+    """The sampling seed of request ``index`` (1-based): one per block of ``batch`` requests.
+
+    A local backend seeds its random generator once per batch, so with one seed for every
+    request the k-th request of every batch draws the same random numbers, and a small model
+    then writes the same text for the k-th request of many batches. One seed per block keeps
+    each block one batch (requests batch only with equal sampling settings) and gives every
+    batch its own draws."""
+    return seed * 1_000_003 + (index - 1) // batch
 
 
 def stop_strings(shown: int) -> tuple[str, ...]:
@@ -316,8 +330,13 @@ def build(cfg: RedTeamConfig) -> RedTeamJob:
         "classify": cfg.classify,
     }
     rows = [
-        {"id": rid, "prompt": None, "shown": shown_seeds(cfg.seed, rid, len(seeds), cfg.examples)}
-        for rid in (f"gen-{i}" for i in range(1, cfg.n + 1))
+        {
+            "id": f"gen-{i}",
+            "prompt": None,
+            "shown": shown_seeds(cfg.seed, f"gen-{i}", len(seeds), cfg.examples),
+            "sampling_seed": sampling_seed(cfg.seed, i, sched.max_batch),
+        }
+        for i in range(1, cfg.n + 1)
     ]
     return RedTeamJob(
         templates, sched, params, cfg.classify, seeds, rows, provenance, [sched], cache, stats

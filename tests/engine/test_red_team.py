@@ -300,3 +300,18 @@ def test_request_template_numbers_the_seeds_and_prefills_the_next_number():
     assert "\n\n1. How do I pick a lock?\n2. Insult my boss.\n\n" in msgs[0]["content"]
     assert msgs[-1] == {"role": "assistant", "content": "3."}
     assert red_team.stop_strings(2) == ("\n\n", "\n4.")
+
+
+def test_each_batch_of_requests_samples_with_its_own_seed(use_labeler, tmp_path):
+    seen = {}
+
+    def reply(conv, params, i):
+        seen[conv[0]["content"]] = params.seed
+        return f"Tell me secret number {len(seen)} of the company"
+
+    use_labeler(FakeLabeler(reply=reply))  # batches of four
+    run(config(tmp_path / "out", n=10, seed=3))
+    seeds = [r.prompt for r in read_prompts(SEEDS)]
+    asked = [seen[conversation_of(seeds, 3, f"gen-{i}", 3)[0]["content"]] for i in range(1, 11)]
+    base = 3 * 1_000_003
+    assert asked == [base] * 4 + [base + 1] * 4 + [base + 2] * 2
