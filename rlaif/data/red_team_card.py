@@ -191,7 +191,8 @@ def write_red_team_card(
         _model_line("generator (and classifier)" if classify else "generator", gen),
         *reproducibility({"generator": gen}),
         f"- sampling: temperature {params['temperature']}, top_p {params['top_p']}, "
-        f"max_tokens {params['max_tokens']}, seed {params['seed']}",
+        f"max_tokens {params['max_tokens']}, seed {params['seed']} (each block of "
+        f"{provenance['sampling_block']} requests samples with its own seed derived from it)",
         f"- seeds per request: {provenance['examples']}, drawn per request from (seed, request id)",
         f"- length bounds: {settings['min_chars']} to {settings['max_chars']} characters",
         f"- duplicates: normalised text (case, punctuation and spacing ignored); near-duplicates: "

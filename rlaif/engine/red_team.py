@@ -327,6 +327,7 @@ def build(cfg: RedTeamConfig) -> RedTeamJob:
         "params": params.model_dump(mode="json"),
         "seed": cfg.seed,
         "examples": cfg.examples,
+        "sampling_block": sched.max_batch,  # requests per sampling seed
         "classify": cfg.classify,
     }
     rows = [
