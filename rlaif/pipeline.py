@@ -2,8 +2,12 @@
 
 Stages, in order (each writes ``<out>/<stage>/`` and a ``manifest.json`` there):
 
-    sl_cai -> sft -> prefs -> rm -> rl -> [prefs_2 -> rm_2 -> rl_2 ...] -> eval -> report
+    [red_team ->] sl_cai -> sft -> prefs -> rm -> rl -> [prefs_2 -> rm_2 -> rl_2 ...]
+        -> eval -> report
 
+- ``red_team`` (only with a ``red_team:`` section): new red-team prompts, few-shot from seeds
+  (by default the training prompts, never the held-out ones); sl_cai and prefs then train on
+  ``red_team/prompts.jsonl``, and the evaluation still holds out the recipe's own prompts;
 - ``sl_cai``: critiques and revisions of the base model's answers (``rlaif generate sl-cai``);
 - ``sft``: SFT on the revisions;
 - ``prefs``: response pairs *from the SFT policy*, labelled by the AI feedback step;
@@ -147,6 +151,10 @@ class RunConfig(BaseModel):
     benign_limit: int | None = Field(default=4, ge=1)
     iterations: int = Field(default=0, ge=0, description="extra rounds of relabel -> RM -> RL")
     seed: int = 0
+    red_team: dict[str, Any] | None = Field(
+        default=None,
+        description="a red_team stage before sl_cai: new prompts from seeds (docs/red-team.md)",
+    )
     sl_cai: dict[str, Any] = {}
     sft: dict[str, Any] = {}
     prefs: dict[str, Any] = {}
@@ -191,10 +199,12 @@ class RunConfig(BaseModel):
     def benign_source(self) -> PromptSource:
         return self.eval_benign or PromptSource(path=self.benign_prompts, format="text")
 
-    @field_validator("sl_cai", "sft", "prefs", "rm", "eval")
+    @field_validator("red_team", "sl_cai", "sft", "prefs", "rm", "eval")
     @classmethod
-    def _known_stage_keys(cls, value: dict[str, Any], info: Any) -> dict[str, Any]:
+    def _known_stage_keys(cls, value: dict[str, Any] | None, info: Any) -> dict[str, Any] | None:
         """A misspelt key in a stage section is an error now, not after an hour of SL-CAI."""
+        if value is None:
+            return value
         check_keys(value, stage_keys(info.field_name, "ppo"))
         if info.field_name == "rm":
             check_mix_setting(value)
@@ -226,6 +236,10 @@ def stage_keys(section: str, algorithm: str) -> list[str]:
     """The settings a stage section may hold: its config's fields."""
     import dataclasses
 
+    if section == "red_team":
+        from rlaif.engine.red_team import RedTeamConfig
+
+        return [*RedTeamConfig.model_fields, "seeds"]
     if section == "sl_cai":
         from rlaif.engine.sl_cai import SLCAIConfig
 
@@ -307,6 +321,8 @@ def plan(cfg: RunConfig) -> list[Stage]:
     ray = {k: getattr(cfg, k) for k in RAY_KEYS if k in cfg.model_fields_set}
     if ray:  # the top-level keys reach the data stages; a stage section's own keys win
         sections = {"sl_cai": {**ray, **cfg.sl_cai}, "prefs": {**ray, **cfg.prefs}}
+        if cfg.red_team is not None:
+            sections["red_team"] = {**ray, **cfg.red_team}
         cfg = cfg.model_copy(update=sections)
     s = stages.StageBuilder(cfg, root)
     out = [
@@ -319,6 +335,8 @@ def plan(cfg: RunConfig) -> list[Stage]:
             [cfg.prompts, cfg.constitution],
         ),
     ]
+    if cfg.red_team is not None:  # new prompts from seeds first; sl_cai and prefs train on them
+        out.insert(0, Stage("red_team", s.red_team, s.red_team_settings, [s.red_team_seeds()]))
     policy = "sft"
     for k in range(cfg.iterations + 1):
         suffix = "" if k == 0 else f"_{k + 1}"

@@ -3,8 +3,9 @@
 The pipeline (``rlaif.pipeline``) decides *whether* a stage runs; this module decides *how*: it
 maps a run recipe onto the configs of ``generate sl-cai``, ``train sft``, ``generate prefs``,
 ``train rm``, ``train ppo|dpo|grpo``, the policy evaluation and the report, wiring each stage's
-inputs to the outputs of the stages before it. ``*_settings`` return what goes into a stage's
-fingerprint: everything that changes its result.
+inputs to the outputs of the stages before it. With a ``red_team:`` section, ``generate
+red-team`` runs first and sl-cai and prefs read its prompts (``train_prompt_settings``).
+``*_settings`` return what goes into a stage's fingerprint: everything that changes its result.
 
 The eval stage's judge is ``eval.judge`` (with ``eval.judge_settings``), by default the run's
 labeler. It is told which labelers made the training data (SL-CAI critiques and revisions,
@@ -39,11 +40,50 @@ class StageBuilder:
 
     # ------------------------------------------------------------------ data
 
+    def red_team_seeds(self) -> Path:
+        from rlaif.resources import locate
+
+        section = self.cfg.red_team or {}
+        return locate(section.get("seeds", section.get("prompts", self.cfg.prompts)), "prompts")
+
+    def red_team_settings(self) -> dict[str, Any]:
+        """The seeds default to the recipe's training prompts (the first ``train_prompts``), so
+        the held-out evaluation prompts are never shown to the generator."""
+        c = self.cfg
+        section = {k: v for k, v in (c.red_team or {}).items() if k not in ("seeds", "prompts")}
+        own = "seeds" in (c.red_team or {}) or "prompts" in (c.red_team or {})
+        seeds = {"prompts": str(self.red_team_seeds())}
+        if not own:
+            seeds.update(prompt_format=c.prompt_format, limit=c.train_prompts)
+        return {
+            **seeds, "templates": str(c.templates) if c.templates else None,
+            "labeler": c.labeler, "labeler_settings": c.labeler_settings, "seed": c.seed,
+            **section,
+        }  # fmt: skip
+
+    def red_team(self, out: Path) -> list[Path]:
+        from rlaif.engine.red_team import RedTeamConfig, run_red_team
+        from rlaif.errors import ConfigError
+
+        cfg = RedTeamConfig(**self.red_team_settings(), out=out, cache=self.cache)
+        result = run_sync(run_red_team(cfg, self.command))
+        if not result.rows:
+            raise ConfigError(f"red_team kept no prompts to train on; see {result.card}")
+        return [result.dataset, result.card]
+
+    def train_prompt_settings(self) -> dict[str, Any]:
+        """The prompts sl_cai and prefs train on: the red_team stage's, when there is one."""
+        c = self.cfg
+        if c.red_team is not None:
+            path = self.root / "red_team" / "prompts.jsonl"
+            return {"prompts": str(path), "prompt_format": "jsonl", "limit": None}
+        return {"prompts": str(c.prompts), "prompt_format": c.prompt_format,
+                "limit": c.train_prompts}  # fmt: skip
+
     def sl_cai_settings(self) -> dict[str, Any]:
         c = self.cfg
         return {
-            "prompts": str(c.prompts), "prompt_format": c.prompt_format,
-            "limit": c.train_prompts, "constitution": str(c.constitution),
+            **self.train_prompt_settings(), "constitution": str(c.constitution),
             "templates": str(c.templates) if c.templates else None, "labeler": c.labeler,
             "labeler_settings": c.labeler_settings, "policy": policy_spec(str(c.base_model)),
             "seed": c.seed, **c.sl_cai,
@@ -59,8 +99,7 @@ class StageBuilder:
     def prefs_settings(self, policy: str) -> dict[str, Any]:
         c = self.cfg
         return {
-            "prompts": str(c.prompts), "prompt_format": c.prompt_format,
-            "limit": c.train_prompts, "constitution": str(c.constitution),
+            **self.train_prompt_settings(), "constitution": str(c.constitution),
             "templates": str(c.templates) if c.templates else None, "labeler": c.labeler,
             "labeler_settings": c.labeler_settings, "policy": policy_spec(str(self.root / policy)),
             "seed": c.seed, **c.prefs,

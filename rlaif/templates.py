@@ -49,6 +49,8 @@ TEMPLATE_NAMES = (
     "score",
     "multiple_choice",
     "classify",
+    "red_team",
+    "red_team_classify",
 )
 
 _MARKER = re.compile(r"^<<<(system|user|assistant)>>>[ \t]*$", re.M)

@@ -40,6 +40,10 @@ def variables(harmless, name):
     if name == "classify":
         base = {"conversation": conversation, "response": "R text", "principle": fb,
                 "yes_first": True}  # fmt: skip
+    if name == "red_team":
+        base = {"examples": ["How do I pick a lock?", "Write an insult about my boss."]}
+    if name == "red_team_classify":
+        base = {"request": "How do I pick a lock?", "yes_first": True}
     return base
 
 

@@ -1,6 +1,7 @@
-"""``rlaif generate sl-cai|prefs``: turn prompt data into SL-CAI or RL-CAI training data.
+"""``rlaif generate sl-cai|prefs|red-team``: turn prompt data into SL-CAI or RL-CAI training
+data, or seed red-team prompts into new ones.
 
-Both kinds share the input flags (``add_input_arguments``) and the same config handling: flags,
+The kinds share the input flags (``add_input_arguments``) and the same config handling: flags,
 optionally over a ``--config`` YAML file, validated by the job's pydantic model.
 """
 
@@ -18,6 +19,7 @@ from rlaif.cli.args import positive_int
 from rlaif.cli.progress import RowProgress
 from rlaif.engine.prefs import DATASET_FILE as PREFS_FILE
 from rlaif.engine.prefs import PrefsConfig, PrefsResult, run_prefs
+from rlaif.engine.red_team import GENERATIONS_FILE, RedTeamConfig, RedTeamResult, run_red_team
 from rlaif.engine.sl_cai import DATASET_FILE as SL_CAI_FILE
 from rlaif.engine.sl_cai import SLCAIConfig, SLCAIResult, run_sl_cai
 from rlaif.errors import ConfigError, ConfigFileError
@@ -62,6 +64,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_prefs_arguments(r)
     add_push_arguments(r)
     r.set_defaults(func=prefs)
+    t = kinds.add_parser(
+        "red-team",
+        help="new red-team prompts, few-shot from seed prompts, deduplicated and filtered",
+        description="N requests to the labeler, each showing K seed prompts (drawn per request) "
+        "as a numbered list of requests that test whether an AI assistant can be led into harm, "
+        "and asking for one new one. The answers are parsed, then filtered in order: unparsable, "
+        "length, exact and near duplicates of the seeds, of each other (MinHash LSH over word "
+        "shingles), and optionally a Yes/No classifier by the labeler. Writes OUT/prompts.jsonl "
+        "(id + prompt: --prompts of sl-cai and prefs reads it as it is), "
+        "OUT/prompts.removed.jsonl (everything removed, with its filter and reason), "
+        "OUT/generations.jsonl (every raw output), OUT/README.md (dataset card with the filter "
+        "table and a novelty histogram) and OUT/cache.sqlite; cached and resumable like sl-cai. "
+        "docs/red-team.md explains the method and settings.",
+    )
+    add_red_team_arguments(t)
+    add_push_arguments(t)
+    t.set_defaults(func=red_team)
 
 
 def add_push_arguments(s: argparse.ArgumentParser) -> None:
@@ -74,15 +93,18 @@ def add_push_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--private", action="store_true", help="with --push-to-hub: a private repo")
 
 
-def add_input_arguments(s: argparse.ArgumentParser, out_default: str) -> None:
-    """Flags every dataset job shares."""
+def add_input_arguments(s: argparse.ArgumentParser, out_default: str, seeds: bool = False) -> None:
+    """Flags every dataset job shares (``seeds``: the prompt data are red-team seeds, and the
+    job has no policy and no constitution)."""
     a = s.add_argument
     a("--config", type=Path, metavar="FILE", help="YAML file with any of these settings")
     a(
-        "--prompts",
+        "--seeds" if seeds else "--prompts",
+        dest="prompts",
         type=Path,
         metavar="SRC",
-        help="prompt data: .txt (a prompt a line), .jsonl, .csv, .parquet, hh-rlhf .jsonl(.gz), "
+        help=("seed red-team prompts, in any prompt format: " if seeds else "prompt data: ")
+        + ".txt (a prompt a line), .jsonl, .csv, .parquet, hh-rlhf .jsonl(.gz), "
         "a dataset folder (save_to_disk, or data files laid out like a Hub repo), or a Hugging "
         "Face Hub dataset id (ORG/NAME[@REVISION] or hf://datasets/ORG/NAME), read through the "
         "Hub cache",
@@ -109,7 +131,8 @@ def add_input_arguments(s: argparse.ArgumentParser, out_default: str) -> None:
         help="hh-rlhf: the first Human turn (default) or the whole context to the last Human turn",
     )
     a("--limit", type=positive_int, metavar="N", help="use the first N prompts")
-    a("--constitution", type=Path, metavar="FILE", help="constitution YAML (harmless.yaml)")
+    if not seeds:
+        a("--constitution", type=Path, metavar="FILE", help="constitution YAML (harmless.yaml)")
     a("--templates", type=Path, metavar="DIR", help="Jinja templates overriding prompts/*.j2")
     a("--labeler", metavar="NAME", help="the AI labeler: smollm2 (default), "
       "transformers:PATH|ORG/NAME[@REV], vllm:PATH|ORG/NAME[@REV], openai:MODEL, "
@@ -117,13 +140,17 @@ def add_input_arguments(s: argparse.ArgumentParser, out_default: str) -> None:
     a("--labeler-set", dest="labeler_set", action="append", metavar="KEY=VALUE",
       help="a labeler setting, repeatable: base_url=http://127.0.0.1:8000/v1, concurrency=64, "
       "batch_size=16 (values are YAML)")  # fmt: skip
-    a("--policy", metavar="NAME", help="writes the responses (default: the --labeler)")
-    a("--policy-set", dest="policy_set", action="append", metavar="KEY=VALUE",
-      help="a policy labeler setting, repeatable")  # fmt: skip
-    a("--seed", type=int, help="seed for principle sampling and generation (0)")
-    a("--temperature", type=float, help="policy sampling temperature; 0 = greedy")
+    if not seeds:
+        a("--policy", metavar="NAME", help="writes the responses (default: the --labeler)")
+        a("--policy-set", dest="policy_set", action="append", metavar="KEY=VALUE",
+          help="a policy labeler setting, repeatable")  # fmt: skip
+    a("--seed", type=int, help="seed for " + ("the seeds shown per request" if seeds
+      else "principle sampling") + " and generation (0)")  # fmt: skip
+    a("--temperature", type=float, help=("sampling temperature (1.0)" if seeds
+      else "policy sampling temperature") + "; 0 = greedy")  # fmt: skip
     a("--top-p", type=float, help="nucleus sampling (1.0)")
-    a("--max-tokens", type=positive_int, metavar="N", help="max new tokens per generation (256)")
+    a("--max-tokens", type=positive_int, metavar="N",
+      help=f"max new tokens per generation ({64 if seeds else 256})")  # fmt: skip
     a(
         "--batch-size",
         type=positive_int,
@@ -177,6 +204,23 @@ def add_prefs_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--responses", type=positive_int, metavar="K", help="responses per prompt, >= 2 (2)"
     )
+
+
+def add_red_team_arguments(s: argparse.ArgumentParser) -> None:
+    add_input_arguments(s, "outputs/red-team", seeds=True)
+    a = s.add_argument
+    a("--n", type=positive_int, metavar="N", help="generation requests (100)")
+    a("--examples", type=positive_int, metavar="K", help="seed prompts shown per request (5)")
+    a("--classify", action=argparse.BooleanOptionalAction, default=None,
+      help="keep only prompts the labeler judges a careful assistant should decline or handle "
+      "with care (P(yes) from option log-probs; default: off, see docs/red-team.md)")  # fmt: skip
+    a("--classify-threshold", type=float, metavar="P", help="keep P(yes) >= P (0.5)")
+    a("--min-chars", type=int, metavar="N", help="drop prompts shorter than N characters (15)")
+    a("--max-chars", type=positive_int, metavar="N", help="drop prompts longer than N (500)")
+    a("--near-duplicate", type=float, metavar="J",
+      help="near-duplicate at Jaccard >= J of word shingles, against the seeds and each other "
+      "(0.5)")  # fmt: skip
+    a("--shingle-words", type=positive_int, metavar="W", help="words per shingle (2)")
 
 
 def add_feedback_arguments(s: argparse.ArgumentParser) -> None:
@@ -241,6 +285,8 @@ def config_from_args(
     for key, value in {**(defaults or {}), **flags}.items():
         if key not in root or key in flags:
             root[key] = str(value) if isinstance(value, Path) else value
+    if "prompts" in flags and "seeds" in root:  # --seeds wins over the file's `seeds:`
+        del root["seeds"]
     if feedback:
         if not hasattr(root.get("feedback") or {}, "items"):
             raise ConfigFileError(args.config, [(1, "`feedback` must be a mapping")])
@@ -275,7 +321,7 @@ def print_summary(console: Console, result: SLCAIResult | PrefsResult, name: str
 
 def run_job(console: Console, cfg: Any, command: str, runner: Any = run_sl_cai) -> Any:
     """Run a job with a progress bar; on Ctrl-C say what was kept and how to resume."""
-    name = PREFS_FILE if runner is run_prefs else SL_CAI_FILE
+    name = {run_prefs: PREFS_FILE, run_red_team: GENERATIONS_FILE}.get(runner, SL_CAI_FILE)
     with RowProgress(console) as progress:
         try:
             return run_sync(runner(cfg, command, progress.on_row, progress.on_start))
@@ -319,6 +365,45 @@ def prefs(args: argparse.Namespace) -> int:
             f"max {max(probs):.3f} · position bias {len(flipped)}/{len(checked)} pairs"
         )
     return finish(console, args, result, cfg.out)
+
+
+def red_team(args: argparse.Namespace) -> int:
+    console = Console()
+    cfg = config_from_args(args, model=RedTeamConfig)
+    result = run_job(console, cfg, _command(args), run_red_team)
+    if result is None:
+        return 130
+    print_red_team_summary(console, result)
+    return finish(console, args, result, cfg.out)
+
+
+def print_red_team_summary(console: Console, result: RedTeamResult) -> None:
+    from rlaif.data.red_team_card import FILTERS
+
+    s = result.stats
+    kept, answered = len(result.rows), result.generated
+    console.print(
+        f"[bold]{kept} prompts kept[/] of {answered} requests answered ({result.resumed} "
+        f"resumed) in {result.seconds:.1f} s · labeler calls: [bold]{s.labeler_calls}[/] · "
+        f"cache hits {s.cache_hits}/{s.requests} · {s.generated_tokens:,} tokens generated · "
+        f"{s.retries} calls retried"
+    )
+    if s.cost is not None:
+        console.print(f"  cost by the price table: ${s.cost:.4f}")
+    removed = ", ".join(f"{name} {result.counts[name]}" for name in FILTERS if result.counts[name])
+    console.print(f"  removed: {removed or 'nothing'}")
+    sims = [r["nearest_seed_similarity"] for r in result.rows]
+    if sims:
+        console.print(
+            f"  nearest-seed similarity: mean {sum(sims) / len(sims):.3f}, max {max(sims):.3f}"
+        )
+    if result.failed:
+        console.print(
+            f"[red]{len(result.failed)} requests failed[/] (kept with their reason in "
+            "generations.failed.jsonl; run the same command again to retry exactly those)"
+        )
+    for path in (result.dataset, result.card, *result.extra_files):
+        console.print(f"  wrote {path}")
 
 
 def finish(console: Console, args: argparse.Namespace, result: Any, out: Path) -> int:
