@@ -334,6 +334,26 @@ class RunOptions:
     save_total_limit: int | None = 1
 
 
+@dataclass
+class MixOptions:
+    """The ``mix`` setting of the trainers that read preference pairs (reward model, DPO):
+    other preference data mixed into the AI pairs (``rlaif.data.mix``), checked when the config
+    is built so a bad entry fails before any model loads."""
+
+    mix: list[dict[str, Any]] = field(
+        default_factory=list,
+        metadata={"help": "preference data mixed in: entries with path, weight, limit, "
+                  "preference_prob (the reward model's soft label), source, split, data_dir "
+                  "(rlaif.data.mix)"},
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        from rlaif.data.mix import check_mix
+
+        self.mix = check_mix(self.mix)
+        super().__post_init__()  # type: ignore[misc]  # the TRL config's own checks
+
+
 def peft_config(cfg: Any, task_type: str = "CAUSAL_LM") -> Any:
     if not cfg.lora:
         return None

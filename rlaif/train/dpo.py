@@ -33,8 +33,9 @@ from trl import DPOConfig
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # we chose the experimental trainer
 from trl.experimental.online_dpo import OnlineDPOConfig
 
-from rlaif.data.mix import check_mix, mix_preferences
+from rlaif.data.mix import mix_preferences
 from rlaif.train.common import (
+    MixOptions,
     RunOptions,
     causal_lm_loader,
     finish_training,
@@ -48,19 +49,10 @@ TRAIN_BY_SOURCE_FILE = "train_by_source.json"
 
 
 @dataclass
-class DPORunConfig(RunOptions, DPOConfig):
+class DPORunConfig(MixOptions, RunOptions, DPOConfig):
     model: str = field(default="outputs/run/sft", metadata={"help": "policy init and reference"})
     dataset: str = field(default="outputs/prefs/preferences.jsonl")
     output_dir: str | None = field(default="outputs/run/dpo")
-    mix: list[dict[str, Any]] = field(
-        default_factory=list,
-        metadata={"help": "preference data mixed in: entries with path, weight, limit, source, "
-                  "split, data_dir (rlaif.data.mix)"},
-    )  # fmt: skip
-
-    def __post_init__(self) -> None:
-        self.mix = check_mix(self.mix)  # a bad entry fails before any model loads
-        super().__post_init__()
 
 
 @dataclass

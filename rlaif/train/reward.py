@@ -39,11 +39,12 @@ from torch import nn
 from trl import RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
-from rlaif.data.mix import MixedPairs, check_mix, mix_preferences
+from rlaif.data.mix import MixedPairs, mix_preferences
 from rlaif.errors import ConfigError
 from rlaif.eval.stats import wilson
 from rlaif.train.common import (
     TRAINABLE_DTYPE,
+    MixOptions,
     RunOptions,
     finish_training,
     metrics_callback,
@@ -102,7 +103,7 @@ class SoftLabelRewardTrainer(RewardTrainer):
 
 
 @dataclass
-class RewardRunConfig(RunOptions, RewardConfig):
+class RewardRunConfig(MixOptions, RunOptions, RewardConfig):
     model: str = field(default="outputs/run/sft", metadata={"help": "the SFT checkpoint"})
     dataset: str = field(
         default="outputs/prefs/preferences.jsonl", metadata={"help": "AI preference pairs"}
@@ -112,15 +113,6 @@ class RewardRunConfig(RunOptions, RewardConfig):
     eval_split: float = field(
         default=0.1, metadata={"help": "share of each source's prompts held out"}
     )
-    mix: list[dict[str, Any]] = field(
-        default_factory=list,
-        metadata={"help": "preference data mixed in: entries with path, weight, limit, "
-                  "preference_prob, source, split, data_dir (rlaif.data.mix)"},
-    )  # fmt: skip
-
-    def __post_init__(self) -> None:
-        self.mix = check_mix(self.mix)  # a bad entry fails before any model loads
-        super().__post_init__()
 
 
 def prepare_data(cfg: RewardRunConfig) -> tuple[Any, Any, MixedPairs]:
