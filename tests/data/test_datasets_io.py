@@ -11,20 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from rlaif.data import datasets_io
 from rlaif.data.datasets_io import LoadOptions, hub_id
 from rlaif.data.sources import read_prompts, source_sha256
 from rlaif.engine.critique_revise import prompt_text
 from rlaif.errors import PromptDataError
 
 from ..conftest import FIXTURES
-
-SHA = "0123456789abcdef0123456789abcdef01234567"
+from .hub_cache import SHA, offline_dataset_cache
 
 
 def hh_repo(root: Path) -> Path:
     """A dataset repo laid out like Anthropic/hh-rlhf: one folder per subset, split files."""
-    (root / "harmless-base").mkdir(parents=True)
+    (root / "harmless-base").mkdir(parents=True, exist_ok=True)
     (root / "helpful-base").mkdir()
     shutil.copy(FIXTURES / "hh_small.jsonl.gz", root / "harmless-base" / "test.jsonl.gz")
     rows = [{"chosen": "\n\nHuman: Train me.\n\nAssistant: ok", "rejected": "x"}] * 2
@@ -38,18 +36,8 @@ def hh_repo(root: Path) -> Path:
 @pytest.fixture
 def hf_home(tmp_path, monkeypatch):
     """An offline Hub cache holding ``test-org/hh`` at commit SHA (refs/main)."""
-    from huggingface_hub import constants
-
     home = tmp_path / "hf-home"
-    repo = home / "hub" / "datasets--test-org--hh"
-    hh_repo(repo / "snapshots" / SHA)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(SHA)
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets_io, "_RESOLVED", {})
+    hh_repo(offline_dataset_cache(monkeypatch, home, "test-org/hh", SHA))
     return home
 
 

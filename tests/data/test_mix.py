@@ -11,7 +11,6 @@ from collections import Counter
 import pytest
 from pydantic import ValidationError
 
-from rlaif.data import datasets_io
 from rlaif.data.mix import (
     SKIP_CONTEXT,
     SKIP_IDENTICAL,
@@ -24,10 +23,10 @@ from rlaif.data.mix import (
 from rlaif.errors import ConfigError, PreferenceDataError
 
 from ..conftest import FIXTURES
+from .hub_cache import SHA, offline_dataset_cache
 
 HH = FIXTURES / "hh_helpful_small.jsonl"
 PAIRS = FIXTURES / "human_prefs.jsonl"
-SHA = "0123456789abcdef0123456789abcdef01234567"
 LABELER = {"backend": "openai", "model": "labeler-70b", "base_url": "http://x/v1"}
 
 
@@ -295,23 +294,13 @@ def test_the_gpu_recipe_mixes_human_helpfulness_into_the_rm():
 def hf_home(tmp_path, monkeypatch):
     """An offline Hub cache holding ``test-org/hh`` (helpful-base and harmless-base, train and
     test splits) at commit SHA, laid out as ``huggingface_hub`` downloads it."""
-    from huggingface_hub import constants
-
     home = tmp_path / "hf-home"
-    repo = home / "hub" / "datasets--test-org--hh"
-    snapshot = repo / "snapshots" / SHA
+    snapshot = offline_dataset_cache(monkeypatch, home, "test-org/hh", SHA)
     for folder in ("helpful-base", "harmless-base"):
-        (snapshot / folder).mkdir(parents=True)
+        (snapshot / folder).mkdir()
         for split in ("train", "test"):
             with gzip.open(snapshot / folder / f"{split}.jsonl.gz", "wt") as f:
                 f.write(HH.read_text())
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(SHA)
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets_io, "_RESOLVED", {})
     return home
 
 
