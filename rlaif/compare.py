@@ -112,12 +112,15 @@ def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def _matched(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> tuple[list[str], int, int]:
-    """Ids in both (in A's order), and how many are only in A, only in B."""
-    ids_b = {str(r["id"]) for r in b}
-    ids_a = [str(r["id"]) for r in a]
-    shared = [i for i in ids_a if i in ids_b]
-    return shared, len(ids_a) - len(shared), len(ids_b) - len(shared)
+Matched = list[tuple[str, dict[str, Any], dict[str, Any]]]
+
+
+def _matched(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> tuple[Matched, int, int]:
+    """The rows of each id in both (id, A's row, B's row; in A's order), and how many ids are
+    only in A, only in B."""
+    by_b = {str(r["id"]): r for r in b}
+    shared = [(str(r["id"]), r, by_b[str(r["id"])]) for r in a if str(r["id"]) in by_b]
+    return shared, len(a) - len(shared), len(by_b) - len(shared)
 
 
 def _sl_cai_side(row: dict[str, Any]) -> dict[str, Any]:
@@ -132,11 +135,9 @@ def _sl_cai_side(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def compare_sl_cai(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, Any]:
-    by_a, by_b = {str(r["id"]): r for r in a}, {str(r["id"]): r for r in b}
     shared, only_a, only_b = _matched(a, b)
     items = []
-    for i in shared:
-        ra, rb = by_a[i], by_b[i]
+    for i, ra, rb in shared:
         sa, sb = _sl_cai_side(ra), _sl_cai_side(rb)
         items.append(
             {
@@ -175,11 +176,9 @@ def compare_sl_cai(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str
 
 
 def compare_prefs(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, Any]:
-    by_a, by_b = {str(r["id"]): r for r in a}, {str(r["id"]): r for r in b}
     shared, only_a, only_b = _matched(a, b)
     items = []
-    for i in shared:
-        ra, rb = by_a[i], by_b[i]
+    for i, ra, rb in shared:
         same = (ra.get("response_a"), ra.get("response_b")) == (
             rb.get("response_a"),
             rb.get("response_b"),
