@@ -145,16 +145,21 @@ class Templates:
         return _split_messages(text, path)
 
 
+def as_messages(prompt: str | Sequence[Message]) -> list[Message]:
+    """A prompt as chat messages: a string is one user message; a conversation is copied (role
+    and content only)."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [{"role": m["role"], "content": m["content"]} for m in prompt]
+
+
 def prompt_variables(prompt: str | Sequence[Message]) -> dict[str, Any]:
     """The template variables of a prompt, one turn or a conversation ending with the person's
     turn: ``prompt`` (the text of that last turn), ``context`` (the turns before it, empty for a
     single turn) and ``conversation`` (every turn, as messages). Templates that show one
     question use ``prompt`` and ``context``; those that show a whole conversation use
     ``conversation``."""
-    if isinstance(prompt, str):
-        last: Message = {"role": "user", "content": prompt}
-        return {"prompt": prompt, "context": [], "conversation": [last]}
-    turns: list[Message] = [{"role": m["role"], "content": m["content"]} for m in prompt]
+    turns = as_messages(prompt)
     if not turns or turns[-1]["role"] != "user":
         raise ValueError("a conversation prompt must end with the person's (user) turn")
     return {"prompt": turns[-1]["content"], "context": turns[:-1], "conversation": turns}

@@ -61,6 +61,7 @@ from rlaif.data.datasets_io import (
 )
 from rlaif.errors import PromptDataError
 from rlaif.resources import locate
+from rlaif.templates import as_messages
 
 PromptFormat = Literal["auto", "text", "jsonl", "csv", "parquet", "hh-rlhf", "dataset", "hub"]
 HHContext = Literal["first", "context"]
@@ -77,19 +78,12 @@ class PromptRow:
     @property
     def messages(self) -> list[dict[str, str]]:
         """The prompt as chat messages (a string is one user message)."""
-        return prompt_messages(self.prompt)
+        return as_messages(self.prompt)  # type: ignore[return-value]
 
     @property
     def text(self) -> str:
         """The prompt as one text: the string itself, or the conversation's transcript."""
         return prompt_transcript(self.prompt)
-
-
-def prompt_messages(prompt: Prompt) -> list[dict[str, str]]:
-    """A prompt as chat messages: a string is one user message, a conversation is copied."""
-    if isinstance(prompt, str):
-        return [{"role": "user", "content": prompt}]
-    return [{"role": m["role"], "content": m["content"]} for m in prompt]
 
 
 def prompt_transcript(prompt: Prompt) -> str:

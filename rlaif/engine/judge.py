@@ -59,18 +59,12 @@ from rlaif.engine.scheduler import EngineStats, Scheduler
 from rlaif.errors import ConfigError, LabelerCallError
 from rlaif.labelers.base import Labeler, create_labeler, run_sync
 from rlaif.resources import default_constitution
-from rlaif.templates import Message, Templates
+from rlaif.templates import Message, Templates, as_messages
 
 RATINGS = tuple(f" {i}" for i in range(1, 10))
 T = TypeVar("T")
 
 PromptLike = str | Sequence[Message]
-
-
-def as_conversation(prompt: PromptLike) -> list[Message]:
-    if isinstance(prompt, str):
-        return [{"role": "user", "content": prompt}]
-    return [{"role": m["role"], "content": m["content"]} for m in prompt]
 
 
 def as_text(completion: PromptLike) -> str:
@@ -164,7 +158,7 @@ class PairwiseJudge(_Base):
             jobs = []
             for prompt, (first, second) in zip(prompts, pairs, strict=True):
                 a, b = as_text(first), as_text(second)
-                conv = as_conversation(prompt)
+                conv = as_messages(prompt)
                 jobs.append(self._guarded(step.compare(pair_key(conv, a, b), conv, a, b)))
             results = await asyncio.gather(*jobs)
         finally:
@@ -195,7 +189,7 @@ class ConstitutionScorer(_Base):
         sched = self._scheduler()
         try:
             jobs = [
-                self._guarded(self._score(sched, as_conversation(p), as_text(c)))
+                self._guarded(self._score(sched, as_messages(p), as_text(c)))
                 for p, c in zip(prompts, completions, strict=True)
             ]
             return list(await asyncio.gather(*jobs))
@@ -267,7 +261,7 @@ class YesNoJudge(_Base):
         sched = self._scheduler()
         try:
             jobs = [
-                self._guarded(self._yes(sched, as_conversation(p), as_text(r), principle))
+                self._guarded(self._yes(sched, as_messages(p), as_text(r), principle))
                 for p, r in zip(prompts, responses, strict=True)
             ]
             return [YesNo(None) if a is None else a for a in await asyncio.gather(*jobs)]
