@@ -96,6 +96,20 @@ def _hub_error(message: str) -> PromptDataError:
     return PromptDataError("--prompts", message)
 
 
+def load_local_dataset(path: str | Path) -> Any:
+    """A JSONL file or a ``save_to_disk`` folder as a ``datasets.Dataset`` (how the trainers
+    read rlaif's output files); ``FileNotFoundError`` when it is neither, for the caller to
+    name in its own error."""
+    from datasets import load_dataset, load_from_disk
+
+    path = Path(path)
+    if path.is_dir():
+        return load_from_disk(str(path))
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    return load_dataset("json", data_files=str(path), split="train")
+
+
 def is_saved_dataset(path: Path) -> bool:
     """A ``save_to_disk`` folder (as opposed to a folder of data files)."""
     return any((path / name).is_file() for name in ("state.json", "dataset_dict.json"))

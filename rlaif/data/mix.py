@@ -194,14 +194,12 @@ def input_paths(value: Any) -> list[Path]:
 
 def load_dataset_file(path: str | Path) -> Any:
     """A JSONL file or a ``save_to_disk`` folder as a ``datasets.Dataset``."""
-    from datasets import load_dataset, load_from_disk
+    from rlaif.data.datasets_io import load_local_dataset
 
-    path = Path(path)
-    if path.is_dir():
-        return load_from_disk(str(path))
-    if not path.is_file():
-        raise PreferenceDataError(path, "dataset not found")
-    return load_dataset("json", data_files=str(path), split="train")
+    try:
+        return load_local_dataset(path)
+    except FileNotFoundError:
+        raise PreferenceDataError(path, "dataset not found") from None
 
 
 def prompt_groups(ds: Any) -> list[str]:

@@ -126,16 +126,12 @@ def causal_lm_loader(path: str) -> Any:
 
 
 def load_jsonl_dataset(path: str | Path) -> Any:
-    from datasets import load_dataset
+    from rlaif.data.datasets_io import load_local_dataset
 
-    path = Path(path)
-    if path.is_dir():
-        from datasets import load_from_disk
-
-        return load_from_disk(str(path))
-    if not path.is_file():
-        raise ConfigError(f"dataset not found: {path}")
-    return load_dataset("json", data_files=str(path), split="train")
+    try:
+        return load_local_dataset(path)
+    except FileNotFoundError:
+        raise ConfigError(f"dataset not found: {Path(path)}") from None
 
 
 # --------------------------------------------------------------------------- metrics and plots
