@@ -301,6 +301,8 @@ def print_summary(console: Console, result: SLCAIResult | PrefsResult, name: str
         f"labeler calls: [bold]{s.labeler_calls}[/] · cache hits {s.cache_hits}/{s.requests} · "
         f"{s.generated_tokens:,} tokens generated · {s.retries} calls retried"
     )
+    if s.usage is not None:
+        console.print(f"  billed: {s.usage.summary()}")
     if s.cost is not None:
         console.print(f"  cost by the price table: ${s.cost:.4f}")
     stem = name.removesuffix(".jsonl")
@@ -388,6 +390,8 @@ def print_red_team_summary(console: Console, result: RedTeamResult) -> None:
         f"cache hits {s.cache_hits}/{s.requests} · {s.generated_tokens:,} tokens generated · "
         f"{s.retries} calls retried"
     )
+    if s.usage is not None:
+        console.print(f"  billed: {s.usage.summary()}")
     if s.cost is not None:
         console.print(f"  cost by the price table: ${s.cost:.4f}")
     removed = ", ".join(f"{name} {result.counts[name]}" for name in FILTERS if result.counts[name])

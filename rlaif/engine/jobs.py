@@ -32,7 +32,7 @@ from rlaif.engine.journal import Journal, write_jsonl_atomic
 from rlaif.engine.runner import run_rows
 from rlaif.engine.scheduler import EngineStats, Scheduler
 from rlaif.errors import ConfigError, EndpointError, LabelerCallError
-from rlaif.labelers.base import Labeler, backend_class, create_labeler, parse_spec
+from rlaif.labelers.base import Labeler, Usage, backend_class, create_labeler, parse_spec
 from rlaif.resources import ConstitutionPath, PromptsPath, default_constitution
 
 
@@ -305,10 +305,18 @@ async def run_journaled(
         stats.retries = sum(s.labeler.retries for s in schedulers)
         costs = [s.labeler.cost for s in schedulers if s.labeler.cost is not None]
         stats.cost = sum(costs) if costs else None
+        stats.usage = billed_usage(schedulers)
         timings_file = write_timings(timings, done, seconds)
     finally:
         await close_all(schedulers, cache)
     return JournaledRun(done, dataset, failed_file, timings_file, len(journal.kept))
+
+
+def billed_usage(schedulers: list[Scheduler]) -> Usage | None:
+    """The tokens the run's labelers were billed for (each labeler once), None if none says."""
+    labelers = {id(s.labeler): s.labeler for s in schedulers}.values()
+    usages = [u for lab in labelers if (u := getattr(lab, "usage", None)) is not None]
+    return sum(usages, Usage()) if usages else None
 
 
 async def close_all(schedulers: list[Scheduler], cache: Cache) -> None:

@@ -46,7 +46,7 @@ from typing import Any
 
 from rlaif.engine.cache import Cache, request_key
 from rlaif.errors import EngineError, LabelerCallError, LabelerResponseError, RlaifError
-from rlaif.labelers.base import Completion, Conversation, GenerateParams, Labeler
+from rlaif.labelers.base import Completion, Conversation, GenerateParams, Labeler, Usage
 
 
 @dataclass
@@ -62,6 +62,9 @@ class EngineStats:
     retries: int = 0  # calls the labelers retried (429, 5xx, timeouts, garbage)
     failed_rows: int = 0  # rows given up after the last retry
     cost: float | None = None  # by the labelers' price tables; None when none is priced
+    # tokens the API labelers were billed for in this run (input with its cached reads and
+    # cache writes, output); None when no labeler reports usage (local models)
+    usage: Usage | None = None
 
 
 # what a queued request asks for: ("generate", params) or ("options", options)

@@ -20,12 +20,24 @@ half the price: one item per sample (``n`` samples, or ``votes`` votes, are that
 apart by the sample index in their custom ids), each carrying exactly the body an online request
 sends (``message_body``), and each result read by the function that reads an online answer
 (``parse_message``), so both modes give the same rows for the same answers.
+
+Prompt caching (setting ``prompt_caching``, on by default): a ``cache_control`` breakpoint goes on
+the last message of a request's static prefix (every message before the final person's turn:
+system, few-shot turns; see ``labelers/caching.py``), once that prefix is long enough for the
+model to cache (``CACHE_MINIMUM``, or the setting ``cache_min_tokens``) and has been sent before.
+One breakpoint per request, of the four the API allows. The response's
+``cache_read_input_tokens`` and ``cache_creation_input_tokens`` are added back to its
+``input_tokens`` (which excludes them), so ``prompt_tokens`` is every input token, and counted
+apart for pricing. A server that refuses ``cache_control`` (a 400 naming it) gets the request
+again without it, and no breakpoint for the rest of the run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -48,7 +60,9 @@ from rlaif.labelers.batches import (
     ItemResult,
     custom_id,
     upload_timeout,
+    without_cache_hints,
 )
+from rlaif.labelers.caching import PrefixTracker
 from rlaif.labelers.reliability import (
     ApiCaller,
     ApiLabelerMixin,
@@ -57,6 +71,7 @@ from rlaif.labelers.reliability import (
     classify_sdk_error,
     estimate_tokens,
     read_api_key,
+    refused_parameter,
     server_says,
 )
 from rlaif.labelers.rules import (
@@ -78,6 +93,19 @@ class AnthropicSettings(ApiSettings, BatchSettings):
 
 DEFAULT_RULES = ModelRules()
 
+# the shortest prefix each model caches (Anthropic's prompt caching documentation, early 2026);
+# the first match wins. Marking a shorter prefix costs nothing (it is just not cached), so an
+# unknown model gets the smallest current value.
+CACHE_MINIMUM: tuple[tuple[str, int], ...] = (
+    (r"claude-(opus-4-[56]|haiku-4-5)(-|$)", 4096),
+    (r"claude-(3-5-haiku|3-haiku|haiku-3)", 2048),
+    (r"", 1024),
+)
+
+
+def cache_minimum(model: str) -> int:
+    return next(n for pattern, n in CACHE_MINIMUM if re.match(pattern, model))
+
 
 def split_system(conversation: Conversation) -> tuple[str | None, list[dict[str, str]]]:
     messages = [dict(m) for m in conversation]
@@ -98,8 +126,14 @@ def message_body(
     conversation: Conversation,
     params: GenerateParams,
     rules: ModelRules = DEFAULT_RULES,
+    cache_prefix: int | None = None,
 ) -> dict[str, Any]:
-    system, messages = split_system(without_prefill(rules, conversation))
+    """The request body; with ``cache_prefix``, a cache breakpoint after that many leading
+    messages (of those sent: the system message counts as the first)."""
+    sent = without_prefill(rules, conversation)
+    if cache_prefix:
+        sent = _with_breakpoint(sent, cache_prefix)
+    system, messages = split_system(sent)
     body: dict[str, Any] = {
         "model": model,
         "messages": messages,
@@ -113,6 +147,22 @@ def message_body(
     return body
 
 
+def _with_breakpoint(messages: list[dict[str, Any]], end: int) -> list[dict[str, Any]]:
+    """``messages`` with the ``end``-th one's text as a block carrying ``cache_control``."""
+    out = list(messages)
+    last = out[end - 1]
+    block = {"type": "text", "text": last["content"], "cache_control": {"type": "ephemeral"}}
+    out[end - 1] = {**last, "content": [block]}
+    return out
+
+
+def split_system_blocks(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The body's system and messages as plain messages, for the token estimate."""
+    plain = without_cache_hints(body)
+    system = [{"role": "system", "content": plain["system"]}] if "system" in plain else []
+    return system + plain["messages"]
+
+
 # stop reasons that are not an ordinary end of turn, in rlaif's words
 _FINISH: dict[Any, Any] = {"max_tokens": "length", "refusal": "refusal", "tool_use": "tool_calls"}
 
@@ -122,7 +172,7 @@ def parse_message(response: Any, conversation: Conversation) -> Completion:
     if not isinstance(getattr(response, "content", None), list):
         raise LabelerResponseError("response without content")
     text = "".join(getattr(b, "text", "") for b in response.content)
-    prompt_tokens, completion_tokens = usage_of(response)
+    prompt_tokens, completion_tokens, _, _ = usage_of(response)
     return Completion(
         text=strip_prefill(text, conversation),
         finish_reason=_FINISH.get(response.stop_reason, "stop"),
@@ -131,9 +181,15 @@ def parse_message(response: Any, conversation: Conversation) -> Completion:
     )
 
 
-def usage_of(response: Any) -> tuple[int, int]:
+def usage_of(response: Any) -> tuple[int, int, int, int]:
+    """(every input token, output tokens, cache reads, cache writes): Anthropic's
+    ``input_tokens`` leaves out the tokens read from or written to the cache, so they are added
+    back."""
     usage = getattr(response, "usage", None)
-    return getattr(usage, "input_tokens", 0) or 0, getattr(usage, "output_tokens", 0) or 0
+    read = getattr(usage, "cache_read_input_tokens", 0) or 0
+    written = getattr(usage, "cache_creation_input_tokens", 0) or 0
+    uncached = getattr(usage, "input_tokens", 0) or 0
+    return uncached + read + written, getattr(usage, "output_tokens", 0) or 0, read, written
 
 
 def vote_params(settings: AnthropicSettings) -> GenerateParams:
@@ -156,10 +212,39 @@ class AnthropicLabeler(ApiLabelerMixin):
         self.rules = rules_for("anthropic", settings.model, settings.model_rules)
         self._caller = ApiCaller(settings, classify_anthropic, (self._key,))
         self.unparsed_votes = 0
+        self._prefixes: PrefixTracker | None = None
+        if settings.prompt_caching:
+            minimum = settings.cache_min_tokens or cache_minimum(settings.model)
+            self._prefixes = PrefixTracker(minimum)
         self._batches: BatchRunner | None = None
         if settings.batch:
             online = self._online_body if settings.batch_errors == "online" else None
             self._batches = BatchRunner(_AnthropicBatches(self), settings, self._caller, online)
+
+    def _body(
+        self,
+        conversation: Conversation,
+        params: GenerateParams,
+        repeats: Counter[str] | None = None,
+    ) -> dict[str, Any]:
+        """The request body, with a cache breakpoint where ``PrefixTracker`` says it pays
+        (``repeats``: how often each prefix occurs among the requests going out together)."""
+        mark = None
+        if self._prefixes is not None:
+            found = self._prefixes.cacheable(
+                self.settings.model, without_prefill(self.rules, conversation)
+            )
+            if found and self._prefixes.mark(found[1], (repeats or {}).get(found[1], 1)):
+                mark = found[0]
+        return message_body(self.settings.model, conversation, params, self.rules, mark)
+
+    def _prefix_key(self, conversation: Conversation) -> str | None:
+        if self._prefixes is None:
+            return None
+        found = self._prefixes.cacheable(
+            self.settings.model, without_prefill(self.rules, conversation)
+        )
+        return found[1] if found else None
 
     def describe(self) -> dict[str, Any]:
         described: dict[str, Any] = {
@@ -170,6 +255,8 @@ class AnthropicLabeler(ApiLabelerMixin):
         }
         if self.settings.batch:
             described["batch"] = True
+        if not self.settings.prompt_caching:
+            described["prompt_caching"] = False
         described.update(provenance_of(self.rules))
         return described
 
@@ -196,14 +283,33 @@ class AnthropicLabeler(ApiLabelerMixin):
         extra = {k: v for k, v in body.items() if k not in _ARGUMENTS}
 
         async def attempt() -> Any:
-            response = await self._get_client().messages.create(**arguments, extra_body=extra)
+            nonlocal arguments, extra
+            try:
+                response = await self._get_client().messages.create(**arguments, extra_body=extra)
+            except Exception as e:
+                if not self._refuses_caching(e):
+                    raise
+                # the server takes no cache breakpoints: send this request, and every later
+                # one, without them
+                self._prefixes = None
+                plain = without_cache_hints(body)
+                arguments = {k: v for k, v in plain.items() if k in _ARGUMENTS}
+                extra = {k: v for k, v in plain.items() if k not in _ARGUMENTS}
+                response = await self._get_client().messages.create(**arguments, extra_body=extra)
             if not isinstance(getattr(response, "content", None), list):
                 raise LabelerResponseError("response without content")
             return response
 
-        system = [{"role": "system", "content": body["system"]}] if "system" in body else []
-        tokens = estimate_tokens(system + body["messages"]) + body.get("max_tokens", 0)
+        tokens = estimate_tokens(split_system_blocks(body)) + body.get("max_tokens", 0)
         return await self._caller.call(attempt, tokens)
+
+    @staticmethod
+    def _refuses_caching(exc: Exception) -> bool:
+        if getattr(exc, "status_code", None) != 400:
+            return False
+        said = str(getattr(exc, "message", "") or exc)
+        named = refused_parameter(400, getattr(exc, "body", None), said)
+        return named == "cache_control" or (named is None and "cache_control" in said)
 
     async def _online_body(self, body: dict[str, Any]) -> dict[str, Any]:
         """One request online, for batch items sent online after errors: the answer as a body."""
@@ -224,9 +330,7 @@ class AnthropicLabeler(ApiLabelerMixin):
         )
 
     async def _one(self, conversation: Conversation, params: GenerateParams) -> Completion:
-        response = await self._create(
-            message_body(self.settings.model, conversation, params, self.rules)
-        )
+        response = await self._create(self._body(conversation, params))
         self._caller.record(*usage_of(response))
         return parse_message(response, conversation)
 
@@ -269,12 +373,14 @@ class AnthropicLabeler(ApiLabelerMixin):
         from anthropic.types import Message
 
         assert self._batches is not None
-        bodies = [message_body(self.settings.model, c, params, self.rules) for c in conversations]
+        keys = [self._prefix_key(c) for c in conversations]
+        repeats = Counter(k for k in keys for _ in range(params.n) if k is not None)
+        bodies = [self._body(c, params, repeats) for c in conversations]
         items = {custom_id(b, i): b for b in bodies for i in range(params.n)}
         got = await self._batches.run(items)
 
         def read(conversation: Conversation) -> Any:
-            def completion(body: dict[str, Any]) -> tuple[Completion, tuple[int, int]]:
+            def completion(body: dict[str, Any]) -> tuple[Completion, tuple[int, ...]]:
                 response = Message.model_validate(body)
                 return parse_message(response, conversation), usage_of(response)
 

@@ -67,8 +67,41 @@ FinishReason = Literal["stop", "length", "content_filter", "refusal", "tool_call
 class Completion:
     text: str
     finish_reason: FinishReason
-    prompt_tokens: int
+    prompt_tokens: int  # every input token, cached ones included
     completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens a backend was billed for in this process. ``input_tokens`` counts every prompt
+    token, those read from or written to the provider's prompt cache included (Anthropic reports
+    them apart; they are added back here), so shares are of one total."""
+
+    input_tokens: int = 0
+    cached_tokens: int = 0  # of the input, read from the provider's prompt cache
+    cache_write_tokens: int = 0  # of the input, written to it (Anthropic bills these apart)
+    output_tokens: int = 0
+
+    @property
+    def cached_share(self) -> float:
+        """The share of input tokens billed as cache reads."""
+        return self.cached_tokens / self.input_tokens if self.input_tokens else 0.0
+
+    def summary(self) -> str:
+        """One line for run summaries and dataset cards."""
+        return (
+            f"input tokens {self.input_tokens:,} (of which cached reads {self.cached_tokens:,} "
+            f"= {100 * self.cached_share:.1f}%, cache writes {self.cache_write_tokens:,}) · "
+            f"output tokens {self.output_tokens:,}"
+        )
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.cached_tokens + other.cached_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
+            self.output_tokens + other.output_tokens,
+        )
 
 
 @runtime_checkable
@@ -85,6 +118,8 @@ class Labeler(Protocol):
     supports_logprobs: ClassVar[bool]
     retries: int  # calls retried so far (0 for backends that never retry)
     cost: float | None  # money spent so far by the backend's price table; None if unpriced
+    # API backends also answer ``usage`` (a ``Usage``: tokens billed so far, cached ones apart);
+    # the engine reads it with ``getattr``, so local backends need not have it
 
     @property
     def model_name(self) -> str: ...

@@ -11,7 +11,11 @@ speaks its API):
 
 - **Custom ids from content.** An item's ``custom_id`` is a hash of its canonical request body
   plus a sample index (``custom_id``), so the same request always has the same id, identical items
-  in one call are sent once, and ids fit Anthropic's ``^[a-zA-Z0-9_-]{1,64}$``.
+  in one call are sent once, and ids fit Anthropic's ``^[a-zA-Z0-9_-]{1,64}$``. Prompt cache hints
+  (a ``cache_control`` breakpoint, a ``prompt_cache_key``) are left out of the hash: they depend
+  on what the process sent before, and the same request must keep its id on a rerun. Items carry
+  the hints as online requests do, and both providers bill cached tokens in a batch at the batch
+  price.
 - **Money is never spent twice.** A batch's id, and the custom ids of the items it carries, go
   into a small SQLite ledger (``batches.sqlite`` in ``state_dir``, the run's output folder) and
   are committed right after the create call returns, before the first poll. Before submitting
@@ -95,9 +99,36 @@ def canonical(body: dict[str, Any]) -> str:
 
 
 def custom_id(body: dict[str, Any], sample: int = 0) -> str:
-    """A provider-safe id for one item: the same body and sample always give the same id."""
-    digest = hashlib.sha256(canonical(body).encode("utf-8")).hexdigest()[:48]
-    return f"r{digest}-{sample}"
+    """A provider-safe id for one item: the same body and sample always give the same id. Prompt
+    cache hints do not count (``without_cache_hints``): whether a request's prefix is marked
+    depends on what this process has sent before, and a rerun must find the same items."""
+    digest = hashlib.sha256(canonical(without_cache_hints(body)).encode("utf-8")).hexdigest()
+    return f"r{digest[:48]}-{sample}"
+
+
+def without_cache_hints(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` without ``prompt_cache_key`` (OpenAI) and ``cache_control`` breakpoints
+    (Anthropic; a text block list that only carried one becomes its text again)."""
+    out = {k: v for k, v in body.items() if k != "prompt_cache_key"}
+    if "system" in out:
+        out["system"] = _plain(out["system"])
+    if isinstance(out.get("messages"), list):
+        out["messages"] = [
+            {**m, "content": _plain(m["content"])} if isinstance(m, dict) and "content" in m else m
+            for m in out["messages"]
+        ]
+    return out
+
+
+def _plain(content: Any) -> Any:
+    if not isinstance(content, list) or not any(
+        isinstance(b, dict) and "cache_control" in b for b in content
+    ):
+        return content
+    blocks = [{k: v for k, v in b.items() if k != "cache_control"} for b in content]
+    if len(blocks) == 1 and blocks[0].get("type") == "text" and set(blocks[0]) == {"type", "text"}:
+        return blocks[0]["text"]
+    return blocks
 
 
 def job_key(provider: str, endpoint: str, ids: Sequence[str]) -> str:
@@ -447,10 +478,11 @@ class BatchRunner:
         self,
         got: tuple[dict[str, dict[str, Any] | Exception], set[str]],
         cid: str,
-        read: Callable[[dict[str, Any]], tuple[T, tuple[int, int]]],
+        read: Callable[[dict[str, Any]], tuple[T, tuple[int, ...]]],
     ) -> T | LabelerCallError:
         """One item of ``run``'s result as the backend reads it (``read``: the result and its
-        prompt and completion tokens), or the error that fails its row. The tokens are charged
+        prompt, completion, cached and cache-written tokens, as ``ApiCaller.record`` takes them),
+        or the error that fails its row. The tokens, cached ones included, are charged
         at the batch price, or in full where the item was answered online."""
         answers, online = got
         body = answers[cid]

@@ -24,6 +24,16 @@ at half the price: the JSONL input file carries, per conversation, exactly the b
 request would send (``chat_body``/``score_body``), and each result body is read by the same
 function an online answer is (``parse_chat``/``parse_scores``), so both modes give the same rows
 for the same answers. With several ``base_url`` values, batches go to the first.
+
+Prompt caching: OpenAI caches long identical prefixes by itself (from 1024 tokens, in 128-token
+steps) and bills cached tokens at a discount; what a client can do is route requests with the
+same prefix to the same cache with a ``prompt_cache_key``. With ``prompt_caching`` on (the
+default) a request whose static prefix (the messages before the final person's turn: few-shot
+turns, see ``labelers/caching.py``) is long enough to be cached carries a key derived from that
+prefix, so one template under one principle has one key. The response's
+``prompt_tokens_details.cached_tokens`` (part of ``prompt_tokens``) is counted and priced apart.
+OpenAI-compatible servers that refuse unknown fields (vLLM answers 400 naming it) get the request
+again without the key, and no key for the rest of the run.
 """
 
 from __future__ import annotations
@@ -61,6 +71,7 @@ from rlaif.labelers.batches import (
     custom_id,
     upload_timeout,
 )
+from rlaif.labelers.caching import PrefixTracker
 from rlaif.labelers.http import HttpError, JsonClient, classify_http_error
 from rlaif.labelers.reliability import (
     ApiCaller,
@@ -70,6 +81,7 @@ from rlaif.labelers.reliability import (
     classify_sdk_error,
     estimate_tokens,
     read_api_key,
+    refused_parameter,
     server_says,
 )
 from rlaif.labelers.rules import (
@@ -83,6 +95,7 @@ from rlaif.labelers.rules import (
 
 DEFAULT_URL = "https://api.openai.com/v1"
 DEFAULT_RULES = ModelRules()
+CACHE_MINIMUM = 1024  # OpenAI caches prompts from 1024 tokens on
 
 
 class OpenAISettings(ApiSettings, BatchSettings):
@@ -135,6 +148,7 @@ def chat_body(
     conversation: Conversation,
     params: GenerateParams,
     rules: ModelRules = DEFAULT_RULES,
+    cache_key: str | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": model,
@@ -147,11 +161,17 @@ def chat_body(
         body["stop"] = list(params.stop)
     if params.seed is not None and rules.seed:
         body["seed"] = params.seed
+    if cache_key:
+        body["prompt_cache_key"] = cache_key
     return body
 
 
 def score_body(
-    model: str, conversation: Conversation, top_logprobs: int, rules: ModelRules = DEFAULT_RULES
+    model: str,
+    conversation: Conversation,
+    top_logprobs: int,
+    rules: ModelRules = DEFAULT_RULES,
+    cache_key: str | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": model,
@@ -161,12 +181,18 @@ def score_body(
     if rules.temperature:
         body["temperature"] = 0.0
     body.update(logprobs=True, top_logprobs=top_logprobs)
+    if cache_key:
+        body["prompt_cache_key"] = cache_key
     return body
 
 
-def usage_of(response: dict[str, Any]) -> tuple[int, int]:
+def usage_of(response: dict[str, Any]) -> tuple[int, int, int, int]:
+    """(prompt tokens, completion tokens, of the prompt those read from the cache, cache
+    writes: none, OpenAI does not bill them)."""
     usage = response.get("usage") or {}
-    return usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
+    details = usage.get("prompt_tokens_details") or {}
+    cached = details.get("cached_tokens") or 0 if isinstance(details, dict) else 0
+    return usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0, cached, 0
 
 
 def _choices(response: Any) -> list[dict[str, Any]]:
@@ -190,7 +216,7 @@ def parse_chat(response: dict[str, Any], conversation: Conversation, n: int) -> 
     choices = _choices(response)
     if len(choices) != n:
         raise LabelerResponseError(f"asked for {n} choices, got {len(choices)}")
-    prompt_tokens, total_completion = usage_of(response)
+    prompt_tokens, total_completion, _, _ = usage_of(response)
     per_choice = total_completion // max(1, len(choices))
     try:
         return [
@@ -262,6 +288,9 @@ class OpenAILabeler(ApiLabelerMixin):
         self._sdk_loop: asyncio.AbstractEventLoop | None = None
         self._inflight = [0] * len(self._urls)
         self._caller = ApiCaller(settings, classify_openai, (self._key,))
+        self._prefixes: PrefixTracker | None = None
+        if settings.prompt_caching:
+            self._prefixes = PrefixTracker(settings.cache_min_tokens or CACHE_MINIMUM)
         self._batches: BatchRunner | None = None
         if settings.batch:
             online = self._online_body if settings.batch_errors == "online" else None
@@ -278,6 +307,8 @@ class OpenAILabeler(ApiLabelerMixin):
             described["batch"] = True
         if not self.supports_logprobs:
             described["votes"] = self.settings.votes
+        if not self.settings.prompt_caching:
+            described["prompt_caching"] = False
         described.update(provenance_of(self.rules))
         return described
 
@@ -325,12 +356,39 @@ class OpenAILabeler(ApiLabelerMixin):
             self._sdk_loop = loop
         return self._sdk
 
+    def _cache_key(self, conversation: Conversation) -> str | None:
+        """The routing key of the request's static prefix, when it is long enough to be cached."""
+        if self._prefixes is None:
+            return None
+        found = self._prefixes.cacheable(
+            self.settings.model, without_prefill(self.rules, conversation)
+        )
+        return f"rlaif-{found[1]}" if found else None
+
+    def _chat_body(self, conversation: Conversation, params: GenerateParams) -> dict[str, Any]:
+        key = self._cache_key(conversation)
+        return chat_body(self.settings.model, conversation, params, self.rules, key)
+
+    def _score_body(self, conversation: Conversation) -> dict[str, Any]:
+        top, key = self.settings.top_logprobs, self._cache_key(conversation)
+        return score_body(self.settings.model, conversation, top, self.rules, key)
+
     async def _create(self, body: dict[str, Any]) -> dict[str, Any]:
         async def attempt() -> dict[str, Any]:
+            nonlocal body
             i = self._client_index()
             self._inflight[i] += 1
             try:
-                response = await self._clients[i].post("/chat/completions", body)  # type: ignore[index]
+                try:
+                    response = await self._clients[i].post("/chat/completions", body)  # type: ignore[index]
+                except HttpError as e:
+                    if "prompt_cache_key" not in body or not _refuses_cache_key(e):
+                        raise
+                    # the server takes no prompt_cache_key: this request and every later one
+                    # go without it
+                    self._prefixes = None
+                    body = {k: v for k, v in body.items() if k != "prompt_cache_key"}
+                    response = await self._clients[i].post("/chat/completions", body)  # type: ignore[index]
             finally:
                 self._inflight[i] -= 1
             _choices(response)  # an answer without choices is retried
@@ -348,7 +406,7 @@ class OpenAILabeler(ApiLabelerMixin):
         self, conversations: Sequence[Conversation], params: GenerateParams
     ) -> list[list[Completion]]:
         if self._batches is not None:
-            bodies = [chat_body(self.settings.model, c, params, self.rules) for c in conversations]
+            bodies = [self._chat_body(c, params) for c in conversations]
             got = await self._batch(bodies)
             return [
                 self._batches.answer(  # type: ignore[union-attr]
@@ -359,9 +417,7 @@ class OpenAILabeler(ApiLabelerMixin):
         return list(await asyncio.gather(*(self._one(c, params) for c in conversations)))
 
     async def _one(self, conversation: Conversation, params: GenerateParams) -> list[Completion]:
-        response = await self._create(
-            chat_body(self.settings.model, conversation, params, self.rules)
-        )
+        response = await self._create(self._chat_body(conversation, params))
         completions = parse_chat(response, conversation, params.n)
         self._caller.record(*usage_of(response))
         return completions
@@ -373,7 +429,7 @@ class OpenAILabeler(ApiLabelerMixin):
             return await self._votes(conversations, options)
         top = self.settings.top_logprobs
         if self._batches is not None:
-            bodies = [score_body(self.settings.model, c, top, self.rules) for c in conversations]
+            bodies = [self._score_body(c) for c in conversations]
             got = await self._batch(bodies)
             return [
                 self._batches.answer(  # type: ignore[union-attr]
@@ -385,8 +441,7 @@ class OpenAILabeler(ApiLabelerMixin):
 
     async def _score(self, conversation: Conversation, options: Sequence[str]) -> list[float]:
         top = self.settings.top_logprobs
-        body = score_body(self.settings.model, conversation, top, self.rules)
-        response = await self._create(body)
+        response = await self._create(self._score_body(conversation))
         self._caller.record(*usage_of(response))
         return parse_scores(response, options, top)
 
@@ -529,6 +584,15 @@ def _item_result(record: dict[str, Any]) -> ItemResult:
     said = server_says(body.get("error", body) if isinstance(body, dict) else body)
     retryable = status is None or status in (408, 409, 429) or status >= 500
     return ItemResult(None, f"HTTP {status}: {said}", retryable)
+
+
+def _refuses_cache_key(e: HttpError) -> bool:
+    """A 400 that refuses ``prompt_cache_key`` (vLLM: "Extra inputs are not permitted")."""
+    if e.kind != "status" or e.status != 400:
+        return False
+    said = server_says(e.body, e.text)
+    named = refused_parameter(400, e.body, said)
+    return named == "prompt_cache_key" or (named is None and "prompt_cache_key" in said)
 
 
 def _logaddexp(a: float, b: float) -> float:

@@ -25,8 +25,13 @@ the provider's tokenizer is not at hand.
 
 Backends supply ``classify(exc) -> Verdict`` for their SDK's exceptions; ``classify_sdk_error``
 covers the exception family that the openai and anthropic SDKs share. ``ApiSettings`` and
-``ApiCaller`` hold what every API backend needs (keys, concurrency, limits, retries), so each
-backend module keeps only what differs about its API.
+``ApiCaller`` hold what every API backend needs (keys, concurrency, limits, retries, the price
+table), so each backend module keeps only what differs about its API.
+
+``ApiCaller`` counts what was billed by price class: input tokens read from the provider's prompt
+cache and those written to it are counted and priced apart from the rest of the input
+(``price_cached_input_per_million``, ``price_cache_write_per_million``; unset, they cost what
+other input tokens cost, so an unset price never understates the bill).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from rlaif.errors import ConfigError, LabelerCallError, LabelerResponseError
+from rlaif.labelers.base import Usage
 from rlaif.labelers.rules import RulesOverride
 
 T = TypeVar("T")
@@ -248,6 +254,28 @@ class ApiSettings(BaseModel):
     price_output_per_million: float | None = Field(
         default=None, ge=0, description="price of 1M completion tokens"
     )
+    price_cached_input_per_million: float | None = Field(
+        default=None,
+        ge=0,
+        description="price of 1M prompt tokens read from the provider's prompt cache "
+        "(unset: the input price, which never understates the bill)",
+    )
+    price_cache_write_per_million: float | None = Field(
+        default=None,
+        ge=0,
+        description="price of 1M prompt tokens written to the prompt cache (Anthropic: 1.25x "
+        "the input price; unset: the input price)",
+    )
+    prompt_caching: bool = Field(
+        default=True,
+        description="mark each request's static prefix for the provider's prompt cache",
+    )
+    cache_min_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="shortest prefix (estimated tokens) worth marking; default: the model's "
+        "minimum cacheable length",
+    )
     model_rules: RulesOverride | None = Field(
         default=None,
         description="what the model accepts, over the rules matched by its id (labelers/rules.py)",
@@ -294,25 +322,59 @@ class ApiCaller:
         self.classify = classify_redacted
         self.limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
         self.retries = 0
-        self.prompt_tokens = 0
+        self.prompt_tokens = 0  # every input token, cached ones included
+        self.cached_tokens = 0  # of them, read from the provider's prompt cache
+        self.cache_write_tokens = 0  # of them, written to it
         self.completion_tokens = 0
-        self._billed_prompt = 0.0  # tokens weighted by their price factor (batch items: 0.5)
+        # tokens weighted by their price factor (batch items: 0.5), by price class
+        self._billed_input = 0.0  # neither read from nor written to the cache
+        self._billed_cached = 0.0
+        self._billed_write = 0.0
         self._billed_completion = 0.0
 
-    def record(self, prompt_tokens: int, completion_tokens: int, price_factor: float = 1.0) -> None:
-        """Count tokens; ``price_factor`` scales their price (provider batches cost half)."""
+    def record(
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        price_factor: float = 1.0,
+    ) -> None:
+        """Count tokens (``prompt_tokens`` includes the cached and cache-written ones);
+        ``price_factor`` scales their price (provider batches cost half)."""
+        cached = min(cached_tokens, prompt_tokens)
+        written = min(cache_write_tokens, prompt_tokens - cached)
         self.prompt_tokens += prompt_tokens
+        self.cached_tokens += cached
+        self.cache_write_tokens += written
         self.completion_tokens += completion_tokens
-        self._billed_prompt += prompt_tokens * price_factor
+        self._billed_input += (prompt_tokens - cached - written) * price_factor
+        self._billed_cached += cached * price_factor
+        self._billed_write += written * price_factor
         self._billed_completion += completion_tokens * price_factor
 
     @property
+    def usage(self) -> Usage:
+        return Usage(
+            self.prompt_tokens, self.cached_tokens, self.cache_write_tokens, self.completion_tokens
+        )
+
+    @property
     def cost(self) -> float | None:
-        """Spent so far by the configured price table; None without prices."""
-        p_in, p_out = self.settings.price_input_per_million, self.settings.price_output_per_million
-        if p_in is None and p_out is None:
+        """Spent so far by the configured price table; None without prices. Cached reads and
+        cache writes are priced like other input tokens unless their own price is set."""
+        s = self.settings
+        p_in, p_out = s.price_input_per_million, s.price_output_per_million
+        p_read, p_write = s.price_cached_input_per_million, s.price_cache_write_per_million
+        if p_in is None and p_out is None and p_read is None and p_write is None:
             return None
-        spent = self._billed_prompt * (p_in or 0.0) + self._billed_completion * (p_out or 0.0)
+        p_in = p_in or 0.0
+        spent = (
+            self._billed_input * p_in
+            + self._billed_cached * (p_in if p_read is None else p_read)
+            + self._billed_write * (p_in if p_write is None else p_write)
+            + self._billed_completion * (p_out or 0.0)
+        )
         return spent / 1e6
 
     async def call(self, attempt: Callable[[], Awaitable[T]], tokens: int = 0) -> T:
@@ -369,6 +431,11 @@ class ApiLabelerMixin:
         """Spent in this process, by the configured price table (None without prices)."""
         return self._caller.cost
 
+    @property
+    def usage(self) -> Usage:
+        """Tokens billed in this process: input (cached reads and writes apart) and output."""
+        return self._caller.usage
+
 
 def classify_sdk_error(
     exc: BaseException, sdk: ModuleType, transient_status: tuple[int, ...] = (408, 409, 429)
@@ -419,7 +486,7 @@ def status_verdict(
 # request fields a server may name when it refuses one (OpenAI's ``param``, Anthropic's message)
 _PARAMETERS = (
     "max_completion_tokens|max_tokens|temperature|top_p|top_k|top_logprobs|logprobs|seed|n|"
-    "stop_sequences|stop|reasoning_effort|prompt_cache_key"
+    "stop_sequences|stop|reasoning_effort|prompt_cache_key|cache_control"
 )
 _NAMED = re.compile(r"[`'\"](" + _PARAMETERS + r")[`'\"]")
 _PREFILL = re.compile(r"prefill", re.I)

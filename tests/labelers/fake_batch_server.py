@@ -28,7 +28,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .fake_openai_server import FakeOpenAIServer, completion
+from .fake_openai_server import FakeOpenAIServer
 
 
 class FakeBatchServer(FakeOpenAIServer):
@@ -81,7 +81,7 @@ class FakeBatchServer(FakeOpenAIServer):
                 self.seen[request] += 1
                 if fault is None:
                     if batch["provider"] == "openai":
-                        answer = completion(body)
+                        answer = self.openai_completion(body)  # type: ignore[attr-defined]
                     else:
                         answer = self.anthropic_message(body)  # type: ignore[attr-defined]
                     results.append((cid, "ok", answer))

@@ -19,10 +19,29 @@ answer (a 400 naming the parameter): OpenAI reasoning models (``o1``..., ``gpt-5
 Opus 4.1 refuse ``temperature`` with ``top_p``; Opus 4.7 refuses either; Claude 5 refuses
 non-default sampling; Claude 4.6 and later refuse an assistant prefill. These rules are this
 file's own, written from the providers' documentation, not rlaif's table.
+
+``caching=True`` makes the server bill like a provider with prompt caching, and count tokens over
+the whole prompt (off, it counts the words of the last turn, as the older tests expect). Tokens
+are approximated as 4 characters each, rounded up (``fake_tokens``), per text block (Anthropic)
+or over the whole prompt (OpenAI). Anthropic: a prefix is read from the cache only up to a
+``cache_control`` breakpoint whose exact prefix (model, system and messages up to and including
+the marked block) an earlier request wrote; a breakpoint whose prefix reaches the model's minimum
+cacheable length (``cache_min_tokens``, default the provider's value for the model, from its
+documentation) writes it; shorter ones are not cached, as the API does, and more than 4
+breakpoints are refused with a 400. ``usage`` then says ``input_tokens`` (the rest),
+``cache_read_input_tokens`` and ``cache_creation_input_tokens``. There is no expiry (the real
+cache lives 5 minutes from its last use) and no look-back for hits before a breakpoint. OpenAI:
+every prompt's prefixes of 1024 tokens (``cache_min_tokens``), 1152, 1280, ... (128-token steps)
+are cached; a later prompt starting with one of them reports the longest as
+``prompt_tokens_details.cached_tokens`` (part of ``prompt_tokens``). ``refuse_fields`` makes the
+server refuse those request fields with a 400 naming them, as servers that forbid unknown fields
+do ("Extra inputs are not permitted"): top-level fields on the OpenAI path (vLLM's answer),
+``cache_control`` in any block on the Anthropic path.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -56,8 +75,16 @@ class FakeOpenAIServer:
         hang_seconds: float = 2.0,
         latency: float = 0.0,
         strict: bool = False,
+        caching: bool = False,
+        cache_min_tokens: int | None = None,
     ):
         self.strict = strict
+        self.caching = caching
+        self.cache_min_tokens = cache_min_tokens
+        self.refuse_fields: set[str] = set()  # request fields refused with a 400 naming them
+        self.cache_keys: Counter[str] = Counter()  # prompt_cache_key values received
+        self.answered_usage: list[dict[str, Any]] = []  # the usage of each answer, in order
+        self._prompt_cache: set[str] = set()
         self.refused: list[str] = []  # the parameters strict mode refused, one per 400
         self.fault_rate = fault_rate
         self.faults = faults
@@ -149,6 +176,9 @@ class FakeOpenAIServer:
                         server.in_flight -= 1
 
             def _answer(self, request: dict[str, Any]) -> None:
+                refused = server.refusal(self.path, request)
+                if refused is not None:
+                    return self._send(400, json.dumps(refused).encode())
                 if server.strict:
                     refusal = strict_refusal(self.path, request)
                     if refusal is not None:
@@ -203,9 +233,11 @@ class FakeOpenAIServer:
                         answer["stop_reason"] = stop
                 else:
                     no_option = bool(server.no_option_if and server.no_option_if(request))
-                    answer = completion(request, no_option)
+                    answer = server.openai_completion(request, no_option)
                     for choice in answer["choices"] if stop else []:
                         choice["finish_reason"] = stop
+                with server._lock:
+                    server.answered_usage.append(answer["usage"])
                 body = json.dumps(answer).encode()
                 if fault == "truncated":
                     self._send(200, body[: len(body) // 2], length=len(body))
@@ -247,11 +279,132 @@ def _anthropic_message(server: FakeOpenAIServer, request: dict[str, Any]) -> dic
         "content": [{"type": "text", "text": " ".join(words[:limit])}],
         "stop_reason": "max_tokens" if len(words) > limit else "end_turn",
         "stop_sequence": None,
-        "usage": {"input_tokens": len(last["content"].split()), "output_tokens": len(words)},
+        "usage": {
+            **(
+                server.anthropic_usage(request)  # type: ignore[attr-defined]
+                if server.caching
+                else {"input_tokens": len(last["content"].split())}
+            ),
+            "output_tokens": len(words),
+        },
     }
 
 
 FakeOpenAIServer.anthropic_message = _anthropic_message  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- prompt caching
+
+# the shortest prefix Anthropic caches, by model (its prompt caching documentation, early 2026)
+ANTHROPIC_MINIMUM = (
+    (r"claude-(opus-4-[56]|haiku-4-5)(-|$)", 4096),
+    (r"claude-(3-5-haiku|3-haiku|haiku-3)", 2048),
+    (r"", 1024),
+)
+OPENAI_MINIMUM, OPENAI_STEP = 1024, 128
+
+
+def fake_tokens(text: str) -> int:
+    """The fake's token count: 4 characters a token, rounded up."""
+    return -(-len(text) // 4)
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()
+
+
+def _anthropic_blocks(request: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(role, text, marked) for every text block of the prompt, system first."""
+    turns = [("system", request["system"])] if request.get("system") else []
+    turns += [(m["role"], m["content"]) for m in request["messages"]]
+    blocks = []
+    for role, content in turns:
+        if isinstance(content, str):
+            blocks.append((role, content, False))
+        else:
+            blocks += [(role, b.get("text", ""), "cache_control" in b) for b in content]
+    return blocks
+
+
+def _refusal(self: FakeOpenAIServer, path: str, request: dict[str, Any]) -> dict[str, Any] | None:
+    """The 400 body for a request this server refuses before answering, if it does."""
+    if path.endswith("/messages"):
+        marks = sum(marked for _, _, marked in _anthropic_blocks(request))
+        if marks and "cache_control" in self.refuse_fields:
+            with self._lock:
+                self.refused.append("cache_control")
+            said = "messages.0.content.0.cache_control: Extra inputs are not permitted"
+            return _anthropic_error(said)
+        if marks > 4 and self.caching:
+            return _anthropic_error(
+                f"A maximum of 4 blocks with cache_control may be provided. Found {marks}."
+            )
+        return None
+    for name in sorted(self.refuse_fields & set(request)):
+        with self._lock:
+            self.refused.append(name)
+        said = "Extra inputs are not permitted"
+        detail = [{"type": "extra_forbidden", "loc": ["body", name], "msg": said}]
+        return {"object": "error", "message": str(detail), "type": "BadRequestError",
+                "param": None, "code": 400}  # fmt: skip
+    return None
+
+
+def _anthropic_usage(self: FakeOpenAIServer, request: dict[str, Any]) -> dict[str, int]:
+    """Anthropic's usage for the prompt, with the cache read at the longest marked prefix seen
+    before and written up to the last marked prefix long enough to be cached."""
+    model = str(request.get("model", ""))
+    minimum = self.cache_min_tokens or next(
+        n for pattern, n in ANTHROPIC_MINIMUM if re.match(pattern, model)
+    )
+    blocks = _anthropic_blocks(request)
+    ends, total = [], 0
+    for _, text, _ in blocks:
+        total += fake_tokens(text)
+        ends.append(total)
+    marked = [i for i, (_, _, m) in enumerate(blocks) if m]
+    keys = {i: _digest(model, [b[:2] for b in blocks[: i + 1]]) for i in marked}
+    with self._lock:
+        read = next((ends[i] for i in reversed(marked) if keys[i] in self._prompt_cache), 0)
+        cacheable = [i for i in marked if ends[i] >= minimum]
+        written = max(0, max((ends[i] for i in cacheable), default=0) - read)
+        self._prompt_cache.update(keys[i] for i in cacheable)
+    return {
+        "input_tokens": total - read - written,
+        "cache_read_input_tokens": read,
+        "cache_creation_input_tokens": written,
+    }
+
+
+def _openai_completion(
+    self: FakeOpenAIServer, request: dict[str, Any], no_option: bool = False
+) -> dict[str, Any]:
+    """``completion``, and with ``caching`` its usage over the whole prompt, cached prefixes
+    reported in ``prompt_tokens_details``."""
+    answer = completion(request, no_option)
+    if request.get("prompt_cache_key"):
+        with self._lock:
+            self.cache_keys[request["prompt_cache_key"]] += 1
+    if not self.caching:
+        return answer
+    model = str(request.get("model", ""))
+    text = "".join(f"<|{m['role']}|>{m['content']}" for m in request["messages"])
+    total = fake_tokens(text)
+    steps = range(self.cache_min_tokens or OPENAI_MINIMUM, total + 1, OPENAI_STEP)
+    keys = {k: _digest(model, text[: 4 * k]) for k in steps}
+    with self._lock:
+        cached = max((k for k, key in keys.items() if key in self._prompt_cache), default=0)
+        self._prompt_cache.update(keys.values())
+    usage = answer["usage"]
+    usage["prompt_tokens"] = total
+    usage["total_tokens"] = total + usage["completion_tokens"]
+    usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    return answer
+
+
+FakeOpenAIServer.refusal = _refusal  # type: ignore[attr-defined]
+FakeOpenAIServer.anthropic_usage = _anthropic_usage  # type: ignore[attr-defined]
+FakeOpenAIServer.openai_completion = _openai_completion  # type: ignore[attr-defined]
 
 
 _OPTIONS = re.compile(r"\(A\) (.*?)\n\s*\n\(B\) (.*?)(?:\n\s*\n|$)", re.S)

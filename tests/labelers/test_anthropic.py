@@ -122,3 +122,108 @@ def test_a_refused_connection_is_permanent():
         run_sync(lab.generate([[USER]], GenerateParams()))
     assert err.value.permanent and err.value.attempts == 3  # connect_retries 2, not max_retries 6
     assert err.value.reason.startswith(f"cannot connect to http://127.0.0.1:{port}/v1/messages: ")
+
+
+# --------------------------------------------------------------------------- prompt caching
+
+# a static prefix of about 1,300 tokens (4 characters a token): a system turn and few-shot turns
+FEW_SHOT = [
+    {"role": "system", "content": "Answer as a careful critic. " * 20},
+    {"role": "user", "content": "An example request, with its context. " * 50},
+    {"role": "assistant", "content": "An example critique of the response. " * 50},
+]
+
+
+def asking(question):
+    return [*FEW_SHOT, {"role": "user", "content": question}]
+
+
+def marked(request):
+    """Where the request's cache breakpoints are: ("system" or a message index)."""
+    found = []
+    system = request.get("system")
+    if isinstance(system, list) and any("cache_control" in b for b in system):
+        found.append("system")
+    for i, m in enumerate(request["messages"]):
+        if isinstance(m["content"], list) and any("cache_control" in b for b in m["content"]):
+            found.append(i)
+    return found
+
+
+def test_the_static_prefix_is_marked_from_its_second_use_and_read_from_the_cache():
+    prices = {
+        "price_input_per_million": 3.0,
+        "price_output_per_million": 15.0,
+        "price_cached_input_per_million": 0.3,
+        "price_cache_write_per_million": 3.75,
+    }
+    with FakeOpenAIServer(caching=True) as server:
+        lab = labeler(server, model="claude-sonnet-4-5", **prices)
+        params = GenerateParams(max_tokens=8)
+        out = [run_sync(lab.generate([asking(f"question {i}")], params))[0][0] for i in range(3)]
+    # the first use goes out unmarked (a prefix that never repeats pays no write premium); the
+    # breakpoint is on the last few-shot turn, the varying question after it
+    assert [marked(r) for r in server.requests] == [[], [1], [1]]
+    sent = server.requests[1]["messages"]
+    assert sent[1]["content"][0]["text"] == FEW_SHOT[2]["content"]
+    assert sent[2] == {"role": "user", "content": "question 1"}
+    usages = server.answered_usage
+    assert usages[0]["cache_read_input_tokens"] == usages[0]["cache_creation_input_tokens"] == 0
+    assert usages[1]["cache_creation_input_tokens"] > 1024
+    assert usages[2]["cache_read_input_tokens"] == usages[1]["cache_creation_input_tokens"]
+    # prompt_tokens is every input token, although Anthropic's input_tokens leaves cached out
+    total = [u["input_tokens"] + u["cache_read_input_tokens"] + u["cache_creation_input_tokens"]
+             for u in usages]  # fmt: skip
+    assert [c.prompt_tokens for c in out] == total
+    usage = lab.usage
+    assert usage.input_tokens == sum(total)
+    assert usage.cached_tokens == usages[2]["cache_read_input_tokens"]
+    assert usage.cache_write_tokens == usages[1]["cache_creation_input_tokens"]
+    uncached = usage.input_tokens - usage.cached_tokens - usage.cache_write_tokens
+    expected = (uncached * 3.0 + usage.cached_tokens * 0.3 + usage.cache_write_tokens * 3.75
+                + usage.output_tokens * 15.0) / 1e6  # fmt: skip
+    assert lab.cost == pytest.approx(expected)
+
+
+def test_a_short_prefix_or_caching_off_sends_no_breakpoint():
+    short = [{"role": "user", "content": "example"}, {"role": "assistant", "content": "reply"}]
+    with FakeOpenAIServer(caching=True) as server:
+        lab = labeler(server, model="claude-sonnet-4-5")
+        for _ in range(3):
+            run_sync(lab.generate([[*short, USER]], GenerateParams(max_tokens=4)))
+        off = labeler(server, model="claude-sonnet-4-5", prompt_caching=False)
+        for _ in range(3):
+            run_sync(off.generate([asking("q")], GenerateParams(max_tokens=4)))
+    assert [marked(r) for r in server.requests] == [[]] * 6
+    assert off.describe()["prompt_caching"] is False and "prompt_caching" not in lab.describe()
+    assert off.usage.cached_tokens == 0 and off.usage.input_tokens > 3 * 1024
+
+
+def test_the_models_minimum_decides_what_is_worth_marking():
+    from rlaif.labelers.anthropic import cache_minimum
+
+    assert cache_minimum("claude-haiku-4-5") == 4096 and cache_minimum("claude-opus-4-6") == 4096
+    assert cache_minimum("claude-3-5-haiku-20241022") == 2048
+    assert cache_minimum("claude-sonnet-4-5") == 1024 and cache_minimum("claude-x") == 1024
+    with FakeOpenAIServer(caching=True) as server:
+        lab = labeler(server, model="claude-haiku-4-5")  # a 1,300-token prefix is too short
+        for _ in range(3):
+            run_sync(lab.generate([asking("q")], GenerateParams(max_tokens=4)))
+        low = labeler(server, model="claude-haiku-4-5", cache_min_tokens=1000)
+        for _ in range(2):
+            run_sync(low.generate([asking("q")], GenerateParams(max_tokens=4)))
+    assert [marked(r) for r in server.requests] == [[], [], [], [], [1]]
+    # the server does not cache under its own minimum either: the breakpoint writes nothing
+    assert server.answered_usage[4]["cache_creation_input_tokens"] == 0
+
+
+def test_a_server_that_refuses_cache_control_gets_the_request_without_it():
+    with FakeOpenAIServer(caching=True) as server:
+        server.refuse_fields = {"cache_control"}
+        lab = labeler(server, model="claude-sonnet-4-5")
+        params = GenerateParams(max_tokens=4)
+        out = [run_sync(lab.generate([asking(f"q{i}")], params)) for i in range(4)]
+    assert [o[0][0].text for o in out] == [f"echo: q{i}" for i in range(4)]
+    assert server.refused == ["cache_control"]  # once; nothing marked after it
+    assert [marked(r) for r in server.requests] == [[], [1], [], [], []]
+    assert lab.retries == 0

@@ -407,3 +407,58 @@ def test_a_rerun_after_an_unconfirmed_creation_looks_for_it_first(tmp_path):
     got, _ = asyncio.run(r.run(ITEMS))
     assert got == {cid: {"a": cid} for cid in ITEMS}
     assert len(provider.batches) == 1 and (r.created, r.found) == (0, 1)
+
+
+# --------------------------------------------------------------------------- prompt caching
+
+FEW_SHOT = [
+    {"role": "system", "content": "Answer as a careful critic. " * 20},
+    {"role": "user", "content": "An example request, with its context. " * 50},
+    {"role": "assistant", "content": "An example critique of the response. " * 50},
+]
+
+
+def test_cache_hints_do_not_change_custom_ids():
+    plain = {"model": "m", "system": "s", "messages": [{"role": "user", "content": "hi"}]}
+    marked = {
+        **plain,
+        "system": [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}],
+    }
+    keyed = {**plain, "prompt_cache_key": "rlaif-abc"}
+    assert custom_id(plain) == custom_id(marked) == custom_id(keyed)
+    assert custom_id(plain) != custom_id({**plain, "system": "t"})
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_batch_items_carry_cache_hints_and_cached_tokens_cost_the_batch_price(provider, tmp_path):
+    convs = [[*FEW_SHOT, {"role": "user", "content": f"question {i}"}] for i in range(4)]
+    prices = {
+        "price_input_per_million": 4.0,
+        "price_cached_input_per_million": 0.4,
+        "price_cache_write_per_million": 5.0,
+    }
+    with FakeBatchServer(caching=True) as server:
+        url = server.url if provider == "openai" else server.root_url
+        model = f"{provider}:" + ("claude-sonnet-4-5" if provider == "anthropic" else "gpt-4o")
+        lab = create_labeler(model, base_url=url, batch=True, batch_poll=0.01, **prices)
+
+        async def go():
+            try:
+                return await lab.generate(convs, GenerateParams(max_tokens=8))
+            finally:
+                await lab.aclose()
+
+        got = asyncio.run(go())
+        (batch,) = server.batches.values()
+    assert [g[0].text for g in got] == [f"echo: question {i}" for i in range(4)]
+    bodies = [body for _, body in batch["items"]]
+    if provider == "openai":
+        assert len({b["prompt_cache_key"] for b in bodies}) == 1
+    else:  # the prefix repeats in the batch: every item marks it, on the last few-shot turn
+        assert all(b["messages"][1]["content"][0]["cache_control"] for b in bodies)
+    usage = lab.usage
+    assert usage.cached_tokens > 0.5 * usage.input_tokens
+    assert usage.cache_write_tokens == (0 if provider == "openai" else usage.cached_tokens // 3)
+    rest = usage.input_tokens - usage.cached_tokens - usage.cache_write_tokens
+    full = rest * 4.0 + usage.cached_tokens * 0.4 + usage.cache_write_tokens * 5.0
+    assert lab.cost == pytest.approx(0.5 * full / 1e6)  # the batch price covers cached tokens

@@ -251,3 +251,70 @@ def test_the_transport_honours_proxy_settings(monkeypatch):
                              retry={"max_retries": 0, "timeout": 5})  # fmt: skip
         out = run_sync(lab.generate([CONV], GenerateParams(max_tokens=4)))
     assert out[0][0].text.startswith("echo:") and len(proxy.requests) == 1
+
+
+# --------------------------------------------------------------------------- prompt caching
+
+# a static prefix of about 1,300 tokens: few-shot turns before the final person's turn
+FEW_SHOT = [
+    {"role": "user", "content": "An example request, with its context. " * 70},
+    {"role": "assistant", "content": "An example critique of the response. " * 70},
+]
+
+
+def asking(question, few_shot=FEW_SHOT):
+    return [*few_shot, {"role": "user", "content": question}]
+
+
+def test_a_prompt_cache_key_per_static_prefix_and_cached_tokens_are_counted():
+    other = [{**FEW_SHOT[0], "content": "Another principle's example. " * 90}, FEW_SHOT[1]]
+    prices = {"price_input_per_million": 2.0, "price_cached_input_per_million": 0.5}
+    with FakeOpenAIServer(caching=True) as server:
+        lab = labeler(server.url, **prices)
+        convs = [asking("question one"), asking("question two"), asking("q", other)]
+        for conv in convs:
+            run_sync(lab.generate([conv], GenerateParams(max_tokens=4)))
+        run_sync(lab.option_logprobs([asking("(A) x\n\n(B) y")], [" (A)", " (B)"]))
+        short = run_sync(lab.generate([[{"role": "user", "content": "hi"}]], GenerateParams()))
+    keys = [r.get("prompt_cache_key") for r in server.requests]
+    # one key per static prefix (a template under one principle), whatever the question after it
+    assert keys[0] == keys[1] == keys[3] and keys[2] != keys[0] and keys[4] is None
+    assert keys[0].startswith("rlaif-") and len(keys[0]) <= 64
+    usages = server.answered_usage
+    cached = [u["prompt_tokens_details"]["cached_tokens"] for u in usages]
+    assert cached[0] == 0 and cached[2] == 0 and cached[4] == 0
+    assert cached[1] >= 1024 and cached[1] % 128 == 0 and cached[3] == cached[1]
+    usage = lab.usage
+    assert usage.cached_tokens == sum(cached) and usage.cache_write_tokens == 0
+    assert usage.input_tokens == sum(u["prompt_tokens"] for u in usages)
+    assert short[0][0].prompt_tokens == usages[4]["prompt_tokens"]
+    uncached = usage.input_tokens - usage.cached_tokens
+    assert lab.cost == pytest.approx((uncached * 2.0 + usage.cached_tokens * 0.5) / 1e6)
+
+
+def test_unset_cache_prices_bill_cached_tokens_like_other_input():
+    with FakeOpenAIServer(caching=True) as server:
+        lab = labeler(server.url, price_input_per_million=2.0)
+        for q in ("one", "two"):
+            run_sync(lab.generate([asking(q)], GenerateParams(max_tokens=4)))
+    assert lab.usage.cached_tokens > 0
+    assert lab.cost == pytest.approx(lab.usage.input_tokens * 2.0 / 1e6)
+
+
+def test_a_server_that_refuses_prompt_cache_key_gets_requests_without_it():
+    with FakeOpenAIServer(caching=True) as server:
+        server.refuse_fields = {"prompt_cache_key"}  # as vLLM does with fields it does not know
+        lab = labeler(server.url)
+        out = [run_sync(lab.generate([asking(f"q{i}")], GenerateParams())) for i in range(3)]
+    assert [o[0][0].text for o in out] == [f"echo: q{i}" for i in range(3)]
+    assert server.refused == ["prompt_cache_key"]  # once: the key is dropped for the run
+    assert ["prompt_cache_key" in r for r in server.requests] == [True, False, False, False]
+    assert lab.retries == 0
+
+
+def test_caching_off_sends_no_key():
+    with FakeOpenAIServer() as server:
+        lab = labeler(server.url, prompt_caching=False)
+        run_sync(lab.generate([asking("q")], GenerateParams()))
+    assert "prompt_cache_key" not in server.requests[0]
+    assert lab.describe()["prompt_caching"] is False

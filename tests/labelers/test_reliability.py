@@ -143,3 +143,32 @@ def test_prompt_tokens_are_estimated_from_characters():
 
     messages = [{"role": "system", "content": "a" * 10}, {"role": "user", "content": "b" * 30}]
     assert estimate_tokens(messages) == 10 + 8  # ceil(40 / 4) + 4 per message
+
+
+def test_cached_reads_and_cache_writes_are_priced_apart_and_default_to_the_input_price():
+    from rlaif.labelers.reliability import ApiCaller, ApiSettings
+
+    def cost(**prices):
+        caller = ApiCaller(ApiSettings(model="m", **prices), lambda e: None)
+        caller.record(1000, 100, cached_tokens=600, cache_write_tokens=300)
+        caller.record(1000, 100, cached_tokens=900, price_factor=0.5)  # a batch item
+        return caller, caller.cost
+
+    caller, unset = cost(price_input_per_million=2.0, price_output_per_million=10.0)
+    assert (caller.prompt_tokens, caller.cached_tokens, caller.cache_write_tokens) == (
+        2000,
+        1500,
+        300,
+    )
+    assert unset == pytest.approx((1000 * 2.0 + 100 * 10.0 + 500 * 2.0 + 50 * 10.0) / 1e6)
+    _, priced = cost(
+        price_input_per_million=2.0,
+        price_output_per_million=10.0,
+        price_cached_input_per_million=0.2,
+        price_cache_write_per_million=2.5,
+    )
+    billed = (100 * 2.0 + 600 * 0.2 + 300 * 2.5 + 100 * 10.0) + 0.5 * (
+        100 * 2.0 + 900 * 0.2 + 100 * 10.0
+    )
+    assert priced == pytest.approx(billed / 1e6)
+    assert cost()[1] is None  # no prices, no cost
