@@ -60,9 +60,8 @@ from rlaif.labelers.batches import (
     ItemResult,
     custom_id,
     upload_timeout,
-    without_cache_hints,
 )
-from rlaif.labelers.caching import PrefixTracker
+from rlaif.labelers.caching import PrefixTracker, without_cache_hints
 from rlaif.labelers.reliability import (
     ApiCaller,
     ApiLabelerMixin,

@@ -64,6 +64,7 @@ from typing import Any, Literal, Protocol, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from rlaif.errors import LabelerCallError, LabelerResponseError, StateFileError
+from rlaif.labelers.caching import without_cache_hints
 from rlaif.labelers.reliability import ApiCaller, Verdict, redact, with_retries
 
 log = logging.getLogger("rlaif.batches")
@@ -104,31 +105,6 @@ def custom_id(body: dict[str, Any], sample: int = 0) -> str:
     depends on what this process has sent before, and a rerun must find the same items."""
     digest = hashlib.sha256(canonical(without_cache_hints(body)).encode("utf-8")).hexdigest()
     return f"r{digest[:48]}-{sample}"
-
-
-def without_cache_hints(body: dict[str, Any]) -> dict[str, Any]:
-    """``body`` without ``prompt_cache_key`` (OpenAI) and ``cache_control`` breakpoints
-    (Anthropic; a text block list that only carried one becomes its text again)."""
-    out = {k: v for k, v in body.items() if k != "prompt_cache_key"}
-    if "system" in out:
-        out["system"] = _plain(out["system"])
-    if isinstance(out.get("messages"), list):
-        out["messages"] = [
-            {**m, "content": _plain(m["content"])} if isinstance(m, dict) and "content" in m else m
-            for m in out["messages"]
-        ]
-    return out
-
-
-def _plain(content: Any) -> Any:
-    if not isinstance(content, list) or not any(
-        isinstance(b, dict) and "cache_control" in b for b in content
-    ):
-        return content
-    blocks = [{k: v for k, v in b.items() if k != "cache_control"} for b in content]
-    if len(blocks) == 1 and blocks[0].get("type") == "text" and set(blocks[0]) == {"type", "text"}:
-        return blocks[0]["text"]
-    return blocks
 
 
 def job_key(provider: str, endpoint: str, ids: Sequence[str]) -> str:

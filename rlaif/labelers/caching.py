@@ -15,6 +15,9 @@ unmarked, the second writes the cache, the rest read it.
 A prefix is marked only when its estimated length (4 characters a token, as the rate limiter
 estimates) reaches the provider's minimum cacheable length: below it the provider caches
 nothing, whatever is marked.
+
+``without_cache_hints`` takes the hints out of a body again: batch custom ids are hashed without
+them, and a server that refuses them gets the plain request.
 """
 
 from __future__ import annotations
@@ -72,3 +75,28 @@ class PrefixTracker:
         if len(self._seen) > self.capacity:
             self._seen.popitem(last=False)
         return seen or repeats > 1
+
+
+def without_cache_hints(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` without ``prompt_cache_key`` (OpenAI) and ``cache_control`` breakpoints
+    (Anthropic; a text block list that only carried one becomes its text again)."""
+    out = {k: v for k, v in body.items() if k != "prompt_cache_key"}
+    if "system" in out:
+        out["system"] = _plain(out["system"])
+    if isinstance(out.get("messages"), list):
+        out["messages"] = [
+            {**m, "content": _plain(m["content"])} if isinstance(m, dict) and "content" in m else m
+            for m in out["messages"]
+        ]
+    return out
+
+
+def _plain(content: Any) -> Any:
+    if not isinstance(content, list) or not any(
+        isinstance(b, dict) and "cache_control" in b for b in content
+    ):
+        return content
+    blocks = [{k: v for k, v in b.items() if k != "cache_control"} for b in content]
+    if len(blocks) == 1 and blocks[0].get("type") == "text" and set(blocks[0]) == {"type", "text"}:
+        return blocks[0]["text"]
+    return blocks
