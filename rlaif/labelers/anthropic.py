@@ -155,7 +155,7 @@ def _with_breakpoint(messages: list[dict[str, Any]], end: int) -> list[dict[str,
     return out
 
 
-def split_system_blocks(body: dict[str, Any]) -> list[dict[str, Any]]:
+def plain_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     """The body's system and messages as plain messages, for the token estimate."""
     plain = without_cache_hints(body)
     system = [{"role": "system", "content": plain["system"]}] if "system" in plain else []
@@ -299,7 +299,7 @@ class AnthropicLabeler(ApiLabelerMixin):
                 raise LabelerResponseError("response without content")
             return response
 
-        tokens = estimate_tokens(split_system_blocks(body)) + body.get("max_tokens", 0)
+        tokens = estimate_tokens(plain_messages(body)) + body.get("max_tokens", 0)
         return await self._caller.call(attempt, tokens)
 
     @staticmethod

@@ -13,7 +13,8 @@ provider and item count), ``create_calls`` (creation requests, answered or not) 
 makes OpenAI batches end ``failed`` with a validation error; ``create_hang`` seconds makes the
 next creation create the batch, then answer only after that long (past the client's timeout, as
 a dropped connection would). Both list endpoints answer, newest first, with OpenAI's
-``metadata``.
+``metadata``. With ``caching=True`` batch items are billed with prompt caching exactly as online
+requests are (see ``fake_openai_server``).
 """
 
 from __future__ import annotations
