@@ -183,21 +183,43 @@ class Filters:
         return all(w in it.search for w in self.q.lower().split())
 
 
-_WORDS = re.compile(r"\s+|\S+")
+_WORDS = re.compile(r"\s+|\S+\s*")  # leading whitespace, then each word with the space after it
 
 
 def word_diff(before: str, after: str) -> list[list[str]]:
-    """``[[op, text], ...]`` turning ``before`` into ``after``; op is ``=``, ``-`` or ``+``."""
+    """``[[op, text], ...]`` turning ``before`` into ``after``; op is ``=``, ``-`` or ``+``.
+
+    Words are compared without their spacing. A rewrite shares short words ("you", "and") with
+    the text it replaces; matched alone they cut one rewritten sentence into a dozen alternating
+    pieces. So an unchanged run between two changes, each at least as long as it, counts as
+    changed too (the rule of diff-match-patch's semantic clean-up), and each change is shown as
+    the old text, then the new."""
     a, b = _WORDS.findall(before), _WORDS.findall(after)
+    matcher = difflib.SequenceMatcher(
+        None, [t.strip() for t in a], [t.strip() for t in b], autojunk=False
+    )
+    ops = matcher.get_opcodes()
     out: list[list[str]] = []
-    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+    gone, added = [], []
+    for n, (op, i1, i2, j1, j2) in enumerate(ops):
         if op == "equal":
+            nxt = ops[n + 1] if n + 1 < len(ops) else None
+            after_len = max(nxt[2] - nxt[1], nxt[4] - nxt[3]) if nxt else 0
+            swallow = i2 - i1 <= min(max(len(gone), len(added)), after_len)
+        if op == "equal" and not swallow:
+            if gone:
+                out.append(["-", "".join(gone)])
+            if added:
+                out.append(["+", "".join(added)])
+            gone, added = [], []
             out.append(["=", "".join(a[i1:i2])])
             continue
-        if i2 > i1:
-            out.append(["-", "".join(a[i1:i2])])
-        if j2 > j1:
-            out.append(["+", "".join(b[j1:j2])])
+        gone += a[i1:i2]
+        added += b[j1:j2]
+    if gone:
+        out.append(["-", "".join(gone)])
+    if added:
+        out.append(["+", "".join(added)])
     return out
 
 

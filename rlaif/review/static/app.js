@@ -138,30 +138,31 @@ async function loadAgreement() {
     ? `human–AI agreement: ${pct(main.rate)} (95% CI ${ci(main.ci95)}) · n=${main.n}`
     : "human–AI agreement: no labels yet";
   const panel = $("agreement-panel");
-  const table = (title, r, extra) => [
+  const table = (title, r, extra, column = "agreement") => [
     el("h3", {}, title),
     el("table", {},
-      el("tr", {}, el("th", {}, "principle"), el("th", {}, "agreement"), el("th", {}, "95% CI"), el("th", {}, "n")),
+      el("tr", {}, el("th", {}, "principle"), el("th", {}, column), el("th", {}, "95% CI"), el("th", {}, "n")),
       el("tr", {}, el("td", {}, el("b", {}, "all")), el("td", {}, pct(r.rate)), el("td", {}, ci(r.ci95)), el("td", {}, r.n)),
       r.by_principle.map((p) => el("tr", {}, el("td", {}, p.principle_id), el("td", {}, pct(p.rate)),
         el("td", {}, ci(p.ci95)), el("td", {}, p.n)))),
     extra ? el("p", { className: "muted" }, extra) : null,
   ];
   const people = s.between_people;
-  panel.replaceChildren(
+  panel.replaceChildren(...[
     el("h2", {}, `Agreement so far (${s.labels} labels by ${s.labelers.length} people)`),
     ...table("Pairs: people who picked the response the AI chose", pairs,
       `ties ${pairs.ties}, skips ${pairs.skips} (not counted)`),
     ...(rev.n || rev.ties ? table("SL-CAI: the revision is better than the first answer", rev,
       `ties ${rev.ties}, skips ${rev.skips}, unchanged revisions ${rev.unchanged} (not counted)`) : []),
-    ...(s.human_ai.critique_real.n ? table("SL-CAI: the critique named a real problem", s.human_ai.critique_real) : []),
+    ...(s.human_ai.critique_real.n ? table("SL-CAI: did the critique name a real problem?", s.human_ai.critique_real,
+      `skips ${s.human_ai.critique_real.skips} (not counted)`, "yes") : []),
     el("h3", {}, "Between people (rows two people both labelled)"),
     people.length
       ? el("table", {},
         el("tr", {}, ["question", "people", "raw agreement", "95% CI", "n", "Cohen's kappa"].map((h) => el("th", {}, h))),
         people.map((p) => el("tr", {}, el("td", {}, p.question), el("td", {}, p.labelers.join(" & ")),
           el("td", {}, pct(p.rate)), el("td", {}, ci(p.ci95)), el("td", {}, p.n), el("td", {}, num(p.kappa)))))
-      : el("p", { className: "muted" }, "no row labelled by two people yet"));
+      : el("p", { className: "muted" }, "no row labelled by two people yet")].filter(Boolean));
 }
 
 // ------------------------------------------------------------------ row page
@@ -227,7 +228,7 @@ function renderRow() {
       el("div", { className: "turn assistant", id: "response-b" }, el("span", { className: "role" }, "response B"), r.response_b)));
     if (r.questions) {
       parts.push(question("pair", `Which response is better under ${r.principles.length > 1 ? "these principles" : "this principle"}: ${r.principles.join(", ") || "the constitution"}?`,
-        [["1", "a", "A better"], ["2", "b", "B better"], ["=", "tie", "tie"], ["s", "skip", "skip"]]));
+        [["1", "a", "A better"], ["2", "b", "B better"], ["=", "tie", "tie"], ["s", "skip", "skip"]]), aiPanel(r));
     }
   } else if (r.kind === "sl_cai") {
     parts.push(el("div", { className: "side-by-side" },
@@ -237,7 +238,8 @@ function renderRow() {
     if (r.questions) {
       parts.push(question("revision_better", "Is the revision better than the answer?",
         [["1", "a", "A: the answer"], ["2", "b", "B: the revision"], ["=", "tie", "same"], ["s", "skip", "skip"]]),
-      question("critique_real", "Did the critique name a real problem?", [["y", "yes", "yes"], ["n", "no", "no"], ["s", "skip", "skip"]]));
+      question("critique_real", "Did the critique name a real problem?", [["y", "yes", "yes"], ["n", "no", "no"], ["s", "skip", "skip"]]),
+      aiPanel(r));
     }
     r.rounds.forEach((rd, i) => parts.push(el("div", { className: "round" },
       el("h3", {}, `Round ${i + 1}: `, el("span", { className: "chip" }, rd.principle_id), rd.flags.map((f) => el("span", { className: "chip flag" }, f))),
@@ -253,7 +255,7 @@ function renderRow() {
   }
   if (r.questions) {
     const note = (Object.values(r.mine)[0] || {}).note || "";
-    parts.push(aiPanel(r), el("label", { for: "note" }, "Note (sent with your next answer)"),
+    parts.push(el("label", { for: "note" }, "Note (sent with your next answer)"),
       el("textarea", { id: "note", placeholder: "why, or what is wrong with this row" }, note));
   }
   $("row-view").replaceChildren(...parts);
