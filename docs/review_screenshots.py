@@ -75,7 +75,7 @@ def main() -> None:
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(open_folder(folder)), host="127.0.0.1", port=port, log_level="warning"
-        )  # fmt: skip
+        )
     )
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
