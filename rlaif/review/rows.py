@@ -57,8 +57,9 @@ class Item:
 
     @property
     def labelable(self) -> bool:
-        if self.kind == "pair":
-            return "response_a" in self.row and "response_b" in self.row
+        if self.kind == "pair":  # unlabeled by the AI too, unless there is nothing to choose
+            a, b = self.row.get("response_a"), self.row.get("response_b")
+            return isinstance(a, str) and isinstance(b, str) and a.strip() != b.strip()
         return self.kind == "sl_cai" and not self.failed
 
     def summary(self) -> dict[str, Any]:

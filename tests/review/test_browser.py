@@ -18,7 +18,7 @@ import pytest
 
 from rlaif.cli import main
 
-from ..conftest import FIXTURES, REPO
+from ..conftest import REPO
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -66,13 +66,6 @@ def chrome(tmp_path: Path):
                  f"--user-data-dir={tmp_path / 'profile'}"):  # fmt: skip
         opts.add_argument(flag)
     return webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER))
-
-
-@pytest.fixture
-def out_dir(tmp_path):
-    out = tmp_path / "run"
-    shutil.copytree(FIXTURES / "review", out)
-    return out
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (make chromium)")
