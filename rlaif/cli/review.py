@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "or run folder (SL-CAI, preferences, red-team prompts, policy eval samples): filters, "
         "search, each row with its critiques, revisions and word diff, each pair side by side; "
         "keyboard labelling (1/2/=/s, j/k) with the AI's label hidden until you answer, and "
-        "human-AI agreement with 95%% intervals. Labels go to OUT_DIR/review.sqlite; the "
+        "human-AI agreement with 95% intervals. Labels go to OUT_DIR/review.sqlite; the "
         "datasets are never written. `rlaif review export OUT_DIR --gold FILE --prefs FILE` "
         "writes the labels as a gold file for `rlaif eval labeler --gold` and as human "
         "preference pairs for a reward model or DPO `mix` entry.",
