@@ -13,6 +13,7 @@ def test_filters(folder):
     assert ids(folder, principle="crime-illegal") == ["p1", "q1/0-1", "q6/0-1", "q9/0-1"]
     assert ids(folder, flags=["truncated"]) == ["p4"]
     assert ids(folder, flags=["unchanged"]) == ["p1", "p3"]
+    assert ids(folder, flags=["refused"]) == ["p2"]
     assert ids(folder, flips=True) == ["q4/0-1", "q6/0-1"]
     assert ids(folder, failed=True) == ["p6", "q8/0-1"]
     assert ids(folder, soft_min=0.85) == ["q5/0-1", "q9/0-1"]
