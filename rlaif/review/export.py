@@ -60,7 +60,7 @@ def _ids(keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
     return {(d, r): r if counts[r] == 1 else f"{d}/{r}" for d, r in keys}
 
 
-def _check_target(path: Path, items: dict[tuple[str, str], Item], datasets: list[Path]) -> None:
+def _check_target(path: Path, datasets: list[Path]) -> None:
     if path.resolve() in {p.resolve() for p in datasets}:
         raise ReviewError(f"{path}: that is a dataset file; export to another file")
 
@@ -82,7 +82,7 @@ def write_gold(
     labeler: str | None = None,
 ) -> Exported:
     path = Path(path)
-    _check_target(path, items, datasets)
+    _check_target(path, datasets)
     by_row = _pair_labels(items, labels, labeler)
     ids = _ids(list(by_row))
     rows, left_out = [], Counter[str]()
@@ -118,7 +118,7 @@ def write_prefs(
     labeler: str | None = None,
 ) -> Exported:
     path = Path(path)
-    _check_target(path, items, datasets)
+    _check_target(path, datasets)
     by_row = _pair_labels(items, labels, labeler)
     ids = _ids(list(by_row))
     rows, left_out = [], Counter[str]()

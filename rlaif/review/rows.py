@@ -118,6 +118,13 @@ def _item(ds: DatasetFile, row: dict[str, Any], side: str | None, n: int) -> Ite
         if row.get("preference_prob") is not None and side is None:
             item.soft = float(row["preference_prob"])
         item.flip = _flips(row)
+        # one name per flag across kinds, so "truncated" or "refused" filters pairs too: the job
+        # flags a provider stop per response (response_a_refused) and a cut answer not at all
+        for f in list(item.flags):
+            if (bare := re.sub(r"^response_[ab]_", "", f)) not in item.flags:
+                item.flags.append(bare)
+        if "length" in (row.get("finish_reasons") or []) and "truncated" not in item.flags:
+            item.flags.append("truncated")
         words += [row.get("response_a", ""), row.get("response_b", "")]
     elif kind == "policy_eval":
         words += _texts({k: v.get("text", "") for k, v in row.get("answers", {}).items()})

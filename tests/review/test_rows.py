@@ -58,3 +58,19 @@ def test_the_ai_label_is_left_out_until_revealed(folder):
     assert [r["principle_id"] for r in sl["rounds"]] == ["dangerous-advice"]
     assert sl["questions"] == ["revision_better", "critique_real"]
     assert ["-", "like vinegar: these make toxic gases. Also avoid mixing"] in sl["diff"]
+
+
+def test_pair_flags_share_the_names_of_sl_cai_flags(tmp_path):
+    import json
+
+    from rlaif.data.outputs import find_datasets
+    from rlaif.review.rows import load_items
+
+    from ..conftest import FIXTURES
+
+    rows = [json.loads(x) for x in (FIXTURES / "compare" / "a" / "preferences.jsonl").open()]
+    rows[0] |= {"flags": ["response_b_refused"], "finish_reasons": ["length", "refusal"]}
+    (tmp_path / "preferences.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    first, second = load_items(find_datasets(tmp_path))
+    assert first.flags == ["response_b_refused", "refused", "truncated"] and second.flags == []
+    assert Filters(flags=["refused"]).match(first) and not Filters(flags=["refused"]).match(second)
