@@ -65,16 +65,23 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         raise ReviewError(f"{e.path}{f':{e.line}' if e.line else ''}: {e.message}") from None
 
 
-def _first_row(path: Path) -> dict[str, Any] | None:
+def _first_row(path: Path) -> dict[str, Any] | bool | None:
+    """The first row; None for an empty file; False for one whose first line is not an
+    object."""
     try:
         with open(path, encoding="utf-8") as f:
             for line in f:
                 if line.strip():
                     row = json.loads(line)
-                    return row if isinstance(row, dict) else None
+                    return row if isinstance(row, dict) else False
     except (OSError, ValueError):
-        return None
+        return False
     return None
+
+
+# names only rlaif's jobs write: a damaged file under one is a damaged dataset, said as such
+# when it is read, not a folder without datasets
+OWN_NAMES = {"sl_cai", "prefs"}
 
 
 def _is_kind(path: Path, kind: str) -> bool:
@@ -82,7 +89,9 @@ def _is_kind(path: Path, kind: str) -> bool:
         return False
     row = _first_row(path)
     if row is None:  # an empty dataset is still that dataset (every row failed)
-        return path.stat().st_size == 0 or not path.read_text(encoding="utf-8").strip()
+        return True
+    if row is False:
+        return kind in OWN_NAMES
     return all(c in row for c in KINDS[kind][1])
 
 

@@ -39,3 +39,13 @@ def test_a_prompts_file_that_is_not_red_team_output_is_no_dataset(tmp_path):
         find_datasets(tmp_path)
     with pytest.raises(NoDatasetError, match="no such folder"):
         find_datasets(tmp_path / "missing")
+
+
+def test_a_damaged_dataset_is_found_and_its_line_named_when_read(tmp_path):
+    from rlaif.data.outputs import read_jsonl
+    from rlaif.errors import ReviewError
+
+    (tmp_path / "sl_cai.jsonl").write_text('{"id": "1", "prompt": "hi", \n')
+    (ds,) = find_datasets(tmp_path)
+    with pytest.raises(ReviewError, match=r"sl_cai.jsonl:1: invalid JSON"):
+        read_jsonl(ds.path)
