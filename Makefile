@@ -45,14 +45,16 @@ $(VLLM_STAMP): $(STAMP)
 
 vllm: $(VLLM_STAMP)
 
-# Debian's chromium renders the run report in a test (headless). Best effort: where apt-get is
-# not usable (no root, not Debian) the render test skips and says why.
+# Debian's chromium renders the run report in a test (headless), and chromium-driver lets
+# Selenium drive the `rlaif review` page in another. Best effort: where apt-get is not usable
+# (no root, not Debian) those tests skip and say why.
 chromium:
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
-		apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 || \
+	@(command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1) && \
+		command -v chromedriver >/dev/null 2>&1 || \
+		apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null 2>&1 || \
 		(apt-get update >/dev/null 2>&1 && \
-		 apt-get install -y --no-install-recommends chromium >/dev/null 2>&1) || \
-		echo "chromium not installed: the report render test will skip"
+		 apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null 2>&1) || \
+		echo "chromium or chromium-driver not installed: the browser tests will skip"
 
 demo: setup
 	$(BIN)/rlaif demo

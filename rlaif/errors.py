@@ -179,3 +179,13 @@ class LabelerResponseError(RlaifError):
 class CompareError(RlaifError):
     """Two output folders cannot be compared: one holds no rlaif dataset (or a damaged one), they
     hold no dataset of the same kind, or their datasets share no row id."""
+
+
+class ReviewError(RlaifError):
+    """``rlaif review`` cannot serve or export: a bad option, an export that would overwrite a
+    dataset file, a label store that is not rlaif's."""
+
+
+class NoDatasetError(ReviewError):
+    """A folder given to ``rlaif review`` holds no rlaif dataset (no SL-CAI, preference,
+    red-team or policy-eval file in it or in its stage folders)."""

@@ -14,10 +14,22 @@ import sys
 import warnings
 
 from rlaif import __version__
-from rlaif.cli import compare, constitution, demo, eval, generate, init, models, push, run, train
+from rlaif.cli import (
+    compare,
+    constitution,
+    demo,
+    eval,
+    generate,
+    init,
+    models,
+    push,
+    review,
+    run,
+    train,
+)
 from rlaif.errors import RlaifError
 
-GROUPS = (demo, init, run, generate, eval, train, compare, push, constitution, models)
+GROUPS = (demo, init, run, generate, eval, train, compare, review, push, constitution, models)
 
 
 def build_parser() -> argparse.ArgumentParser:
