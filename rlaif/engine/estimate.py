@@ -433,6 +433,11 @@ def estimate_red_team(cfg: Any) -> Estimate:
     return result
 
 
+def stand_in_prompts(n: int, tokens: int) -> list[dict[str, Any]]:
+    """``n`` prompts of about ``tokens`` tokens each, for prompts a stage has not written yet."""
+    return [{"id": f"gen-{i}", "prompt": " word" * tokens} for i in range(1, n + 1)]
+
+
 def combine(parts: Sequence[Estimate]) -> Estimate:
     out = Estimate()
     for part in parts:

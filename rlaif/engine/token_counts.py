@@ -189,19 +189,36 @@ def _template_tokens(tokenizer: Any, messages: int) -> int | None:
 
 
 def _hf_tokenizer(model: str) -> Any:
-    """A local model's tokenizer from local files, or None."""
+    """A local model's tokenizer from local files, or None (transformers is imported only when
+    there is something to load: it takes seconds)."""
     from pathlib import Path
 
+    from rlaif.models import EMBEDDED, parse_hub_id
+
+    path = Path(model).expanduser()
+    hub = None if path.exists() else parse_hub_id(model)
+    if model not in EMBEDDED and not path.is_dir() and not (hub and _hub_cached(*hub)):
+        return None
     try:
         from transformers import AutoTokenizer
 
-        from rlaif.models import EMBEDDED, load_embedded_tokenizer
+        from rlaif.models import load_embedded_tokenizer
 
         if model in EMBEDDED:
             return load_embedded_tokenizer(model)
-        path = Path(model).expanduser()
         if path.is_dir():
             return AutoTokenizer.from_pretrained(str(path))
-        return AutoTokenizer.from_pretrained(model, local_files_only=True)
-    except Exception:  # not installed, not cached, not a model folder
+        assert hub is not None
+        return AutoTokenizer.from_pretrained(hub[0], revision=hub[1], local_files_only=True)
+    except Exception:  # not a model folder, a damaged cache
         return None
+
+
+def _hub_cached(repo_id: str, revision: str | None) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "tokenizer_config.json", revision=revision)
+    except Exception:
+        return False
+    return isinstance(found, str)

@@ -107,3 +107,59 @@ def test_estimate_of_100k_prompts_and_4_rounds_answers_within_a_minute(tmp_path,
     assert total[1] == "900,000"  # 10^5 x (1 + 4 x 2)
     assert float(total[-2].replace(",", "")) > 0
     assert seconds < 60, seconds
+
+
+def write_recipe(tmp_path, extra=""):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(f"question {i} about gardening" for i in range(20)))
+    recipe = tmp_path / "run.yaml"
+    recipe.write_text(
+        f"name: costed\nbase_model: {tmp_path / 'no-such-model'}\n"
+        "labeler: openai:gpt-4o-mini\n"
+        "labeler_settings: {price_input_per_million: 0.15, price_output_per_million: 0.6}\n"
+        f"prompts: {prompts}\ntrain_prompts: 10\niterations: 1\n"
+        "sl_cai: {rounds: 2, max_tokens: 100}\nprefs: {responses: 2, max_tokens: 50}\n" + extra
+    )
+    return recipe
+
+
+def test_run_estimate_covers_every_data_stage_of_the_recipe(tmp_path, capsys):
+    recipe = write_recipe(tmp_path)
+    assert main(["run", str(recipe), "--estimate", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    steps = [
+        line.split()[0] + " " + line.split()[2]
+        for line in out.splitlines()
+        if line.startswith(("sl_cai /", "prefs"))
+    ]
+    assert steps == [
+        "sl_cai initial_response", "sl_cai critique", "sl_cai revision",
+        "prefs responses", "prefs feedback", "prefs_2 responses", "prefs_2 feedback",
+    ]  # fmt: skip
+    total = next(line for line in out.splitlines() if line.startswith("total")).split()
+    assert total[1] == str(10 * (1 + 2 * 2) + 2 * (10 + 10 * 2))
+    assert float(total[-2]) > 0  # the labeler's calls are priced; the local policy bills nothing
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_budget_is_shared_by_the_data_stages(tmp_path):
+    from rlaif.errors import BudgetExceededError
+    from rlaif.pipeline import RunConfig, fingerprinted
+    from rlaif.stages import StageBuilder
+
+    cfg = RunConfig(name="x", prompts=tmp_path / "p.txt", max_cost=5.0)
+    builder = StageBuilder(cfg, tmp_path)
+    assert builder._budgeted({"seed": 0}) == {"seed": 0, "max_cost": 5.0}
+
+    class Result:
+        class stats:
+            cost = 3.5
+
+    builder._billed(Result())
+    assert builder._budgeted({})["max_cost"] == pytest.approx(1.5)
+    builder._billed(Result())
+    with pytest.raises(BudgetExceededError) as e:
+        builder._budgeted({})
+    assert e.value.exit_code == 4
+    # a limit never reruns a finished stage
+    assert fingerprinted({"seed": 0, "max_cost": 3}) == {"seed": 0}
