@@ -190,11 +190,12 @@ class BudgetExceededError(RlaifError):
 
     exit_code = 4
 
-    def __init__(self, spent: float, limit: float, in_flight: int = 0):
+    def __init__(self, spent: float, limit: float, in_flight: int = 0, reserved: float = 0.0):
         self.spent = spent
         self.limit = limit
         waited = (
-            f"; the {in_flight} request(s) in flight were let finish and their answers kept"
+            f"; the {in_flight} request(s) in flight (up to ${reserved:.4f}) were let finish and "
+            "their answers kept"
             if in_flight
             else ""
         )

@@ -109,7 +109,7 @@ class Budget:
         spent = self.spent()
         if self.closed or spent + self.reserved + estimate > self.limit:
             self.closed = True
-            raise BudgetExceededError(spent, self.limit, self.in_flight)
+            raise BudgetExceededError(spent, self.limit, self.in_flight, self.reserved)
         self.reserved += estimate
         self.in_flight += 1
 
