@@ -318,7 +318,6 @@ def estimate_prefs(cfg: Any, rows: list[dict[str, Any]] | None = None) -> Estima
     from rlaif.engine.feedback import Feedback
     from rlaif.engine.jobs import read_rows
     from rlaif.engine.prefs import pair_rows
-    from rlaif.labelers.rules import rules_for
 
     started = time.perf_counter()
     rows = read_rows(cfg) if rows is None else rows
@@ -326,10 +325,7 @@ def estimate_prefs(cfg: Any, rows: list[dict[str, Any]] | None = None) -> Estima
     templates = Templates(cfg.templates)
     labeler, policy = policy_role(cfg)
     fb = cfg.feedback
-    logprobs = {"openai": None, "anthropic": False}.get(labeler.backend, True)
-    if logprobs is None:
-        override = getattr(settings_of(labeler.spec, cfg.labeler_settings), "model_rules", None)
-        logprobs = rules_for("openai", labeler.model, override).logprobs
+    logprobs = gives_logprobs(labeler, cfg.labeler_settings)
     feedback = Feedback(constitution, templates, None, fb, logprobs, cfg.seed)  # type: ignore[arg-type]
     feedback.check_templates()
     stage, out, k = "prefs", cfg.max_tokens, cfg.responses
@@ -393,13 +389,32 @@ def estimate_prefs(cfg: Any, rows: list[dict[str, Any]] | None = None) -> Estima
     return result
 
 
+def gives_logprobs(role: Role, settings: dict[str, Any]) -> bool:
+    """Whether the labeler returns option log-probs, as its backend decides (OpenAI: by the
+    model's rules; Anthropic: never; local models: always), without building it."""
+    if role.backend == "anthropic":
+        return False
+    if role.backend != "openai":
+        return True
+    from rlaif.labelers.rules import rules_for
+
+    override = getattr(settings_of(role.spec, settings), "model_rules", None)
+    return rules_for("openai", role.model, override).logprobs
+
+
 def estimate_red_team(cfg: Any) -> Estimate:
     from rlaif.engine.red_team import read_seeds, shown_seeds
+    from rlaif.errors import ConfigError
 
     started = time.perf_counter()
     seeds = read_seeds(cfg)
     templates = Templates(cfg.templates)
     labeler = role_of(cfg.labeler, cfg.labeler_settings)
+    if cfg.classify and not gives_logprobs(labeler, cfg.labeler_settings):
+        raise ConfigError(  # as the run would refuse it
+            f"classify reads option log-probs, and {labeler.spec} gives none: use "
+            "--no-classify, or a labeler with log-probs"
+        )
     stage, out = "red_team", cfg.max_tokens
     first = Line(stage, "red_team", labeler)
     requests = (
@@ -489,6 +504,7 @@ def report_lines(est: Estimate) -> list[str]:
             lines.append(
                 f"{spec}: ${p.input or 0:g} in / ${p.output or 0:g} out per 1M tokens, cached "
                 f"reads at {cached}; batch mode at {BATCH_PRICE_FACTOR:g}x"
+                + (" (batch mode is on: the run pays the batch column)" if p.batch else "")
             )
     unpriced = est.unpriced()
     if unpriced:

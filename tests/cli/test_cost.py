@@ -66,6 +66,7 @@ def test_max_cost_without_prices_is_a_clear_error(tmp_path, capsys):
 
 
 def test_estimate_prints_requests_tokens_and_cost_and_sends_nothing(tmp_path, capsys):
+    pytest.importorskip("bpe_openai")  # tiktoken's files, offline (the cost extra)
     with FakeOpenAIServer() as server:
         args = sl_cai_args(tmp_path, server.url, 20, "--rounds", "2", "--estimate")
         assert main(args) == 0
@@ -93,6 +94,7 @@ def test_estimate_without_prices_says_cost_needs_them(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_estimate_of_100k_prompts_and_4_rounds_answers_within_a_minute(tmp_path, capsys):
+    pytest.importorskip("bpe_openai")  # tiktoken's files, offline (the cost extra)
     prompts = tmp_path / "p.txt"
     text = "how do I fix problem number {} with my old bicycle chain"
     prompts.write_text("\n".join(text.format(i) for i in range(10**5)))
