@@ -189,3 +189,29 @@ class ReviewError(RlaifError):
 class NoDatasetError(ReviewError):
     """A folder given to ``rlaif review`` holds no rlaif dataset (no SL-CAI, preference,
     red-team or policy-eval file in it or in its stage folders)."""
+
+
+class BudgetExceededError(RlaifError):
+    """A run stopped before spending past its ``max_cost``: the labelers billed ``spent`` (by
+    their price tables), and the next request would have passed ``limit``. Nothing is lost: the
+    rows written so far are in the journal, and answers that arrived are in the cache, so the same
+    command with a higher limit resumes without paying for them again. Exit code 4, like a run
+    stopped by its endpoint."""
+
+    exit_code = 4
+
+    def __init__(self, spent: float, limit: float, in_flight: int = 0, reserved: float = 0.0):
+        self.spent = spent
+        self.limit = limit
+        waited = (
+            f"; the {in_flight} request(s) in flight (up to ${reserved:.4f}) were let finish and "
+            "their answers kept"
+            if in_flight
+            else ""
+        )
+        super().__init__(
+            f"budget reached: spent ${spent:.4f} of the ${limit:.4f} limit (max_cost), and the "
+            f"next request could pass it{waited}. Rows written so far are kept: run the same "
+            "command with a higher --max-cost to finish (answers already received cost nothing "
+            "again)"
+        )

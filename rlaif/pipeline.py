@@ -165,6 +165,9 @@ class RunConfig(BaseModel):
     ray: bool | str = False
     ray_actors: int | None = Field(default=None, ge=1)
     ray_settings: dict[str, Any] = {}
+    # what the data stages of one `rlaif run` may spend together (engine/budget.py); not part
+    # of fingerprints: a rerun with a higher limit resumes
+    max_cost: float | None = Field(default=None, gt=0)
 
     @field_validator("ray_settings")
     @classmethod
@@ -279,8 +282,9 @@ def _hash(obj: Any) -> str:
 
 def fingerprinted(settings: dict[str, Any]) -> dict[str, Any]:
     """A stage's settings as its fingerprint sees them: where the labeler calls ran (``ray``)
-    changes nothing the stage writes, so switching Ray on or off never reruns a stage."""
-    return {k: v for k, v in settings.items() if k not in RAY_KEYS}
+    and the spending limit (``max_cost``) change nothing the stage writes, so switching Ray on
+    or off, or raising the limit, never reruns a stage."""
+    return {k: v for k, v in settings.items() if k not in (*RAY_KEYS, "max_cost")}
 
 
 def _file_hash(path: Path) -> str:
@@ -356,6 +360,48 @@ def plan(cfg: RunConfig) -> list[Stage]:
     out.append(Stage("report", s.report, dict, []))
     s.order = [stage.name for stage in out]  # the report lists the stages in this order
     return out
+
+
+DATA_STAGES = ("red_team", "sl_cai", "prefs")
+
+
+def estimate_run(cfg: RunConfig) -> Any:
+    """``rlaif run --estimate``: the data stages' requests, tokens and cost (``engine.estimate``),
+    with each stage's settings as the run would resolve them. Stages after ``red_team`` read
+    prompts it has not written yet: they are counted as its ``n`` prompts of ``max_tokens``
+    tokens each (an upper bound; its filters remove some)."""
+    from rlaif.engine import estimate as est
+    from rlaif.engine.prefs import PrefsConfig
+    from rlaif.engine.red_team import RedTeamConfig
+    from rlaif.engine.sl_cai import SLCAIConfig
+
+    parts = []
+    rows = None
+    for stage in plan(cfg):
+        kind = stage.name.split("_")[0] if stage.name.startswith("prefs") else stage.name
+        if kind not in DATA_STAGES:
+            continue
+        settings = {k: v for k, v in stage.settings().items() if k != "max_cost"}
+        if kind == "red_team":
+            red = RedTeamConfig(**settings)
+            parts.append(est.estimate_red_team(red))
+            rows = est.stand_in_prompts(red.n, red.max_tokens)
+            continue
+        if rows is not None:  # the red-team prompts do not exist yet: the seeds pass validation
+            settings.update(prompts=str(cfg.prompts), prompt_format=cfg.prompt_format)
+        model = SLCAIConfig if kind == "sl_cai" else PrefsConfig
+        part = (est.estimate_sl_cai if kind == "sl_cai" else est.estimate_prefs)(
+            model(**settings), rows
+        )
+        for line in part.lines:
+            line.stage = stage.name
+        parts.append(part)
+    combined = est.combine(parts)
+    if rows is not None:
+        combined.notes.append(
+            f"sl_cai and prefs counted on {len(rows)} red-team prompts of max_tokens tokens each"
+        )
+    return combined
 
 
 def run_pipeline(

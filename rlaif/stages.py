@@ -37,6 +37,22 @@ class StageBuilder:
         self.cache = root / "cache.sqlite"
         self.command = f"rlaif run (recipe {cfg.name})"
         self.order: list[str] | None = None  # the stage names, set by the pipeline's plan
+        self.spent = 0.0  # what this run's data stages billed so far (for ``max_cost``)
+
+    def _budgeted(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """A data stage's settings with what is left of the run's ``max_cost``."""
+        limit = getattr(self.cfg, "max_cost", None)
+        if limit is None:
+            return settings
+        if self.spent >= limit:
+            from rlaif.errors import BudgetExceededError
+
+            raise BudgetExceededError(self.spent, limit)
+        return {**settings, "max_cost": limit - self.spent}
+
+    def _billed(self, result: Any) -> Any:
+        self.spent += result.stats.cost or 0.0
+        return result
 
     # ------------------------------------------------------------------ data
 
@@ -65,8 +81,9 @@ class StageBuilder:
         from rlaif.engine.red_team import RedTeamConfig, run_red_team
         from rlaif.errors import ConfigError
 
-        cfg = RedTeamConfig(**self.red_team_settings(), out=out, cache=self.cache)
-        result = run_sync(run_red_team(cfg, self.command))
+        settings = self._budgeted(self.red_team_settings())
+        cfg = RedTeamConfig(**settings, out=out, cache=self.cache)
+        result = self._billed(run_sync(run_red_team(cfg, self.command)))
         if not result.rows:
             raise ConfigError(f"red_team kept no prompts to train on; see {result.card}")
         return [result.dataset, result.card]
@@ -92,8 +109,8 @@ class StageBuilder:
     def sl_cai(self, out: Path) -> list[Path]:
         from rlaif.engine.sl_cai import SLCAIConfig, run_sl_cai
 
-        cfg = SLCAIConfig(**self.sl_cai_settings(), out=out, cache=self.cache)
-        result = run_sync(run_sl_cai(cfg, self.command))
+        cfg = SLCAIConfig(**self._budgeted(self.sl_cai_settings()), out=out, cache=self.cache)
+        result = self._billed(run_sync(run_sl_cai(cfg, self.command)))
         return [result.dataset, result.card]
 
     def prefs_settings(self, policy: str) -> dict[str, Any]:
@@ -109,8 +126,9 @@ class StageBuilder:
         def run(out: Path) -> list[Path]:
             from rlaif.engine.prefs import PrefsConfig, run_prefs
 
-            cfg = PrefsConfig(**self.prefs_settings(policy), out=out, cache=self.cache)
-            result = run_sync(run_prefs(cfg, self.command))
+            settings = self._budgeted(self.prefs_settings(policy))
+            cfg = PrefsConfig(**settings, out=out, cache=self.cache)
+            result = self._billed(run_sync(run_prefs(cfg, self.command)))
             return [result.dataset, result.card]
 
         return run

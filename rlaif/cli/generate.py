@@ -175,6 +175,12 @@ def add_input_arguments(s: argparse.ArgumentParser, out_default: str, seeds: boo
     a("--ray-set", dest="ray_set", action="append", metavar="KEY=VALUE",
       help="a Ray setting, repeatable: num_cpus, num_gpus (of a local instance), "
       "cpus_per_actor, gpus_per_actor, max_restarts")  # fmt: skip
+    a("--estimate", action="store_true",
+      help="print the requests, tokens and (with prices) cost this run would have, and run "
+      "nothing (docs/cost.md)")  # fmt: skip
+    a("--max-cost", type=float, metavar="DOLLARS",
+      help="stop (exit 4, resumable) before the labelers' billed cost passes this; needs "
+      "price_input_per_million and price_output_per_million (docs/cost.md)")  # fmt: skip
     a("--out", type=Path, metavar="DIR", help=f"output folder ({out_default})")
     a("--cache", type=Path, metavar="FILE", help="SQLite cache (OUT/cache.sqlite)")
     a("--parquet", action="store_const", const=True, help="also write the dataset as parquet")
@@ -243,7 +249,9 @@ def add_feedback_arguments(s: argparse.ArgumentParser) -> None:
       "on content-free inputs (log-probs only, not with --cot); raw values are kept")  # fmt: skip
 
 
-_NOT_SETTINGS = {"config", "func", "command", "kind", "argv", "push_to_hub", "private"}
+_NOT_SETTINGS = {
+    "config", "func", "command", "kind", "argv", "push_to_hub", "private", "estimate"
+}  # fmt: skip
 _FEEDBACK_FLAGS = {"principles", "both_orders", "cot", "clamp", "scoring", "votes", "calibrate"}
 
 
@@ -341,9 +349,21 @@ def _command(args: argparse.Namespace) -> str:
     return "rlaif " + " ".join(shlex.quote(a) for a in args.argv)
 
 
+def print_estimate(console: Console, estimate: Any) -> int:
+    from rlaif.engine.estimate import report_lines
+
+    for line in report_lines(estimate):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+    return 0
+
+
 def sl_cai(args: argparse.Namespace) -> int:
     console = Console()
     cfg = config_from_args(args)
+    if args.estimate:
+        from rlaif.engine.estimate import estimate_sl_cai
+
+        return print_estimate(console, estimate_sl_cai(cfg))
     result = run_job(console, cfg, _command(args))
     if result is None:
         return 130
@@ -354,6 +374,10 @@ def sl_cai(args: argparse.Namespace) -> int:
 def prefs(args: argparse.Namespace) -> int:
     console = Console()
     cfg = config_from_args(args, model=PrefsConfig)
+    if args.estimate:
+        from rlaif.engine.estimate import estimate_prefs
+
+        return print_estimate(console, estimate_prefs(cfg))
     result = run_job(console, cfg, _command(args), run_prefs)
     if result is None:
         return 130
@@ -372,6 +396,10 @@ def prefs(args: argparse.Namespace) -> int:
 def red_team(args: argparse.Namespace) -> int:
     console = Console()
     cfg = config_from_args(args, model=RedTeamConfig)
+    if args.estimate:
+        from rlaif.engine.estimate import estimate_red_team
+
+        return print_estimate(console, estimate_red_team(cfg))
     result = run_job(console, cfg, _command(args), run_red_team)
     if result is None:
         return 130

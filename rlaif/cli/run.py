@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
-from rlaif.errors import ConfigFileError
+from rlaif.errors import ConfigError, ConfigFileError
 from rlaif.resources import locate
 from rlaif.yamlio import load_yaml_model, parse_key_values
 
@@ -39,6 +39,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="override a recipe setting, nested keys dotted: --set sft.learning_rate=1e-5 "
         "--set rl.settings.kl_coef=0.1 (repeatable; values read as YAML)",
     )
+    p.add_argument(
+        "--estimate",
+        action="store_true",
+        help="print the data stages' requests, tokens and (with prices) cost, and run nothing "
+        "(docs/cost.md)",
+    )
+    p.add_argument(
+        "--max-cost",
+        type=float,
+        metavar="DOLLARS",
+        help="stop (exit 4, resumable) before the data stages together bill more than this; "
+        "needs the labeler's prices (docs/cost.md)",
+    )
     p.set_defaults(func=run)
 
 
@@ -54,6 +67,15 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.out is not None:
         cfg = cfg.model_copy(update={"out": args.out})
+    if args.max_cost is not None:
+        if args.max_cost <= 0:
+            raise ConfigError("--max-cost must be more than 0")
+        cfg = cfg.model_copy(update={"max_cost": args.max_cost})
+    if args.estimate:
+        from rlaif.cli.generate import print_estimate
+        from rlaif.pipeline import estimate_run
+
+        return print_estimate(console, estimate_run(cfg))
     if args.list:
         for stage in plan(cfg):
             m = read_manifest(cfg.root / stage.name) or {}

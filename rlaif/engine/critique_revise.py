@@ -103,6 +103,11 @@ class CritiqueRevise:
         self._few_shot[principle.id] = out
         return out
 
+    def examples_for(self, principle: CritiqueRevisionPrinciple) -> list[dict[str, Any]]:
+        """The few-shot examples a request under ``principle`` shows (``--estimate`` renders
+        them too)."""
+        return self._examples(principle)
+
     def check_templates(self) -> None:
         """Render every template this step uses once, so a broken or unsafe template fails
         before any model is loaded."""

@@ -71,6 +71,12 @@ class JobInputs(BaseModel):
     )
     ray_actors: int | None = Field(default=None, ge=1, description="default: what the cluster fits")
     ray_settings: dict[str, Any] = {}
+    max_cost: float | None = Field(
+        default=None,
+        gt=0,
+        description="stop before spending more than this (dollars, by the labelers' prices; "
+        "engine/budget.py)",
+    )
 
     @field_validator("ray_settings")
     @classmethod
@@ -197,6 +203,18 @@ def labeler_and_policy(cfg: JobInputs, state_dir: Path | None = None) -> tuple[L
         roles[name] = Role(built, backend, merged)
     on_ray = distribute(cfg.ray, cfg.ray_actors, cfg.ray_settings, roles)
     return on_ray["labeler"], on_ray.get("policy", on_ray["labeler"])
+
+
+def guard_spending(cfg: JobInputs, labeler: Scheduler, policy: Scheduler | None = None) -> None:
+    """Hold the run to ``cfg.max_cost`` (``engine.budget``): the schedulers of the labeler and
+    the policy get the budget and their labeler's prices; a limit without prices is an error
+    here, before anything runs."""
+    from rlaif.engine.budget import make_budget
+
+    roles = [(cfg.labeler, cfg.labeler_settings, labeler)]
+    if policy is not None and policy is not labeler:
+        roles.append((cfg.policy or cfg.labeler, cfg.policy_settings, policy))
+    make_budget(cfg.max_cost, roles)
 
 
 def fingerprint(provenance: dict[str, Any]) -> str:

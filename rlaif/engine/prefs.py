@@ -34,6 +34,7 @@ from rlaif.engine.feedback import TEMPLATES_USED, Feedback, FeedbackSettings
 from rlaif.engine.jobs import (
     JobInputs,
     base_provenance,
+    guard_spending,
     labeler_and_policy,
     public_description,
     read_rows,
@@ -168,6 +169,7 @@ def build(cfg: PrefsConfig) -> PrefsJob:
         if policy is labeler
         else Scheduler(policy, cache, stats, cfg.batch_size, cfg.concurrency)
     )
+    guard_spending(cfg, labeler_sched, policy_sched)
     feedback = Feedback(
         constitution, templates, labeler_sched, cfg.feedback, labeler.supports_logprobs, cfg.seed
     )

@@ -55,6 +55,7 @@ from rlaif.engine.feedback import OPTIONS, normalised
 from rlaif.engine.jobs import (
     JobInputs,
     base_provenance,
+    guard_spending,
     labeler_and_policy,
     load_options,
     public_description,
@@ -319,6 +320,7 @@ def build(cfg: RedTeamConfig) -> RedTeamJob:
     cache = Cache(cfg.cache or Path(cfg.out) / "cache.sqlite")
     stats = EngineStats()
     sched = Scheduler(labeler, cache, stats, cfg.batch_size, cfg.concurrency)
+    guard_spending(cfg, sched)
     provenance = {
         **base_provenance(),
         "source": {**source_provenance(cfg), "seeds": len(seeds)},

@@ -104,6 +104,8 @@ class Scheduler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._dead: LabelerCallError | None = None  # the endpoint failed permanently
         self._params_payload: dict[GenerateParams, dict[str, Any]] = {}
+        self.budget: Any = None  # engine.budget.Budget: max_cost, checked before every call
+        self.prices: Any = None  # the labeler's prices, for the budget's estimate of a call
 
     # ------------------------------------------------------------------ public
 
@@ -253,7 +255,12 @@ class Scheduler:
         started = time.perf_counter()
         kind, what = group
         conversations = [p.messages for p in batch]
+        estimate, reserved = 0.0, False
         try:
+            if self.budget is not None:  # max_cost: refused calls fail their rows, and the run
+                estimate = self._estimate(kind, what, conversations)  # stops (engine/budget.py)
+                self.budget.reserve(estimate)
+                reserved = True
             self.stats.labeler_calls += 1
             if kind == "options":
                 results = await self.labeler.option_logprobs(conversations, list(what))
@@ -271,6 +278,8 @@ class Scheduler:
             return
         finally:
             self._slots.release()
+            if reserved:
+                self.budget.release(estimate)
         try:
             self._finish(kind, batch, results, time.perf_counter() - started)
         except Exception as e:
@@ -280,6 +289,14 @@ class Scheduler:
             if not isinstance(e, RlaifError):
                 e = EngineError(f"labeler answers could not be handed out: {type(e).__name__}: {e}")
             _fail(batch, e)
+
+    def _estimate(self, kind: str, what: Any, conversations: list[Any]) -> float:
+        from rlaif.engine.budget import OPTION_TOKENS, call_estimate
+
+        if self.prices is None:  # a labeler that bills nothing
+            return 0.0
+        out = OPTION_TOKENS if kind == "options" else what.max_tokens * what.n
+        return call_estimate(self.prices, conversations, out)
 
     def _finish(self, kind: str, batch: list[_Pending], results: list[Any], seconds: float) -> None:
         if len(results) != len(batch):

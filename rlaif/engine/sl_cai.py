@@ -28,6 +28,7 @@ from rlaif.engine.critique_revise import TEMPLATES_USED, CritiqueRevise
 from rlaif.engine.jobs import (
     JobInputs,
     base_provenance,
+    guard_spending,
     labeler_and_policy,
     public_description,
     read_rows,
@@ -118,6 +119,7 @@ def build(cfg: SLCAIConfig) -> Prepared:
         if policy is critic
         else Scheduler(policy, cache, stats, cfg.batch_size, cfg.concurrency)
     )
+    guard_spending(cfg, critic_sched, policy_sched)
     step = replace(unwired, policy=policy_sched, critic=critic_sched)
     provenance = {
         **base_provenance(),
