@@ -13,6 +13,13 @@ run once per conversation and its KV cache shared by every option.
 Sampling is seeded with ``torch.manual_seed(seed)`` before each batch. Results are reproducible for
 the same batch composition; a different batch size changes padding and thus (slightly) the numbers.
 Compute runs in a worker thread under a lock, so the async engine stays responsive.
+
+The model's name in cache keys (``model_name``) carries the weights' fingerprint (a local folder)
+or commit (a Hub id). It is computed once per load, not once per cache key: fingerprinting stats
+the weight files, and a run asks for a key per request. And it names the weights this labeler
+loaded: when the folder is retrained while the labeler lives, it keeps answering with (and filing
+answers under) the old weights' name until ``reload()`` reads the new ones. A name read from disk
+at every key would file the old model's answers under the new weights' name.
 """
 
 from __future__ import annotations
@@ -61,10 +68,11 @@ class TransformersLabeler:
         self._model: Any = None
         self._tokenizer: Any = None
         self._device: Any = None
+        from rlaif.models import LoadedName, hub_model
+
+        self._name = LoadedName(self.settings.model)
         # A Hub id is resolved now (the model itself still loads lazily): a missing or unreachable
         # model fails before a job writes anything, and the commit sha is known for cache keys.
-        from rlaif.models import hub_model
-
         hub_model(self.settings.model)
 
     # ------------------------------------------------------------------ loading
@@ -73,10 +81,9 @@ class TransformersLabeler:
     def model_name(self) -> str:
         """Tagged with the weights' fingerprint for a local folder and the commit sha for a Hub
         id: the cache must never answer for weights retrained in the same place, or for an older
-        revision of the same id."""
-        from rlaif.models import cache_name
-
-        return cache_name(self.settings.model)
+        revision of the same id. Fingerprinted once per load (``models.LoadedName``): it names
+        the weights this labeler serves, at no filesystem cost per cache key."""
+        return self._name.name
 
     @property
     def max_batch_size(self) -> int:
@@ -123,6 +130,12 @@ class TransformersLabeler:
         with self._lock:
             self._load_locked()
 
+    def reload(self) -> None:
+        """Load the weights again (retrained in the same folder): ``model_name`` follows."""
+        with self._lock:
+            self._model = self._tokenizer = None
+            self._load_locked()
+
     def _load_locked(self) -> None:
         if self._model is not None:
             return
@@ -131,6 +144,7 @@ class TransformersLabeler:
         from rlaif.models import resolve_model
 
         path = resolve_model(self.settings.model)
+        self._name.refresh()  # the fingerprint of the files about to be read
         self._device, dtype = self._pick_device_dtype()
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         if not tokenizer.chat_template:

@@ -139,17 +139,62 @@ def test_generate_params_reject_unknown_keys():
         GenerateParams(temprature=0.5)
 
 
-def test_retrained_weights_in_the_same_folder_get_a_new_cache_name(tiny_llama_dir, tmp_path):
+def _retrain(folder):
+    """Rewrite the weights' file as a training run saving into the same folder would."""
     import os
+
+    weights = folder / "model.safetensors"
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+def test_retrained_weights_in_the_same_folder_get_a_new_cache_name(tiny_llama_dir, tmp_path):
     import shutil
 
     folder = tmp_path / "policy"
     shutil.copytree(tiny_llama_dir, folder)
-    lab = create_labeler(f"transformers:{folder}")
+    lab = create_labeler(f"transformers:{folder}", device="cpu")
+    lab.load()
     before = lab.model_name
     assert before.startswith(f"{folder}@") and before == lab.model_name  # stable while unchanged
-    weights = folder / "model.safetensors"
-    st = weights.stat()
-    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # rewritten
+    _retrain(folder)
+    # the labeler still holds the old weights: its answers must stay filed under their name
+    assert lab.model_name == before
+    # a labeler that reads the folder now (a new run, or this one reloading) names the new ones
+    assert create_labeler(f"transformers:{folder}").model_name != before
+    lab.reload()
     assert lab.model_name != before
+    assert lab.model_name == create_labeler(f"transformers:{folder}").model_name
     assert create_labeler("smollm2").model_name == "smollm2"  # embedded: fixed by its name
+
+
+def test_weights_are_fingerprinted_once_per_load_not_per_cache_key(
+    tiny_llama_dir, tmp_path, monkeypatch
+):
+    import shutil
+
+    from rlaif import models
+    from rlaif.engine.cache import Cache
+    from rlaif.engine.scheduler import Scheduler
+
+    folder = tmp_path / "policy"
+    shutil.copytree(tiny_llama_dir, folder)
+    calls = []
+    real = models.weights_fingerprint
+    monkeypatch.setattr(models, "weights_fingerprint", lambda p: calls.append(p) or real(p))
+    lab = create_labeler(f"transformers:{folder}", device="cpu", batch_size=4)
+    sched = Scheduler(lab, Cache(None))
+    params = GenerateParams(max_tokens=2, temperature=0.0)
+    keys = {sched.keys_for([{"role": "user", "content": f"q{i}"}], params)[0] for i in range(100)}
+    assert len(keys) == 100 and len(calls) == 1  # 100 cache keys, one look at the files
+    run_sync(lab.generate(CONVS[:2], params))  # the first load fingerprints what it reads
+    assert len(calls) == 2
+    for i in range(100):
+        sched.option_key([{"role": "user", "content": f"q{i}"}], [" (A)", " (B)"])
+    run_sync(lab.option_logprobs(CONVS[:2], [" (A)", " (B)"]))
+    assert len(calls) == 2
+    _retrain(folder)
+    lab.reload()
+    assert len(calls) == 3
+    # the reloaded weights' answers get keys of their own
+    assert sched.keys_for([{"role": "user", "content": "q0"}], params)[0] not in keys
