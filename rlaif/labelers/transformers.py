@@ -274,37 +274,45 @@ class TransformersLabeler:
     ) -> list[list[float]]:
         """One forward pass over the (left-padded) prefixes, then one over every option's
         tokens on a copy of the prefixes' KV cache: the long prefix is computed once, not once
-        per option."""
+        per option. Only the logits that are read are computed (the prefixes' last position,
+        through ``logits_to_keep`` where the model takes it), and the scores leave the device
+        once, as one tensor: no sync per option."""
         import torch
 
         b, k = len(prefixes), len(option_ids)
         width = max(len(p) for p in prefixes)
         pad = self._tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prefixes], device=self._device)
+        device = self._device
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prefixes], device=device)
         mask = torch.tensor(
-            [[0] * (width - len(p)) + [1] * len(p) for p in prefixes], device=self._device
+            [[0] * (width - len(p)) + [1] * len(p) for p in prefixes], device=device
         )
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        longest = max(len(o) for o in option_ids)
         with torch.inference_mode():
             out = self._model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                **self._last_logits_only(),
             )
-            first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # [b, vocab]
-            longest = max(len(o) for o in option_ids)
-            rest = None
+            first_ids = torch.tensor([o[0] for o in option_ids], device=device)
+            scores = _token_logprobs(out.logits[:, -1, :], first_ids.expand(b, k))  # [b, k]
             if longest > 1:  # the tokens after each option's first, on the shared cache
                 cache = out.past_key_values
                 cache.batch_repeat_interleave(k)
                 tail = longest - 1
                 feed = [o[:-1] + [pad] * (longest - len(o)) for o in option_ids] * b
-                feed_mask = [[1] * (len(o) - 1) + [0] * (longest - len(o)) for o in option_ids] * b
-                steps = torch.arange(1, tail + 1, device=self._device)
+                feed_mask = [[1] * (len(o) - 1) + [0] * (longest - len(o)) for o in option_ids]
+                targets = [o[1:] + [pad] * (longest - len(o)) for o in option_ids] * b
+                steps = torch.arange(1, tail + 1, device=device)
                 out2 = self._model(
-                    input_ids=torch.tensor(feed, device=self._device),
+                    input_ids=torch.tensor(feed, device=device),
                     attention_mask=torch.cat(
                         [
                             mask.repeat_interleave(k, dim=0),
-                            torch.tensor(feed_mask, device=self._device),
+                            torch.tensor(feed_mask * b, device=device),
                         ],
                         dim=1,
                     ),
@@ -312,22 +320,29 @@ class TransformersLabeler:
                     past_key_values=cache,
                     use_cache=False,
                 )
-                rest = torch.log_softmax(out2.logits.float(), dim=-1)  # [b * k, tail, vocab]
-        scores = []
-        for i in range(b):
-            row = []
-            for j, option in enumerate(option_ids):
-                total = float(first[i, option[0]])
-                for t in range(1, len(option)):
-                    assert rest is not None
-                    total += float(rest[i * k + j, t - 1, option[t]])
-                row.append(total)
-            scores.append(row)
-        return scores
+                targets_t = torch.tensor(targets, device=device).unsqueeze(-1)
+                rest = _token_logprobs(out2.logits, targets_t).squeeze(-1)  # [b * k, tail]
+                kept = torch.tensor(feed_mask, device=device, dtype=rest.dtype)  # [k, tail]
+                scores = scores + (rest.view(b, k, tail) * kept).sum(-1)
+            return scores.cpu().tolist()
+
+    def _last_logits_only(self) -> dict[str, Any]:
+        """``logits_to_keep=1`` for models whose forward takes it (Llama, Qwen, Mistral, ...
+        in transformers 5): the LM head then runs on the last position only, instead of
+        ``[batch, prompt length, vocabulary]`` logits of which one row is read."""
+        supports = getattr(self._model, "_supports_logits_to_keep", None)
+        return {"logits_to_keep": 1} if supports is not None and supports() else {}
 
     async def aclose(self) -> None:
         self._model = None
         self._tokenizer = None
+
+
+def _token_logprobs(logits: Any, tokens: Any) -> Any:
+    """The log-softmax of ``logits`` (``[..., vocab]``) at ``tokens`` (``[..., m]``: m token
+    ids per row), in float32, without a log-softmax tensor of the whole vocabulary."""
+    logits = logits.float()
+    return logits.gather(-1, tokens) - logits.logsumexp(-1, keepdim=True)
 
 
 def _as_list(value: Any) -> list[int] | None:

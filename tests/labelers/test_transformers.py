@@ -104,6 +104,40 @@ def test_option_logprobs_match_manual_forward_pass(labeler):
     assert all(row[2] < max(row[0], row[1]) for row in scores)
 
 
+def _lm_head_positions(labeler):
+    """Record how many positions per row each call of the LM head computes logits for."""
+    seen: list[int] = []
+    hook = labeler._model.lm_head.register_forward_hook(
+        lambda module, args, output: seen.append(args[0].shape[1])
+    )
+    return seen, hook
+
+
+def test_only_the_logits_that_are_read_are_computed(labeler, monkeypatch):
+    options = [" (A)", " (B)", " neither of them"]
+    labeler.load()
+    seen, hook = _lm_head_positions(labeler)
+    syncs = []
+    real_tolist = torch.Tensor.tolist
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(torch.Tensor, "tolist", lambda t: syncs.append(t.shape) or real_tolist(t))
+            m.setattr(torch.Tensor, "__float__", lambda t: pytest.fail("a read-back per score"))
+            scores = run_sync(labeler.option_logprobs(CONVS, options))
+        tail = max(len(labeler._encode(o)) for o in options) - 1
+        # per batch (2 + 1 conversations): the prefixes' last position, then the options' tails
+        assert seen == [1, tail, 1, tail] and tail >= 1
+        assert [tuple(s) for s in syncs] == [(2, 3), (1, 3)]  # one read-back per batch
+        seen.clear()
+        run_sync(labeler.generate(CONVS[:2], GenerateParams(max_tokens=3, temperature=0.0)))
+        assert seen and set(seen) == {1}  # the prompt's logits only at its last position
+    finally:
+        hook.remove()
+    for conv, row in zip(CONVS, scores, strict=True):  # and the scores are the full pass's
+        for option, got in zip(options, row, strict=True):
+            assert got == pytest.approx(manual_option_logprob(labeler, conv, option), abs=1e-4)
+
+
 def test_option_logprobs_batch_independent(labeler):
     together = run_sync(labeler.option_logprobs(CONVS, [" (A)", " (B)"]))
     for conv, row in zip(CONVS, together, strict=True):
