@@ -8,7 +8,10 @@ model continues that text.
 Option log-probs are exact: the prefix and each option are tokenized separately and concatenated
 (the same convention as lm-evaluation-harness), and the log-probabilities of the option's tokens
 are summed. No top-k truncation, no sampling. The prefix (the long part: the whole question) is
-run once per conversation and its KV cache shared by every option.
+run once per conversation and its KV cache shared by every option. Only the logits that are read
+are computed: the prefix's last position (``logits_to_keep=1`` where the model takes it; generate
+does the same for the prompt), not ``[batch, prompt length, vocabulary]`` of which one row is
+used; and a batch's scores leave the device as one tensor, not one sync per option.
 
 Sampling is seeded with ``torch.manual_seed(seed)`` before each batch. Results are reproducible for
 the same batch composition; a different batch size changes padding and thus (slightly) the numbers.
