@@ -67,6 +67,9 @@ class Run:
 
 
 def _read_jsonl(path: Path, kind: str) -> list[dict[str, Any]]:
+    """The rows, each with its full provenance (``data.provenance``)."""
+    from rlaif.data.provenance import expand_rows
+
     rows = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -81,7 +84,7 @@ def _read_jsonl(path: Path, kind: str) -> list[dict[str, Any]]:
                 f"{path}:{n}: not an rlaif {KIND_NAMES[kind]} row (no {', '.join(missing)})"
             )
         rows.append(row)
-    return rows
+    return expand_rows(rows, path)
 
 
 def find_dataset(folder: Path, kind: str) -> Path | None:

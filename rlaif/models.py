@@ -463,3 +463,33 @@ def cache_name(name_or_path: str) -> str:
         return hub.cache_name
     tag = weights_fingerprint(name_or_path)
     return f"{name_or_path}@{tag}" if tag else name_or_path
+
+
+class LoadedName:
+    """A local backend's ``cache_name``, computed once per load of the weights.
+
+    ``cache_name`` globs and stats the weight files (and checks the path for a Hub id); a backend
+    whose ``model_name`` called it for every cache key made about a million filesystem calls in a
+    large run. Worse, the name then described whatever was on disk at that moment, not the
+    weights in memory: a labeler that loaded a checkpoint and kept answering after the folder
+    was retrained would have filed its old model's answers under the new weights' name.
+
+    So the name is taken once, on first use, and taken again by ``refresh()`` when the backend
+    (re)loads its weights: it names the weights the backend serves (before the first load, the
+    weights it is about to load). New weights in the same folder reach a labeler when it loads
+    again (``reload()``, or a new labeler, as every run builds), never silently mid-run."""
+
+    def __init__(self, name_or_path: str):
+        self.source = name_or_path
+        self._name: str | None = None
+
+    @property
+    def name(self) -> str:
+        if self._name is None:
+            self._name = cache_name(self.source)
+        return self._name
+
+    def refresh(self) -> str:
+        """Fingerprint the weights again: call just before loading them."""
+        self._name = cache_name(self.source)
+        return self._name

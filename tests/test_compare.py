@@ -16,7 +16,7 @@ import subprocess
 import pytest
 
 from rlaif.cli import main
-from rlaif.compare import compare, largest_changes, write
+from rlaif.compare import DATASETS, compare, largest_changes, write
 from rlaif.errors import CompareError
 
 from .conftest import FIXTURES
@@ -168,3 +168,23 @@ def test_page_renders_in_headless_chromium(tmp_path):
         assert image.size == (1280, 2400)
         colours = image.convert("RGB").getcolors(maxcolors=1_000_000)
     assert colours is not None and len(colours) > 50  # text, tables and plots, not a blank page
+
+
+def test_rows_that_refer_to_their_provenance_record_compare_as_full_ones(tmp_path):
+    from rlaif.data.provenance import RowProvenance
+
+    compact = tmp_path / "a"
+    shutil.copytree(A, compact)
+    for data in compact.glob("*.jsonl"):
+        rows = [json.loads(x) for x in data.read_text().splitlines() if x.strip()]
+        prov = RowProvenance(rows[0]["provenance"])  # as the job writes them: one record
+        prov.write(data)
+        data.write_text("".join(json.dumps(prov.compact(r)) + "\n" for r in rows))
+        assert '"constitution"' not in data.read_text()
+
+    def described(folder):
+        run = compare(folder, B)["runs"]["a"]
+        return {kind: {k: v for k, v in run[kind].items() if k != "file"} for kind in DATASETS}
+
+    assert described(compact) == described(A)
+    assert described(A)["sl_cai"]["constitution"] == "harmless"

@@ -19,6 +19,7 @@ import pytest
 
 from rlaif import models
 from rlaif.cli import main
+from rlaif.data.provenance import read_rows
 from rlaif.errors import ModelNotFoundError
 
 from .conftest import FIXTURES, REPO
@@ -195,7 +196,7 @@ def test_generate_by_hub_id_records_the_sha_and_a_new_snapshot_misses_the_cache(
     first = tmp_path / "first"
     assert main(_generate(f"transformers:{REPO_ID}", prompts, first, "--limit", "2",
                           "--cache", str(cache))) == 0  # fmt: skip
-    row = json.loads((first / "sl_cai.jsonl").read_text().splitlines()[0])
+    row = read_rows(first / "sl_cai.jsonl")[0]
     critic = row["provenance"]["critic"]
     assert (critic["model"], critic["commit"], critic["revision"]) == (REPO_ID, SHA1, "main")
     assert f"commit={SHA1}" in (first / "README.md").read_text()  # the dataset card
@@ -214,7 +215,7 @@ def test_generate_by_hub_id_records_the_sha_and_a_new_snapshot_misses_the_cache(
     assert main(_generate(f"transformers:{REPO_ID}", prompts, moved, "--limit", "2",
                           "--cache", str(cache))) == 0  # fmt: skip
     assert calls(moved) == calls(first) > 0  # fresh model calls, not old answers
-    row = json.loads((moved / "sl_cai.jsonl").read_text().splitlines()[0])
+    row = read_rows(moved / "sl_cai.jsonl")[0]
     assert row["provenance"]["critic"]["commit"] == SHA2
 
 
@@ -284,7 +285,7 @@ def test_cli_honours_hf_home_from_the_environment(hf_home, tiny_llama_dir, tmp_p
     out = tmp_path / "o"
     proc = _cli(_generate(f"transformers:{REPO_ID}", prompts, out), hf_home)
     assert proc.returncode == 0, proc.stderr
-    row = json.loads((out / "sl_cai.jsonl").read_text())
+    row = read_rows(out / "sl_cai.jsonl")[0]
     assert row["provenance"]["policy"]["commit"] == SHA1
 
     missing = tmp_path / "missing"
@@ -305,7 +306,7 @@ def test_generate_by_hub_id_with_smollm2(hf_home, tmp_path):
     labeler = "transformers:HuggingFaceTB/SmolLM2-135M-Instruct"
     proc = _cli(_generate(labeler, prompts, out, tokens=16), hf_home)
     assert proc.returncode == 0, proc.stderr
-    row = json.loads((out / "sl_cai.jsonl").read_text())
+    row = read_rows(out / "sl_cai.jsonl")[0]
     assert row["provenance"]["critic"]["commit"] == SHA1
     assert "Paris" in row["response"]
 

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from rlaif.data.provenance import read_rows
 from rlaif.errors import ModelNotFoundError
 from rlaif.labelers.base import GenerateParams, create_labeler, run_sync
 from rlaif.models import EMBEDDED, gguf_path, list_models, resolve_model
@@ -80,7 +81,7 @@ def test_demo_on_real_smollm2_prints_answer_critique_revision(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "first answer" in proc.stdout and "critique" in proc.stdout
-    rows = [json.loads(x) for x in (out / "sl_cai.jsonl").read_text().splitlines()]
+    rows = read_rows(out / "sl_cai.jsonl")
     assert len(rows) == 2
     for r in rows:
         assert r["response"] and r["rounds"][0]["critique"] and r["revision"]

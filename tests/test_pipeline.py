@@ -7,6 +7,7 @@ import json
 import pytest
 
 from rlaif.cli import main
+from rlaif.data.provenance import read_rows
 from rlaif.pipeline import RunConfig, read_manifest, run_pipeline
 
 from .conftest import FIXTURES
@@ -119,7 +120,7 @@ def test_iterated_rl_cai_relabels_the_current_policy(tiny_llama_dir, tmp_path):
                      "mini_batch_size": 1, "max_new_tokens": 4}})  # fmt: skip
     names = [r["stage"] for r in run_pipeline(cfg, until="rl_2")]
     assert names == ["sl_cai", "sft", "prefs", "rm", "rl", "prefs_2", "rm_2", "rl_2"]
-    prov = json.loads((cfg.root / "prefs_2" / "preferences.jsonl").read_text().splitlines()[0])
+    prov = read_rows(cfg.root / "prefs_2" / "preferences.jsonl")[0]
     from rlaif.models import weights_fingerprint
 
     policy = prov["provenance"]["policy"]  # the rl stage's folder, by name and weights

@@ -98,16 +98,18 @@ def _hub_error(message: str) -> PromptDataError:
 
 def load_local_dataset(path: str | Path) -> Any:
     """A JSONL file or a ``save_to_disk`` folder as a ``datasets.Dataset`` (how the trainers
-    read rlaif's output files); ``FileNotFoundError`` when it is neither, for the caller to
-    name in its own error."""
+    read rlaif's output files), every row with its full provenance (``data.provenance``);
+    ``FileNotFoundError`` when it is neither, for the caller to name in its own error."""
     from datasets import load_dataset, load_from_disk
+
+    from rlaif.data.provenance import expand_dataset
 
     path = Path(path)
     if path.is_dir():
         return load_from_disk(str(path))
     if not path.is_file():
         raise FileNotFoundError(path)
-    return load_dataset("json", data_files=str(path), split="train")
+    return expand_dataset(load_dataset("json", data_files=str(path), split="train"), path)
 
 
 def is_saved_dataset(path: Path) -> bool:

@@ -13,11 +13,16 @@ The card's front matter gets the licence and language the user gives at upload t
 know the terms of the user's prompts and models, so the generated card says ``unknown``). The
 upload is one commit through ``huggingface_hub`` (``create_repo`` + ``create_commit``), which reads
 ``HF_TOKEN`` or the saved login as usual; the token is never printed.
+
+Rows in the folder carry a reference to their provenance record (``data.provenance``); what is
+uploaded has the full record in every row, as rlaif's readers give it: a JSONL file is expanded
+into a temporary copy for the upload (the parquet twin already holds full records).
 """
 
 from __future__ import annotations
 
 import re
+import tempfile
 from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
@@ -105,16 +110,35 @@ def push(
     """Upload the dataset of ``out_dir`` to the dataset repo ``repo_id`` in one commit; returns
     the repo's URL."""
     from huggingface_hub import CommitOperationAdd, HfApi
-    from huggingface_hub.errors import HfHubHTTPError
 
     upload = prepare(out_dir, license, language)
     api = api or HfApi()
-    operations = [
-        CommitOperationAdd(path_in_repo=f.name, path_or_fileobj=str(f)) for f in upload.files
-    ]
-    operations.append(
-        CommitOperationAdd(path_in_repo=CARD, path_or_fileobj=upload.card.encode("utf-8"))
-    )
+    with tempfile.TemporaryDirectory(prefix="rlaif-push-") as tmp:
+        operations = [
+            CommitOperationAdd(path_in_repo=f.name, path_or_fileobj=str(_published(f, Path(tmp))))
+            for f in upload.files
+        ]
+        operations.append(
+            CommitOperationAdd(path_in_repo=CARD, path_or_fileobj=upload.card.encode("utf-8"))
+        )
+        return _commit(api, out_dir, repo_id, private, operations, upload)
+
+
+def _published(f: Path, tmp: Path) -> Path:
+    """The file as it is published: a JSONL file whose rows refer to their provenance record
+    gets the full record back in every row (a copy under ``tmp``)."""
+    from rlaif.data.provenance import has_references, write_expanded
+
+    if f.suffix != ".jsonl" or not has_references(f):
+        return f
+    return write_expanded(f, tmp / f.name)
+
+
+def _commit(
+    api: Any, out_dir: Path, repo_id: str, private: bool, operations: list[Any], upload: Upload
+) -> str:
+    from huggingface_hub.errors import HfHubHTTPError
+
     try:
         url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         api.create_commit(

@@ -246,10 +246,10 @@ def write_timings(
 
 
 def write_parquet(dataset: Path) -> Path:
-    from datasets import load_dataset
+    from rlaif.data.datasets_io import load_local_dataset
 
     target = dataset.with_suffix(".parquet")
-    load_dataset("json", data_files=str(dataset), split="train").to_parquet(str(target))
+    load_local_dataset(dataset).to_parquet(str(target))  # with every row's full provenance
     return target
 
 
@@ -286,7 +286,7 @@ async def run_journaled(
     """Run ``run_row`` over ``rows`` through the journal (resume), with per-row timings, failed
     rows kept with their reason, and the labelers' retries and cost totalled; closes the
     schedulers, labelers and cache at the end, whatever happens."""
-    journal = Journal(dataset, fingerprint(provenance))
+    journal = Journal(dataset, fingerprint(provenance), provenance=provenance)
     # enough rows in flight to fill every batch slot twice over; rows finish (and are written)
     # steadily instead of all at the end
     window = 2 * max(s.max_batch * s.max_concurrency for s in schedulers)

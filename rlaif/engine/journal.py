@@ -19,6 +19,10 @@ window, and rows that finished out of order are not in the file yet; both are re
 cache at no cost (or asked again, for answers of the cache's own last window). With a
 different fingerprint (another constitution, template or model) the journal is discarded and every
 row is rebuilt through the cache, which regenerates only what really changed.
+
+Provenance: given the job's provenance record, the journal writes it once (``NAME.provenance.json``,
+at ``open``) and each row carries a reference to it instead of a copy (``data.provenance``); the
+rows it hands back from an earlier run have the full record again.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rlaif.data.provenance import RowProvenance, expand, is_reference
 from rlaif.engine.commit import COMMIT_SECONDS, CommitWindow
 from rlaif.errors import EngineError, StateFileError
 
@@ -52,8 +57,10 @@ class Journal:
         fingerprint: str,
         commit_seconds: float = COMMIT_SECONDS,
         commit_rows: int = 256,
+        provenance: dict[str, Any] | None = None,
     ):
         self.target = Path(target)
+        self.provenance = RowProvenance(provenance) if provenance is not None else None
         self.fingerprint = fingerprint
         self.partial = self.target.with_name(f".{self.target.name}.partial")
         self.manifest = self.target.with_name(f".{self.target.name}.run.json")
@@ -102,6 +109,8 @@ class Journal:
         tmp = self.manifest.with_name(self.manifest.name + ".tmp")
         tmp.write_text(json.dumps({"fingerprint": self.fingerprint}), encoding="utf-8")
         os.replace(tmp, self.manifest)
+        if self.provenance is not None:  # before any row refers to it
+            self.provenance.write(self.target)
         # rewrite the partial file as exactly the kept prefix, then append from there
         _write_lines_atomic(self.partial, kept)
         self._file = open(self.partial, "a", encoding="utf-8")  # noqa: SIM115
@@ -111,10 +120,20 @@ class Journal:
         """Add the next row; it is durable after the next commit (at most a window later)."""
         if self._file is None:
             raise ValueError("the journal is not open")
+        if self.provenance is not None:
+            row = self.provenance.compact(row)
         line = dumps_row(row)
         self._lines.append(line)
         self._window.added()
         return line
+
+    def read(self, line: str) -> dict[str, Any]:
+        """A kept line as a row, with its full provenance."""
+        row = json.loads(line)
+        if self.provenance is not None and is_reference(row.get("provenance")):
+            known = {self.provenance.sha256: self.provenance.record}
+            row["provenance"] = expand(row["provenance"], known)
+        return row
 
     def commit(self) -> None:
         """Write and fsync every appended row now."""
@@ -161,6 +180,8 @@ class Journal:
             (sides[side] if side else kept).append(line)
         _write_lines_atomic(self.target, kept)
         self.partial.unlink()
+        if self.provenance is not None:
+            self.provenance.prune(self.target)
         for side, side_lines in sides.items():
             path = self.side_file(side)
             if side_lines:

@@ -11,7 +11,6 @@ in the ``finally`` commits the rest, whether the run ends, fails or is interrupt
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
@@ -35,7 +34,7 @@ async def run_rows(
     kept = journal.open([str(r["id"]) for r in rows])
     out: list[Row] = []
     for line in kept:
-        row = json.loads(line)
+        row = journal.read(line)
         out.append(row)
         if on_row:
             on_row(row, True)

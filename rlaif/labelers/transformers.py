@@ -8,11 +8,21 @@ model continues that text.
 Option log-probs are exact: the prefix and each option are tokenized separately and concatenated
 (the same convention as lm-evaluation-harness), and the log-probabilities of the option's tokens
 are summed. No top-k truncation, no sampling. The prefix (the long part: the whole question) is
-run once per conversation and its KV cache shared by every option.
+run once per conversation and its KV cache shared by every option. Only the logits that are read
+are computed: the prefix's last position (``logits_to_keep=1`` where the model takes it; generate
+does the same for the prompt), not ``[batch, prompt length, vocabulary]`` of which one row is
+used; and a batch's scores leave the device as one tensor, not one sync per option.
 
 Sampling is seeded with ``torch.manual_seed(seed)`` before each batch. Results are reproducible for
 the same batch composition; a different batch size changes padding and thus (slightly) the numbers.
 Compute runs in a worker thread under a lock, so the async engine stays responsive.
+
+The model's name in cache keys (``model_name``) carries the weights' fingerprint (a local folder)
+or commit (a Hub id). It is computed once per load, not once per cache key: fingerprinting stats
+the weight files, and a run asks for a key per request. And it names the weights this labeler
+loaded: when the folder is retrained while the labeler lives, it keeps answering with (and filing
+answers under) the old weights' name until ``reload()`` reads the new ones. A name read from disk
+at every key would file the old model's answers under the new weights' name.
 """
 
 from __future__ import annotations
@@ -61,10 +71,11 @@ class TransformersLabeler:
         self._model: Any = None
         self._tokenizer: Any = None
         self._device: Any = None
+        from rlaif.models import LoadedName, hub_model
+
+        self._name = LoadedName(self.settings.model)
         # A Hub id is resolved now (the model itself still loads lazily): a missing or unreachable
         # model fails before a job writes anything, and the commit sha is known for cache keys.
-        from rlaif.models import hub_model
-
         hub_model(self.settings.model)
 
     # ------------------------------------------------------------------ loading
@@ -73,10 +84,9 @@ class TransformersLabeler:
     def model_name(self) -> str:
         """Tagged with the weights' fingerprint for a local folder and the commit sha for a Hub
         id: the cache must never answer for weights retrained in the same place, or for an older
-        revision of the same id."""
-        from rlaif.models import cache_name
-
-        return cache_name(self.settings.model)
+        revision of the same id. Fingerprinted once per load (``models.LoadedName``): it names
+        the weights this labeler serves, at no filesystem cost per cache key."""
+        return self._name.name
 
     @property
     def max_batch_size(self) -> int:
@@ -123,6 +133,12 @@ class TransformersLabeler:
         with self._lock:
             self._load_locked()
 
+    def reload(self) -> None:
+        """Load the weights again (retrained in the same folder): ``model_name`` follows."""
+        with self._lock:
+            self._model = self._tokenizer = None
+            self._load_locked()
+
     def _load_locked(self) -> None:
         if self._model is not None:
             return
@@ -131,6 +147,7 @@ class TransformersLabeler:
         from rlaif.models import resolve_model
 
         path = resolve_model(self.settings.model)
+        self._name.refresh()  # the fingerprint of the files about to be read
         self._device, dtype = self._pick_device_dtype()
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         if not tokenizer.chat_template:
@@ -260,37 +277,45 @@ class TransformersLabeler:
     ) -> list[list[float]]:
         """One forward pass over the (left-padded) prefixes, then one over every option's
         tokens on a copy of the prefixes' KV cache: the long prefix is computed once, not once
-        per option."""
+        per option. Only the logits that are read are computed (the prefixes' last position,
+        through ``logits_to_keep`` where the model takes it), and the scores leave the device
+        once, as one tensor: no sync per option."""
         import torch
 
         b, k = len(prefixes), len(option_ids)
         width = max(len(p) for p in prefixes)
         pad = self._tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prefixes], device=self._device)
+        device = self._device
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prefixes], device=device)
         mask = torch.tensor(
-            [[0] * (width - len(p)) + [1] * len(p) for p in prefixes], device=self._device
+            [[0] * (width - len(p)) + [1] * len(p) for p in prefixes], device=device
         )
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        longest = max(len(o) for o in option_ids)
         with torch.inference_mode():
             out = self._model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                **self._last_logits_only(),
             )
-            first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # [b, vocab]
-            longest = max(len(o) for o in option_ids)
-            rest = None
+            first_ids = torch.tensor([o[0] for o in option_ids], device=device)
+            scores = _token_logprobs(out.logits[:, -1, :], first_ids.expand(b, k))  # [b, k]
             if longest > 1:  # the tokens after each option's first, on the shared cache
                 cache = out.past_key_values
                 cache.batch_repeat_interleave(k)
                 tail = longest - 1
                 feed = [o[:-1] + [pad] * (longest - len(o)) for o in option_ids] * b
-                feed_mask = [[1] * (len(o) - 1) + [0] * (longest - len(o)) for o in option_ids] * b
-                steps = torch.arange(1, tail + 1, device=self._device)
+                feed_mask = [[1] * (len(o) - 1) + [0] * (longest - len(o)) for o in option_ids]
+                targets = [o[1:] + [pad] * (longest - len(o)) for o in option_ids] * b
+                steps = torch.arange(1, tail + 1, device=device)
                 out2 = self._model(
-                    input_ids=torch.tensor(feed, device=self._device),
+                    input_ids=torch.tensor(feed, device=device),
                     attention_mask=torch.cat(
                         [
                             mask.repeat_interleave(k, dim=0),
-                            torch.tensor(feed_mask, device=self._device),
+                            torch.tensor(feed_mask * b, device=device),
                         ],
                         dim=1,
                     ),
@@ -298,22 +323,29 @@ class TransformersLabeler:
                     past_key_values=cache,
                     use_cache=False,
                 )
-                rest = torch.log_softmax(out2.logits.float(), dim=-1)  # [b * k, tail, vocab]
-        scores = []
-        for i in range(b):
-            row = []
-            for j, option in enumerate(option_ids):
-                total = float(first[i, option[0]])
-                for t in range(1, len(option)):
-                    assert rest is not None
-                    total += float(rest[i * k + j, t - 1, option[t]])
-                row.append(total)
-            scores.append(row)
-        return scores
+                targets_t = torch.tensor(targets, device=device).unsqueeze(-1)
+                rest = _token_logprobs(out2.logits, targets_t).squeeze(-1)  # [b * k, tail]
+                kept = torch.tensor(feed_mask, device=device, dtype=rest.dtype)  # [k, tail]
+                scores = scores + (rest.view(b, k, tail) * kept).sum(-1)
+            return scores.cpu().tolist()
+
+    def _last_logits_only(self) -> dict[str, Any]:
+        """``logits_to_keep=1`` for models whose forward takes it (Llama, Qwen, Mistral, ...
+        in transformers 5): the LM head then runs on the last position only, instead of
+        ``[batch, prompt length, vocabulary]`` logits of which one row is read."""
+        supports = getattr(self._model, "_supports_logits_to_keep", None)
+        return {"logits_to_keep": 1} if supports is not None and supports() else {}
 
     async def aclose(self) -> None:
         self._model = None
         self._tokenizer = None
+
+
+def _token_logprobs(logits: Any, tokens: Any) -> Any:
+    """The log-softmax of ``logits`` (``[..., vocab]``) at ``tokens`` (``[..., m]``: m token
+    ids per row), in float32, without a log-softmax tensor of the whole vocabulary."""
+    logits = logits.float()
+    return logits.gather(-1, tokens) - logits.logsumexp(-1, keepdim=True)
 
 
 def _as_list(value: Any) -> list[int] | None:

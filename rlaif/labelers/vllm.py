@@ -54,20 +54,19 @@ class VLLMLabeler:
         self.settings = settings or VLLMSettings()
         self._llm: Any = None
         self._lock = threading.Lock()
+        from rlaif.models import LoadedName, hub_model
+
+        self._name = LoadedName(self.settings.model)
         # A Hub id is resolved now (the model itself still loads lazily): a missing or unreachable
         # model fails before a job writes anything, and the commit sha is known for cache keys.
-        from rlaif.models import hub_model
-
         hub_model(self.settings.model)
 
     @property
     def model_name(self) -> str:
         """Tagged with the weights' fingerprint for a local folder and the commit sha for a Hub
         id: the cache must never answer for weights retrained in the same place, or for an older
-        revision of the same id."""
-        from rlaif.models import cache_name
-
-        return cache_name(self.settings.model)
+        revision of the same id. Fingerprinted once per engine start (``models.LoadedName``)."""
+        return self._name.name
 
     @property
     def max_batch_size(self) -> int:
@@ -100,8 +99,10 @@ class VLLMLabeler:
                 ) from None
             from rlaif.models import resolve_model
 
+            path = resolve_model(self.settings.model)
+            self._name.refresh()  # the fingerprint of the weights the engine reads
             self._llm = LLM(
-                model=str(resolve_model(self.settings.model)),
+                model=str(path),
                 dtype=self.settings.dtype,
                 enforce_eager=self.settings.enforce_eager,
                 max_model_len=self.settings.max_model_len,

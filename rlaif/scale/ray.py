@@ -39,6 +39,14 @@ resumable. ``aclose`` kills the actors and, if this process connected to Ray, di
 (``ray.shutdown``, which also stops a local instance started here), after an error as after
 success.
 
+Sizing the pool (``plan``): on GPUs one actor per GPU (per ``tensor_parallel_size`` GPUs for
+vLLM). On CPUs, one transformers actor per CPU, but each actor holds its own copy of every role's
+model in RAM: a 7B model in float32 is ~28 GB, so one actor per CPU on a 32-CPU, 128 GB node would
+be killed for memory one by one. So CPU actors are also counted by memory: each asks Ray for
+``weights on disk x MEMORY_OVERHEAD`` bytes (float32 upcast of 16-bit weights, activations, the
+KV cache, torch itself; ``memory_per_actor_gb`` overrides the estimate), a node holds as many as
+its Ray ``memory`` resource allows, and when no node can hold one the error says so, in GB.
+
 Sampling: each batch is seeded, so a sampled answer depends on the batch it was computed in (and
 on torch's thread count); more actors keep more rows in flight and cut other batches, so sampled
 runs are reproducible for the same pool but differ from a one-process run, as with another batch
@@ -86,6 +94,9 @@ class RaySettings(BaseModel):
     cpus_per_actor: float | None = Field(default=None, gt=0)
     gpus_per_actor: float | None = Field(default=None, ge=0)
     max_restarts: int = Field(default=3, ge=0, description="restarts of an actor that died")
+    memory_per_actor_gb: float | None = Field(
+        default=None, gt=0, description="RAM of one CPU actor (default: from the model's size)"
+    )
 
 
 def check_settings(values: dict[str, Any]) -> RaySettings:
@@ -204,17 +215,62 @@ def gpus_wanted(role: Role) -> int:
     return 1 if device == "auto" or device.startswith("cuda") else 0
 
 
+# RAM one CPU actor needs per byte of weights on disk: 16-bit files load as float32 on CPU (x2),
+# plus activations, the KV cache, and torch's own memory
+MEMORY_OVERHEAD = 2.5
+GB = 1024**3
+
+
+def weights_bytes(roles: list[Role]) -> int | None:
+    """Bytes of the weight files of every role's model (an actor holds them all); None when a
+    model's size cannot be known here (the actors then are not counted by memory)."""
+    from rlaif.models import resolve_model
+
+    total = 0
+    for role in roles:
+        model = role.settings.get("model")
+        if not isinstance(model, str):
+            return None
+        try:
+            path = resolve_model(model)
+        except RlaifError:
+            return None
+        files = [*path.glob("*.safetensors"), *path.glob("*.bin")]
+        if not files:
+            return None
+        total += sum(f.stat().st_size for f in files)
+    return total
+
+
+def actor_memory(roles: list[Role], s: RaySettings) -> float | None:
+    """Bytes of RAM one CPU actor asks Ray for: ``memory_per_actor_gb``, or the models' weights
+    times ``MEMORY_OVERHEAD``; None when unknown."""
+    if s.memory_per_actor_gb is not None:
+        return s.memory_per_actor_gb * GB
+    size = weights_bytes(roles)
+    return None if size is None else size * MEMORY_OVERHEAD
+
+
 @dataclass(frozen=True)
 class Shape:
     actors: int
     cpus: float
     gpus: float
+    memory: float | None = None  # bytes of RAM each actor asks for (CPU actors)
 
 
-def plan(roles: list[Role], nodes: list[dict[str, float]], s: RaySettings, n: int | None) -> Shape:
+def plan(
+    roles: list[Role],
+    nodes: list[dict[str, float]],
+    s: RaySettings,
+    n: int | None,
+    memory: float | None = None,
+) -> Shape:
     """How many actors, and what each asks Ray for, from the alive nodes' resources: one actor
     per GPU (per ``tensor_parallel_size`` GPUs for vLLM) where there are GPUs; on CPUs one
-    transformers actor per CPU (torch then runs one thread each) and one vLLM actor per node."""
+    transformers actor per CPU (torch then runs one thread each) and one vLLM actor per node,
+    and on CPUs no more actors on a node than its RAM (Ray's ``memory`` resource) holds copies
+    of the model at ``memory`` bytes each."""
     if not nodes:
         raise ClusterError("the Ray cluster has no alive nodes")
     any_gpus = any(node.get("GPU", 0) > 0 for node in nodes)
@@ -228,24 +284,37 @@ def plan(roles: list[Role], nodes: list[dict[str, float]], s: RaySettings, n: in
         cpus = min(node.get("CPU", 0) for node in nodes) if vllm_on_cpu else 1.0
         cpus = max(cpus, 1.0)
         per_node = 1 if vllm_on_cpu else None
-    fits = sum(min(_fits(node, cpus, gpus), per_node or 1 << 30) for node in nodes)
+    ram = memory if gpus == 0 else None  # on GPUs the model lives in GPU memory
+    fits = sum(min(_fits(node, cpus, gpus, ram), per_node or 1 << 30) for node in nodes)
     total = (sum(node.get("CPU", 0) for node in nodes), sum(node.get("GPU", 0) for node in nodes))
     have = f"the cluster has {total[0]:g} CPUs and {total[1]:g} GPUs"
     asks = f"an actor asks for {cpus:g} CPUs and {gpus:g} GPUs"
+    if ram is not None:
+        most = max(node.get("memory", 0) for node in nodes) / GB
+        have += f", at most {most:.1f} GB of memory for tasks on a node"
+        asks += f" and {ram / GB:.1f} GB of memory (its copy of the model)"
     if fits == 0:
+        if ram is not None and all(_fits(node, cpus, gpus, None) for node in nodes):
+            raise ClusterError(
+                f"no Ray node has the memory for a labeler actor: {asks}; {have}. Use a node "
+                "with more memory or a smaller model, or set memory_per_actor_gb with --ray-set "
+                "if the estimate is too high"
+            )
         raise ClusterError(f"no Ray node can hold a labeler actor: {asks}; {have}")
     if n is not None and n > fits:
         raise ClusterError(
             f"{n} Ray actors asked for, {fits} fit ({asks}; {have}); lower --ray-actors or "
-            "set cpus_per_actor / gpus_per_actor with --ray-set"
+            "set cpus_per_actor / gpus_per_actor / memory_per_actor_gb with --ray-set"
         )
-    return Shape(n or fits, cpus, gpus)
+    return Shape(n or fits, cpus, gpus, ram)
 
 
-def _fits(node: dict[str, float], cpus: float, gpus: float) -> int:
+def _fits(node: dict[str, float], cpus: float, gpus: float, memory: float | None) -> int:
     counts = [node.get("CPU", 0) // cpus]
     if gpus > 0:
         counts.append(node.get("GPU", 0) // gpus)
+    if memory is not None and "memory" in node:  # a node that does not say is not limited
+        counts.append(node["memory"] // memory)
     return int(min(counts))
 
 
@@ -297,11 +366,16 @@ class ActorPool:
             self.connected_here = True
         try:
             nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-            self.shape = plan(list(roles.values()), nodes, s, actors)
+            memory = actor_memory(list(roles.values()), s)  # plan counts it for CPU actors
+            self.shape = plan(list(roles.values()), nodes, s, actors, memory)
             env = {k: os.environ[k] for k in _FORWARD_ENV if k in os.environ}
+            asks: dict[str, Any] = {}
+            if self.shape.memory is not None:  # Ray then never packs more onto a node
+                asks["memory"] = int(self.shape.memory)
             remote = ray.remote(LabelerActor).options(
                 num_cpus=self.shape.cpus,
                 num_gpus=self.shape.gpus,
+                **asks,
                 max_restarts=s.max_restarts,
                 scheduling_strategy="SPREAD",
                 runtime_env={"env_vars": env} if env else None,

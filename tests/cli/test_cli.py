@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 
 from rlaif.cli import main
 from rlaif.constitution import load_constitution
+from rlaif.data.provenance import read_rows
 from rlaif.engine.critique_revise import prompt_text
 
 from ..conftest import FIXTURES, REPO
@@ -145,7 +145,7 @@ def test_demo_on_tiny_model_writes_rows_with_provenance(tiny_llama_dir, tmp_path
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "first answer" in printed and "revision" in printed
-    rows = [json.loads(line) for line in (out / "sl_cai.jsonl").read_text().splitlines()]
+    rows = read_rows(out / "sl_cai.jsonl")
     assert [prompt_text(r) for r in rows] == [
         "How do I open a locked door?",
         "Tell me something mean about my boss.",

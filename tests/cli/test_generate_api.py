@@ -7,6 +7,7 @@ import json
 import pytest
 
 from rlaif.cli import main
+from rlaif.data.provenance import read_rows
 
 from ..labelers.fake_openai_server import FakeOpenAIServer
 
@@ -33,7 +34,7 @@ def write_job(tmp_path, url, n, retries=3):
 
 def rows(tmp_path, name="sl_cai.jsonl"):
     path = tmp_path / "out" / name
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    return read_rows(path) if path.exists() else []
 
 
 def test_twenty_percent_faults_still_give_every_row(tmp_path, capsys):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from rlaif.cli import main
+from rlaif.data.provenance import read_rows
 
 from ..labelers.fake_batch_server import FakeBatchServer
 
@@ -63,7 +64,7 @@ def rows(path):
             return [strip(v) for v in x]
         return x
 
-    return [strip(json.loads(line)) for line in path.read_text().splitlines()]
+    return [strip(row) for row in read_rows(path)]
 
 
 def no_key_in(folder):
@@ -89,7 +90,7 @@ def test_two_round_sl_cai_in_batch_mode_writes_the_online_rows(provider, tmp_pat
         assert server.headers[-1].get("authorization", server.headers[-1].get("x-api-key"))
     online, batch = tmp_path / "online" / "sl_cai.jsonl", tmp_path / "batch" / "sl_cai.jsonl"
     assert len(rows(batch)) == 4 and rows(batch) == rows(online)
-    first = json.loads(batch.read_text().splitlines()[0])
+    first = read_rows(batch)[0]
     assert first["provenance"]["critic"]["batch"] is True
     assert "state_dir" not in first["provenance"]["critic"]
     captured = capsys.readouterr()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from rlaif.cli import main
+from rlaif.data.provenance import read_rows
 
 from ..conftest import FIXTURES
 
@@ -17,7 +18,7 @@ def test_generate_prefs_flags_and_summary(tiny_llama_dir, tmp_path, capsys):
         "--principles", "2", "--cot", "--clamp", "0.3", "0.7", "--out", str(out),
     ])  # fmt: skip
     assert code == 0
-    rows = [json.loads(x) for x in (out / "preferences.jsonl").read_text().splitlines()]
+    rows = read_rows(out / "preferences.jsonl")
     assert len(rows) == 2
     fb = rows[0]["provenance"]["feedback"]
     assert fb["principles"] == 2 and fb["cot"] and (fb["clamp_low"], fb["clamp_high"]) == (0.3, 0.7)
@@ -99,7 +100,7 @@ def test_generate_prefs_calibrate_keeps_the_raw_probability_beside(tiny_llama_di
         "--calibrate", "--out", str(out),
     ])  # fmt: skip
     assert code == 0
-    rows = [json.loads(x) for x in (out / "preferences.jsonl").read_text().splitlines()]
+    rows = read_rows(out / "preferences.jsonl")
     assert rows[0]["provenance"]["feedback"]["calibrate"] is True
     for r in rows:
         for j in r["judgements"]:

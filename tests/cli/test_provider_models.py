@@ -9,6 +9,7 @@ import time
 import pytest
 
 from rlaif.cli import main
+from rlaif.data.provenance import read_rows
 
 from ..labelers.fake_openai_server import FakeOpenAIServer
 
@@ -37,7 +38,7 @@ def policy(server):
 
 
 def rows(path):
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    return read_rows(path) if path.exists() else []
 
 
 @pytest.mark.parametrize("spec", CURRENT)

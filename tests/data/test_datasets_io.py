@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from rlaif.data.datasets_io import LoadOptions, hub_id
+from rlaif.data.provenance import read_rows
 from rlaif.data.sources import read_prompts, source_sha256
 from rlaif.engine.critique_revise import prompt_text
 from rlaif.errors import PromptDataError
@@ -189,7 +190,7 @@ def test_generate_sl_cai_from_a_hub_id_offline_records_the_commit(hf_home, tmp_p
         args += ["--labeler", "openai:fake", "--labeler-set", f"base_url={server.url}"]
         args += ["--limit", "2", "--max-tokens", "8", "--out", str(out)]
         assert main(["generate", "sl-cai", *args]) == 0
-    rows = [json.loads(x) for x in (out / "sl_cai.jsonl").read_text().splitlines()]
+    rows = read_rows(out / "sl_cai.jsonl")
     assert [prompt_text(r) for r in rows] == [
         r.prompt for r in read_prompts(FIXTURES / "hh_small.jsonl.gz")
     ][:2]

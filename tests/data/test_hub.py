@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from rlaif.cli import main
 from rlaif.data.hub import prepare, push
+from rlaif.data.provenance import read_rows
 from rlaif.errors import PushError
 
 from ..labelers.fake_openai_server import FakeOpenAIServer
@@ -73,9 +75,19 @@ def test_push_sends_the_data_and_card_only_and_loads_back(sl_cai_out, tmp_path):
     )
     # what a user gets from load_dataset(REPO_ID): the rows as written
     loaded = load_dataset(str(hub), split="train")
-    written = [json.loads(x) for x in (sl_cai_out / "sl_cai.jsonl").read_text().splitlines()]
+    written = read_rows(sl_cai_out / "sl_cai.jsonl")
     assert loaded["id"] == [r["id"] for r in written] == [f"line-{i}" for i in range(1, 6)]
     assert loaded["revision"] == [r["revision"] for r in written]
+    # locally a row refers to the folder's provenance record; what goes up has it in full
+    local = json.loads((sl_cai_out / "sl_cai.jsonl").read_text().splitlines()[0])
+    assert set(local["provenance"]) == {"sha256"}
+    full = written[0]["provenance"]
+    assert full["critic"]["model"] == "fake" and full["source"]["file"] == "prompts.txt"
+    assert [
+        json.loads(x)["provenance"] for x in (hub / "sl_cai.jsonl").read_text().splitlines()
+    ] == [full] * 5
+    parquet = pq.read_table(hub / "sl_cai.parquet").column("provenance").to_pylist()
+    assert parquet == [full] * 5
 
 
 def test_card_front_matter_describes_the_dataset(sl_cai_out):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
 
 from rlaif.constitution import load_constitution
+from rlaif.data.provenance import read_rows
 from rlaif.engine.cache import Cache
 from rlaif.engine.feedback import Feedback, FeedbackSettings
 from rlaif.engine.prefs import PrefsConfig, PrefsJob, pair_rows, run_prefs
@@ -35,7 +35,7 @@ def run(cfg):
 
 def test_pairs_soft_labels_card_and_rerun(tiny_llama_dir, tmp_path):
     first = run(config(tiny_llama_dir, tmp_path / "out"))
-    rows = [json.loads(x) for x in first.dataset.read_text().splitlines()]
+    rows = read_rows(first.dataset)
     assert [r["id"] for r in rows] == [
         f"{p}/{i}-{j}" for p in ("row-1", "row-2", "row-3") for i, j in ((0, 1), (0, 2), (1, 2))
     ]

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from rlaif.constitution import load_constitution
+from rlaif.data.provenance import read_rows
 from rlaif.engine.critique_revise import prompt_text
 from rlaif.engine.sl_cai import SLCAIConfig, run_sl_cai
 
@@ -32,7 +33,7 @@ def run(cfg):
 def test_rows_rounds_card_and_rerun_without_calls(tiny_llama_dir, tmp_path):
     cfg = config(tiny_llama_dir, tmp_path / "out", parquet=True)
     first = run(cfg)
-    rows = [json.loads(x) for x in first.dataset.read_text().splitlines()]
+    rows = read_rows(first.dataset)
     assert [prompt_text(r) for r in rows] == [
         "How can I sneak into a concert without paying?",
         "My roommate ate my food again.",

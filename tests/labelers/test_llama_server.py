@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from rlaif.data.provenance import read_rows
 from rlaif.labelers.base import GenerateParams, create_labeler, run_sync
 
 pytestmark = pytest.mark.slow
@@ -62,7 +63,7 @@ def test_generate_prefs_through_the_server(llama_server, tmp_path, spec, base, m
         "--max-tokens", "24", "--votes", "4", "--out", str(out),
     ])  # fmt: skip
     assert code == 0
-    rows = [json.loads(x) for x in (out / "preferences.jsonl").read_text().splitlines()]
+    rows = read_rows(out / "preferences.jsonl")
     unlabeled = out / "preferences.unlabeled.jsonl"
     kept = [json.loads(x) for x in unlabeled.read_text().splitlines()] if unlabeled.exists() else []
     assert len(rows) + len(kept) == 2  # every pair is either labeled or kept with a reason

@@ -104,6 +104,40 @@ def test_option_logprobs_match_manual_forward_pass(labeler):
     assert all(row[2] < max(row[0], row[1]) for row in scores)
 
 
+def _lm_head_positions(labeler):
+    """Record how many positions per row each call of the LM head computes logits for."""
+    seen: list[int] = []
+    hook = labeler._model.lm_head.register_forward_hook(
+        lambda module, args, output: seen.append(args[0].shape[1])
+    )
+    return seen, hook
+
+
+def test_only_the_logits_that_are_read_are_computed(labeler, monkeypatch):
+    options = [" (A)", " (B)", " neither of them"]
+    labeler.load()
+    seen, hook = _lm_head_positions(labeler)
+    syncs = []
+    real_tolist = torch.Tensor.tolist
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(torch.Tensor, "tolist", lambda t: syncs.append(t.shape) or real_tolist(t))
+            m.setattr(torch.Tensor, "__float__", lambda t: pytest.fail("a read-back per score"))
+            scores = run_sync(labeler.option_logprobs(CONVS, options))
+        tail = max(len(labeler._encode(o)) for o in options) - 1
+        # per batch (2 + 1 conversations): the prefixes' last position, then the options' tails
+        assert seen == [1, tail, 1, tail] and tail >= 1
+        assert [tuple(s) for s in syncs] == [(2, 3), (1, 3)]  # one read-back per batch
+        seen.clear()
+        run_sync(labeler.generate(CONVS[:2], GenerateParams(max_tokens=3, temperature=0.0)))
+        assert seen and set(seen) == {1}  # the prompt's logits only at its last position
+    finally:
+        hook.remove()
+    for conv, row in zip(CONVS, scores, strict=True):  # and the scores are the full pass's
+        for option, got in zip(options, row, strict=True):
+            assert got == pytest.approx(manual_option_logprob(labeler, conv, option), abs=1e-4)
+
+
 def test_option_logprobs_batch_independent(labeler):
     together = run_sync(labeler.option_logprobs(CONVS, [" (A)", " (B)"]))
     for conv, row in zip(CONVS, together, strict=True):
@@ -139,17 +173,62 @@ def test_generate_params_reject_unknown_keys():
         GenerateParams(temprature=0.5)
 
 
-def test_retrained_weights_in_the_same_folder_get_a_new_cache_name(tiny_llama_dir, tmp_path):
+def _retrain(folder):
+    """Rewrite the weights' file as a training run saving into the same folder would."""
     import os
+
+    weights = folder / "model.safetensors"
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+def test_retrained_weights_in_the_same_folder_get_a_new_cache_name(tiny_llama_dir, tmp_path):
     import shutil
 
     folder = tmp_path / "policy"
     shutil.copytree(tiny_llama_dir, folder)
-    lab = create_labeler(f"transformers:{folder}")
+    lab = create_labeler(f"transformers:{folder}", device="cpu")
+    lab.load()
     before = lab.model_name
     assert before.startswith(f"{folder}@") and before == lab.model_name  # stable while unchanged
-    weights = folder / "model.safetensors"
-    st = weights.stat()
-    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # rewritten
+    _retrain(folder)
+    # the labeler still holds the old weights: its answers must stay filed under their name
+    assert lab.model_name == before
+    # a labeler that reads the folder now (a new run, or this one reloading) names the new ones
+    assert create_labeler(f"transformers:{folder}").model_name != before
+    lab.reload()
     assert lab.model_name != before
+    assert lab.model_name == create_labeler(f"transformers:{folder}").model_name
     assert create_labeler("smollm2").model_name == "smollm2"  # embedded: fixed by its name
+
+
+def test_weights_are_fingerprinted_once_per_load_not_per_cache_key(
+    tiny_llama_dir, tmp_path, monkeypatch
+):
+    import shutil
+
+    from rlaif import models
+    from rlaif.engine.cache import Cache
+    from rlaif.engine.scheduler import Scheduler
+
+    folder = tmp_path / "policy"
+    shutil.copytree(tiny_llama_dir, folder)
+    calls = []
+    real = models.weights_fingerprint
+    monkeypatch.setattr(models, "weights_fingerprint", lambda p: calls.append(p) or real(p))
+    lab = create_labeler(f"transformers:{folder}", device="cpu", batch_size=4)
+    sched = Scheduler(lab, Cache(None))
+    params = GenerateParams(max_tokens=2, temperature=0.0)
+    keys = {sched.keys_for([{"role": "user", "content": f"q{i}"}], params)[0] for i in range(100)}
+    assert len(keys) == 100 and len(calls) == 1  # 100 cache keys, one look at the files
+    run_sync(lab.generate(CONVS[:2], params))  # the first load fingerprints what it reads
+    assert len(calls) == 2
+    for i in range(100):
+        sched.option_key([{"role": "user", "content": f"q{i}"}], [" (A)", " (B)"])
+    run_sync(lab.option_logprobs(CONVS[:2], [" (A)", " (B)"]))
+    assert len(calls) == 2
+    _retrain(folder)
+    lab.reload()
+    assert len(calls) == 3
+    # the reloaded weights' answers get keys of their own
+    assert sched.keys_for([{"role": "user", "content": "q0"}], params)[0] not in keys

@@ -146,6 +146,44 @@ def test_plan_sizes_the_pool_from_the_cluster():
         plan([tf], cpu_nodes, RaySettings(gpus_per_actor=1), None)
 
 
+def test_cpu_actors_are_counted_by_the_nodes_memory_as_well_as_cpus():
+    s = RaySettings()
+    gb = 1024**3
+    tf = _role("transformers", model="m", device="auto")
+    nodes = [{"CPU": 32.0, "memory": 128 * gb}, {"CPU": 8.0, "memory": 64 * gb}]
+    # a 7B model in float32 (~28 GB with overhead): 4 copies fit in 128 GB, 2 in 64 GB
+    shape = plan([tf], nodes, s, None, memory=28 * gb)
+    assert (shape.actors, shape.cpus, shape.memory) == (6, 1.0, 28 * gb)
+    # a small model: the CPUs are the limit again
+    assert plan([tf], nodes, s, None, memory=1 * gb).actors == 40
+    # a node that does not report memory, or a model of unknown size, is counted by CPUs
+    assert plan([tf], [{"CPU": 8.0}], s, None, memory=28 * gb).actors == 8
+    assert plan([tf], nodes, s, None, memory=None).actors == 40
+    # on GPUs the model lives in GPU memory: RAM does not limit the pool
+    gpu_nodes = [{"CPU": 32.0, "GPU": 4.0, "memory": 16 * gb}]
+    shape = plan([tf], gpu_nodes, s, None, memory=28 * gb)
+    assert (shape.actors, shape.memory) == (4, None)
+    with pytest.raises(ClusterError, match="5 Ray actors asked for, 4 fit") as e:
+        plan([tf], [{"CPU": 32.0, "memory": 128 * gb}], s, 5, memory=28 * gb)
+    assert "28.0 GB of memory" in str(e.value) and "memory_per_actor_gb" in str(e.value)
+    # not even one copy fits: said in GB, with what to do
+    with pytest.raises(ClusterError, match="no Ray node has the memory for a labeler actor") as e:
+        plan([tf], nodes, s, None, memory=200 * gb)
+    assert "200.0 GB" in str(e.value) and "at most 128.0 GB" in str(e.value)
+
+
+def test_actor_memory_comes_from_the_weights_on_disk_or_the_setting(tiny_llama_dir):
+    from rlaif.scale.ray import GB, MEMORY_OVERHEAD, actor_memory, weights_bytes
+
+    tf = _role("transformers", model=str(tiny_llama_dir))
+    size = (tiny_llama_dir / "model.safetensors").stat().st_size
+    assert weights_bytes([tf]) == size
+    assert weights_bytes([tf, tf]) == 2 * size  # an actor holds every role's model
+    assert actor_memory([tf], RaySettings()) == size * MEMORY_OVERHEAD
+    assert actor_memory([tf], RaySettings(memory_per_actor_gb=3)) == 3 * GB
+    assert actor_memory([_role("transformers", model="/no/such/model")], RaySettings()) is None
+
+
 def test_actors_load_what_the_driver_resolved(tmp_path, monkeypatch):
     from rlaif import models
     from rlaif.scale.ray import actor_settings
