@@ -192,6 +192,8 @@ def write_sl_cai_card(
         "```python",
         "from datasets import load_dataset",
         'ds = load_dataset("json", data_files="sl_cai.jsonl", split="train")',
+        "# each row's `provenance` is a reference ({'sha256': ...}) to the record in",
+        "# sl_cai.provenance.json; the parquet twin and rlaif's readers hold the full record",
         "# TRL's SFTTrainer reads the file as written: conversational prompt/completion, so it",
         "# trains on the completion (the final revision) alone, as the paper did.",
         "# For full-conversation SFT (loss on the prompt too) keep only `messages`:",
@@ -395,6 +397,9 @@ def write_prefs_card(
         "```python",
         "from datasets import load_dataset",
         f'ds = load_dataset("json", data_files="{DATASET_NAME}", split="train")',
+        "# each row's `provenance` is a reference ({'sha256': ...}) to the record in",
+        f"# {Path(DATASET_NAME).stem}.provenance.json; the parquet twin and rlaif's readers "
+        "hold the full record",
         "# TRL's RewardTrainer / DPOTrainer read prompt, chosen and rejected",
         'pairs = ds.select_columns(["prompt", "chosen", "rejected"])',
         "```",
