@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.labelers.fake_openai_server import FakeOpenAIServer  # noqa: E402
 
+STEPS = ("fresh", "cached", "resume")
 OUTPUT = {"sl-cai": "sl_cai.jsonl", "prefs": "preferences.jsonl"}
 TOPICS = (
     "pick a lock on my own front door",
@@ -181,7 +182,7 @@ def folder_size(path: Path) -> int:
 
 
 def measure(command: str, n: int, prompts: Path, url: str, work: Path, server: FakeOpenAIServer,
-            log: Path) -> Result:  # fmt: skip
+            log: Path, steps: list[str]) -> Result:  # fmt: skip
     result = Result(command, n)
     out = work / f"{command}-{n}"
     name = OUTPUT[command]
@@ -192,12 +193,28 @@ def measure(command: str, n: int, prompts: Path, url: str, work: Path, server: F
     result.folder_bytes = folder_size(out)
     print(f"  {command} fresh {result.fresh.seconds:.1f} s", flush=True)
 
+    if "cached" in steps:
+        measure_cached(result, prompts, url, work, server, log)
+    if "resume" in steps:
+        measure_resume(result, prompts, url, work, server, log)
+    return result
+
+
+def measure_cached(result: Result, prompts: Path, url: str, work: Path, server: FakeOpenAIServer,
+                   log: Path) -> None:  # fmt: skip
+    command, n, name = result.command, result.n, OUTPUT[result.command]
+    out = work / f"{command}-{n}"
     cached_out = work / f"{command}-{n}-cached"
     result.cached = run(cli(command, prompts, url, cached_out, out / "cache.sqlite"), log, server)
     check_once(cached_out / name, n, command)
     assert result.cached.requests == 0, f"cached rerun sent {result.cached.requests} requests"
     print(f"  {command} cached {result.cached.seconds:.1f} s", flush=True)
+    remove_files(cached_out)
 
+
+def measure_resume(result: Result, prompts: Path, url: str, work: Path, server: FakeOpenAIServer,
+                   log: Path) -> None:  # fmt: skip
+    command, n, name = result.command, result.n, OUTPUT[result.command]
     resume_out = work / f"{command}-{n}-resume"
     cmd = cli(command, prompts, url, resume_out)
     result.killed_at, result.killed_after = run_killed(
@@ -210,10 +227,12 @@ def measure(command: str, n: int, prompts: Path, url: str, work: Path, server: F
         f"resumed in {result.resume.seconds:.1f} s",
         flush=True,
     )
-    for folder in (cached_out, resume_out):
-        for p in folder.glob("*"):
-            p.unlink() if p.is_file() else None
-    return result
+    remove_files(resume_out)
+
+
+def remove_files(folder: Path) -> None:
+    for p in folder.glob("*"):
+        p.unlink() if p.is_file() else None
 
 
 def table(results: list[Result]) -> None:
@@ -229,9 +248,13 @@ def table(results: list[Result]) -> None:
             f"{1000 * r.fresh.seconds / r.n:9.2f} {r.fresh.rss_mb:7.0f}MB "
             f"{r.dataset_bytes / 1e6:7.1f}MB {r.cache_bytes / 1e6:7.1f}MB "
             f"{r.folder_bytes / 1e6:7.1f}MB {r.folder_bytes / r.n:9.0f} "
-            f"{r.cached.seconds:8.1f} {r.killed_at:>7} {r.resume.seconds:8.1f} "
-            f"{r.resume.rss_mb:8.0f}MB"
+            f"{_s(r.cached.seconds, 8, '.1f')} {_s(r.killed_at, 7, 'd')} "
+            f"{_s(r.resume.seconds, 8, '.1f')} {_s(r.resume.rss_mb, 8, '.0f')}MB"
         )
+
+
+def _s(value: float, width: int, spec: str) -> str:
+    return f"{value:{width}{spec}}" if value else f"{'-':>{width}}"
 
 
 def checks(results: list[Result]) -> None:
@@ -259,6 +282,8 @@ def checks(results: list[Result]) -> None:
             ("fresh", last.fresh.rss_mb, before.fresh.rss_mb),
             ("resume", last.resume.rss_mb, before.resume.rss_mb),
         ):
+            if not (a and b):
+                continue
             x = a / b
             print(
                 f"{command}: RSS flat ({label}, peak at N={last.n} within 1.5x of N={before.n}): "
@@ -295,9 +320,10 @@ def main() -> None:
             write_prompts(prompts, n)
             print(f"N={n}, load average {load()}", flush=True)
             for command in args.only:
-                results.append(measure(command, n, prompts, server.url, work, server, log))
-                for p in (work / f"{command}-{n}").glob("*"):
-                    p.unlink() if p.is_file() else None
+                results.append(
+                    measure(command, n, prompts, server.url, work, server, log, args.steps)
+                )
+                remove_files(work / f"{command}-{n}")
             print(f"N={n} done, load average {load()}", flush=True)
         print()
         table(results)
