@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -113,7 +114,7 @@ def reproducibility(roles: dict[str, dict[str, Any]]) -> list[str]:
 
 def write_sl_cai_card(
     out: Path,
-    rows: list[dict[str, Any]],
+    rows: Sequence[dict[str, Any]],
     provenance: dict[str, Any],
     stats: EngineStats,
     seconds: float,
@@ -250,7 +251,7 @@ def _rate(part: int, whole: int) -> str:
     return f"{part}/{whole} ({100 * part / whole:.1f}%)" if whole else "n/a"
 
 
-def prefs_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def prefs_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The numbers a preference card reports, computed from the labeled rows."""
     probs = [r["preference_prob"] for r in rows]
     checked = [r for r in rows if r.get("position_consistent") is not None]
@@ -275,7 +276,7 @@ def prefs_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def write_prefs_card(
     out: Path,
-    rows: list[dict[str, Any]],
+    rows: Sequence[dict[str, Any]],
     unlabeled: list[dict[str, Any]],
     failed: list[dict[str, Any]],
     provenance: dict[str, Any],
