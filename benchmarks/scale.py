@@ -303,6 +303,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, nargs="+", default=[1000, 10_000, 100_000])
     ap.add_argument("--only", nargs="+", choices=sorted(OUTPUT), default=list(OUTPUT))
     ap.add_argument(
+        "--steps", nargs="+", choices=STEPS, default=list(STEPS), help="fresh always runs"
+    )
+    ap.add_argument(
         "--keep", type=Path, help="work here and keep the folders (default: a temp dir)"
     )
     args = ap.parse_args()
