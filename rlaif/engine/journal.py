@@ -42,7 +42,7 @@ def dumps_row(row: dict[str, Any]) -> str:
 def write_jsonl_atomic(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_lines_atomic(path, [dumps_row(row) for row in rows])
+    _write_lines_atomic(path, (dumps_row(row) for row in rows))  # streamed: rows may be many
     return path
 
 
@@ -207,7 +207,7 @@ def _side(line: str) -> str | None:
     return None
 
 
-def _write_lines_atomic(path: Path, lines: list[str]) -> None:
+def _write_lines_atomic(path: Path, lines: Iterable[str]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
         for line in lines:
