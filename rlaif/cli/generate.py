@@ -383,12 +383,16 @@ def prefs(args: argparse.Namespace) -> int:
         return 130
     print_summary(console, result, PREFS_FILE)
     if result.rows:
-        probs = [r["preference_prob"] for r in result.rows]
-        flipped = [r for r in result.rows if r.get("position_consistent") is False]
-        checked = [r for r in result.rows if r.get("position_consistent") is not None]
+        # one pass over the rows (read from disk), keeping none: a list of rows held them all
+        probs: list[float] = []
+        flipped = checked = 0
+        for r in result.rows:
+            probs.append(r["preference_prob"])
+            flipped += r.get("position_consistent") is False
+            checked += r.get("position_consistent") is not None
         console.print(
             f"  preference_prob: mean {sum(probs) / len(probs):.3f}, min {min(probs):.3f}, "
-            f"max {max(probs):.3f} · position bias {len(flipped)}/{len(checked)} pairs"
+            f"max {max(probs):.3f} · position bias {flipped}/{checked} pairs"
         )
     return finish(console, args, result, cfg.out)
 

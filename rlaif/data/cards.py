@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -113,7 +114,7 @@ def reproducibility(roles: dict[str, dict[str, Any]]) -> list[str]:
 
 def write_sl_cai_card(
     out: Path,
-    rows: list[dict[str, Any]],
+    rows: Sequence[dict[str, Any]],
     provenance: dict[str, Any],
     stats: EngineStats,
     seconds: float,
@@ -253,32 +254,47 @@ def _rate(part: int, whole: int) -> str:
     return f"{part}/{whole} ({100 * part / whole:.1f}%)" if whole else "n/a"
 
 
-def prefs_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The numbers a preference card reports, computed from the labeled rows."""
-    probs = [r["preference_prob"] for r in rows]
-    checked = [r for r in rows if r.get("position_consistent") is not None]
-    ensembles = [r for r in rows if r.get("principle_agreement") is not None]
-    judgements = [j for r in rows for j in r["judgements"]]
+def prefs_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The numbers a preference card reports, computed from the labeled rows in one pass that
+    keeps no row (they are read from disk: lists of rows here held a large run in memory)."""
+    n = probs = confident = checked = flipped = ensembles = 0
+    prob_sum = agreement_sum = 0.0
+    judgements = no_probability = unparsed = stopped = 0
+    for r in rows:
+        n += 1
+        p = r["preference_prob"]
+        probs += 1
+        prob_sum += p
+        confident += p >= 0.75
+        if r.get("position_consistent") is not None:
+            checked += 1
+            flipped += not r["position_consistent"]
+        if r.get("principle_agreement") is not None:
+            ensembles += 1
+            agreement_sum += r["principle_agreement"]
+        for j in r["judgements"]:
+            judgements += 1
+            no_probability += j["prob_a"] is None
+            unparsed += j["unparsed"]
+        stopped += bool(r.get("flags"))
     return {
-        "rows": len(rows),
-        "mean_preference_prob": sum(probs) / len(probs) if probs else None,
-        "confident_rows": sum(p >= 0.75 for p in probs),
-        "position_checked": len(checked),
-        "position_flipped": sum(not r["position_consistent"] for r in checked),
-        "ensembles": len(ensembles),
-        "mean_principle_agreement": (
-            sum(r["principle_agreement"] for r in ensembles) / len(ensembles) if ensembles else None
-        ),
-        "judgements": len(judgements),
-        "judgements_without_probability": sum(j["prob_a"] is None for j in judgements),
-        "unparsed_answers": sum(j["unparsed"] for j in judgements),
-        "stopped_by_provider": sum(1 for r in rows if r.get("flags")),
+        "rows": n,
+        "mean_preference_prob": prob_sum / probs if probs else None,
+        "confident_rows": confident,
+        "position_checked": checked,
+        "position_flipped": flipped,
+        "ensembles": ensembles,
+        "mean_principle_agreement": agreement_sum / ensembles if ensembles else None,
+        "judgements": judgements,
+        "judgements_without_probability": no_probability,
+        "unparsed_answers": unparsed,
+        "stopped_by_provider": stopped,
     }
 
 
 def write_prefs_card(
     out: Path,
-    rows: list[dict[str, Any]],
+    rows: Sequence[dict[str, Any]],
     unlabeled: list[dict[str, Any]],
     failed: list[dict[str, Any]],
     provenance: dict[str, Any],

@@ -25,6 +25,7 @@ Markdown or HTML.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from rapidfuzz.distance import Levenshtein
@@ -67,7 +68,7 @@ def sl_cai_rounds(row: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def sl_cai_principles(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def sl_cai_principles(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per principle id, most-used first (ties by id)."""
     acc: dict[str, dict[str, Any]] = {}
     for row in rows:
@@ -113,7 +114,7 @@ def judgement_sides(row: dict[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
-def prefs_principles(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def prefs_principles(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per feedback principle of the labeled pairs, most-used first (ties by id).
 
     ``mean_soft_label``: the mean over the pairs of P(chosen better) under this principle alone

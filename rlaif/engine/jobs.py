@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from rlaif.data.datasets_io import LoadOptions, hub_id, resolve_dataset
 from rlaif.data.sources import HHContext, PromptFormat, read_prompts, source_sha256
 from rlaif.engine.cache import Cache
 from rlaif.engine.journal import Journal, write_jsonl_atomic
+from rlaif.engine.rowfile import JsonlRows
 from rlaif.engine.runner import run_rows
 from rlaif.engine.scheduler import EngineStats, Scheduler
 from rlaif.errors import ConfigError, EndpointError, LabelerCallError
@@ -222,9 +223,7 @@ def fingerprint(provenance: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def write_timings(
-    path: Path, rows: list[dict[str, Any]], timings: dict[str, dict[str, Any]]
-) -> Path:
+def write_timings(path: Path, rows: Sequence[dict[str, Any]], timings: dict[str, float]) -> Path:
     """Per-row wall-clock seconds beside the dataset (kept out of it so reruns are
     byte-identical); rows carried over from an earlier run keep their earlier timing."""
     previous: dict[str, dict[str, Any]] = {}
@@ -235,14 +234,16 @@ def write_timings(
                 previous[str(rec["id"])] = rec
             except (ValueError, KeyError):
                 continue
-    lines = []
-    for row in rows:
-        rid = str(row["id"])
-        if rid in timings:
-            lines.append({"id": rid, **timings[rid], "resumed": False})
-        elif rid in previous:
-            lines.append({**previous[rid], "resumed": True})
-    return write_jsonl_atomic(path, lines)
+
+    def lines() -> Iterator[dict[str, Any]]:  # streamed: a list of N records at 10^5 rows
+        for row in rows:
+            rid = str(row["id"])
+            if rid in timings:
+                yield {"id": rid, "seconds": timings[rid], "resumed": False}
+            elif rid in previous:
+                yield {**previous[rid], "resumed": True}
+
+    return write_jsonl_atomic(path, lines())
 
 
 def write_parquet(dataset: Path) -> Path:
@@ -263,11 +264,18 @@ def endpoint_unusable(e: LabelerCallError) -> EndpointError:
 
 @dataclass
 class JournaledRun:
-    done: list[dict[str, Any]]  # every output row, in input order (failed ones included)
     dataset: Path
     failed_file: Path | None
     timings_file: Path
     resumed: int
+
+    def rows(self, side: str | None = None) -> JsonlRows:
+        """The dataset's rows, or a side file's ("failed", "unlabeled"), read from disk when
+        used: held in memory, a large run's rows made the process grow with N."""
+        path = self.dataset
+        if side is not None:
+            path = self.dataset.with_name(f"{self.dataset.stem}.{side}.jsonl")
+        return JsonlRows(path)
 
 
 async def run_journaled(
@@ -290,7 +298,7 @@ async def run_journaled(
     # enough rows in flight to fill every batch slot twice over; rows finish (and are written)
     # steadily instead of all at the end
     window = 2 * max(s.max_batch * s.max_concurrency for s in schedulers)
-    seconds: dict[str, dict[str, Any]] = {}
+    seconds: dict[str, float] = {}  # a float a row: a dict a row was ~300 bytes at 10^5 rows
     failed_in_a_row = 0
 
     async def process(row: dict[str, Any]) -> dict[str, Any]:
@@ -311,23 +319,23 @@ async def run_journaled(
             failure = {"reason": e.reason, "attempts": e.attempts}
             return {"id": row["id"], "prompt": row["prompt"], "failed": failure}
         finally:
-            seconds[str(row["id"])] = {"seconds": round(time.perf_counter() - t0, 3)}
+            seconds[str(row["id"])] = round(time.perf_counter() - t0, 3)
         failed_in_a_row = 0
         return {**result, "provenance": provenance}
 
     if on_start:
         on_start(len(rows), stats)
     try:
-        done = await run_rows(rows, process, journal, window, on_row)
+        await run_rows(rows, process, journal, window, on_row, keep=False)
         dataset, failed_file = journal.finish(len(rows))
         stats.retries = sum(s.labeler.retries for s in schedulers)
         costs = [s.labeler.cost for s in schedulers if s.labeler.cost is not None]
         stats.cost = sum(costs) if costs else None
         stats.usage = billed_usage(schedulers)
-        timings_file = write_timings(timings, done, seconds)
+        timings_file = write_timings(timings, rows, seconds)  # output ids are the input's
     finally:
         await close_all(schedulers, cache)
-    return JournaledRun(done, dataset, failed_file, timings_file, len(journal.kept))
+    return JournaledRun(dataset, failed_file, timings_file, journal.resumed)
 
 
 def billed_usage(schedulers: list[Scheduler]) -> Usage | None:

@@ -27,6 +27,7 @@ rows it hands back from an earlier run have the full record again.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -46,7 +47,7 @@ def dumps_row(row: dict[str, Any]) -> str:
 def write_jsonl_atomic(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_lines_atomic(path, [dumps_row(row) for row in rows])
+    _write_lines_atomic(path, (dumps_row(row) for row in rows))  # streamed: rows may be many
     return path
 
 
@@ -67,7 +68,7 @@ class Journal:
         self._file: Any = None
         self._lines: list[str] = []  # appended, not yet committed
         self._window = CommitWindow(self._commit, commit_seconds, commit_rows)
-        self.kept: list[str] = []  # lines carried over from an earlier run
+        self.resumed = 0  # rows carried over from an earlier run
 
     def _previous_fingerprint(self) -> str | None:
         """The fingerprint of the run that wrote the journal; None when there was none. A
@@ -95,17 +96,21 @@ class Journal:
             source = self.partial
         elif same_job and self.target.exists():
             source = self.target
-        lines = _complete_lines(source.read_bytes()) if source else []
         kept: list[str] = []
-        for line, expected in zip(lines, expected_ids, strict=False):
-            try:
-                record = json.loads(line)
-            except ValueError:
-                break
-            if str(record.get("id")) != str(expected) or isinstance(record.get("failed"), dict):
-                break  # a failed row is retried, and everything after it is rebuilt from cache
-            kept.append(line)
-        self.kept = kept
+        with open(source, "rb") if source else io.BytesIO() as f:
+            for raw, expected in zip(f, expected_ids, strict=False):
+                if not raw.endswith(b"\n"):
+                    break  # a torn last line from a kill
+                line = raw[:-1].decode("utf-8", errors="replace")
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    break
+                failed = isinstance(record.get("failed"), dict)
+                if str(record.get("id")) != str(expected) or failed:
+                    break  # a failed row is retried, and everything after it is rebuilt from cache
+                kept.append(line)
+        self.resumed = len(kept)
         tmp = self.manifest.with_name(self.manifest.name + ".tmp")
         tmp.write_text(json.dumps({"fingerprint": self.fingerprint}), encoding="utf-8")
         os.replace(tmp, self.manifest)
@@ -166,19 +171,34 @@ class Journal:
         are final, and a rerun keeps them.
         """
         self.close()
-        lines = [ln for ln in _complete_lines(self.partial.read_bytes()) if ln]
-        if expected is not None and len(lines) != expected:
+        # streamed line by line: at 10^5 rows the file is hundreds of megabytes, and reading it
+        # whole (bytes, text and lines at once) was the run's peak memory
+        sides: dict[str, list[str]] = {"failed": [], "unlabeled": []}
+        tmp = self.target.with_name(f".{self.target.name}.tmp-{os.getpid()}")
+        count = 0
+        with open(self.partial, "rb") as src, open(tmp, "w", encoding="utf-8") as dst:
+            for raw in src:
+                if not raw.endswith(b"\n"):
+                    break  # a torn last line
+                line = raw[:-1].decode("utf-8", errors="replace")
+                if not line:
+                    continue
+                count += 1
+                side = _side(line)
+                if side:
+                    sides[side].append(line)
+                else:
+                    dst.write(line + "\n")
+            dst.flush()
+            os.fsync(dst.fileno())
+        if expected is not None and count != expected:
+            tmp.unlink()
             # never a silently short dataset: the journal is kept for a rerun to resume from
             raise EngineError(
-                f"{self.partial}: the journal holds {len(lines)} rows but the input has "
+                f"{self.partial}: the journal holds {count} rows but the input has "
                 f"{expected}; the dataset was not written. Run the same command again to resume"
             )
-        sides: dict[str, list[str]] = {"failed": [], "unlabeled": []}
-        kept = []
-        for line in lines:
-            side = _side(line)
-            (sides[side] if side else kept).append(line)
-        _write_lines_atomic(self.target, kept)
+        os.replace(tmp, self.target)
         self.partial.unlink()
         if self.provenance is not None:
             self.provenance.prune(self.target)
@@ -208,7 +228,7 @@ def _side(line: str) -> str | None:
     return None
 
 
-def _write_lines_atomic(path: Path, lines: list[str]) -> None:
+def _write_lines_atomic(path: Path, lines: Iterable[str]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
         for line in lines:
@@ -216,11 +236,3 @@ def _write_lines_atomic(path: Path, lines: list[str]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def _complete_lines(data: bytes) -> list[str]:
-    """Decoded lines up to the last newline; a torn trailing line is dropped."""
-    end = data.rfind(b"\n")
-    if end < 0:
-        return []
-    return data[:end].decode("utf-8", errors="replace").split("\n")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -67,7 +67,7 @@ class PrefsConfig(JobInputs):
 
 @dataclass(repr=False)
 class PrefsResult:
-    rows: list[dict[str, Any]]
+    rows: Sequence[dict[str, Any]]
     unlabeled: list[dict[str, Any]]
     failed: list[dict[str, Any]]
     resumed: int
@@ -212,9 +212,8 @@ async def run_prefs(
             job.rows, job.run_row, job.provenance, job.schedulers, job.cache, job.stats,
             out / DATASET_FILE, out / TIMINGS_FILE, on_row, on_start, cfg.breaker,
         )  # fmt: skip
-        ok = [r for r in run.done if "failed" not in r and "unlabeled" not in r]
-        unlabeled = [r for r in run.done if "unlabeled" in r]
-        failed = [r for r in run.done if "failed" in r]
+        ok, failed = run.rows(), list(run.rows("failed"))
+        unlabeled = list(run.rows("unlabeled"))
         unlabeled_file = run.dataset.with_name(f"{run.dataset.stem}.unlabeled.jsonl")
         extra = [run.timings_file]
         extra += [p for p in (run.failed_file, unlabeled_file) if p and p.exists()]

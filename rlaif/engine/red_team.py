@@ -493,8 +493,7 @@ async def run_red_team(
             job.rows, job.run_row, job.provenance, job.schedulers, job.cache, job.stats,
             out / GENERATIONS_FILE, out / TIMINGS_FILE, on_row, on_start, cfg.breaker,
         )  # fmt: skip
-        answered = [r for r in run.done if "failed" not in r]
-        failed = [r for r in run.done if "failed" in r]
+        answered, failed = list(run.rows()), list(run.rows("failed"))
         filtered = apply_filters(answered, job.seeds, cfg)
         dataset = write_jsonl_atomic(out / DATASET_FILE, filtered.kept)
         removed_file = write_jsonl_atomic(out / REMOVED_FILE, filtered.removed)

@@ -26,19 +26,25 @@ async def run_rows(
     journal: Journal,
     window: int,
     on_row: Callable[[Row, bool], None] | None = None,
+    keep: bool = True,
 ) -> list[Row]:
     """Process ``rows`` (each with an ``id``) and return the output rows in input order.
 
-    ``on_row(row, resumed)`` is called once per output row, in order, as it is written.
+    ``on_row(row, resumed)`` is called once per output row, in order, as it is written. With
+    ``keep=False`` nothing is returned and no row stays in memory once it is written: the
+    journal's file has them all (a large run's rows would otherwise grow the process with N).
     """
     kept = journal.open([str(r["id"]) for r in rows])
+    resumed = len(kept)
     out: list[Row] = []
-    for line in kept:
+    for line in kept if keep or on_row else ():
         row = journal.read(line)
-        out.append(row)
+        if keep:
+            out.append(row)
         if on_row:
             on_row(row, True)
-    todo = list(rows[len(kept) :])
+    del kept
+    todo = list(rows[resumed:])
     done: dict[int, Row] = {}
     running: set[asyncio.Task[Row]] = set()
     # finished tasks report here; waiting on a queue costs the same however many rows are in
@@ -62,7 +68,8 @@ async def run_rows(
             while next_write in done:
                 row = done.pop(next_write)
                 journal.append(row)
-                out.append(row)
+                if keep:
+                    out.append(row)
                 if on_row:
                     on_row(row, False)
                 next_write += 1

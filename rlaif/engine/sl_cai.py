@@ -13,7 +13,7 @@ they go to ``sl_cai.timings.jsonl`` beside it, one line per row, and into the ca
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,7 @@ class SLCAIConfig(JobInputs):
 
 @dataclass(repr=False)
 class SLCAIResult:
-    rows: list[dict[str, Any]]
+    rows: Sequence[dict[str, Any]]
     resumed: int
     stats: EngineStats
     seconds: float
@@ -156,8 +156,7 @@ async def run_sl_cai(
             job.rows, job.step.run_row, job.provenance, job.schedulers, job.cache, job.stats,
             out / DATASET_FILE, out / TIMINGS_FILE, on_row, on_start, cfg.breaker,
         )  # fmt: skip
-        ok = [r for r in run.done if "failed" not in r]
-        failed = [r for r in run.done if "failed" in r]
+        ok, failed = run.rows(), list(run.rows("failed"))
         extra = [run.timings_file, *([run.failed_file] if run.failed_file else [])]
         if cfg.parquet:
             extra.append(write_parquet(run.dataset))
