@@ -113,8 +113,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="timed batches per side")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.3)
+    ap.add_argument("--threads", type=int, help="torch CPU threads for both sides")
     ap.add_argument("--out", type=Path, help="write ppo_rollout.json here")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from accelerate import Accelerator
     from transformers import AutoTokenizer

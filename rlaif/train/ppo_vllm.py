@@ -62,26 +62,31 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def launcher_env(accelerator: Any) -> Iterator[None]:
-    """The torchrun variables vLLM's ``external_launcher`` reads, for the engine's start only:
-    left as they are under torchrun; set (and removed after, so a later ``Accelerator`` does
-    not take itself for a distributed run) in a plain one-process run."""
+    """The environment of the engine's start, put back as it was after it: the torchrun
+    variables vLLM's ``external_launcher`` reads (as they are under torchrun; set in a plain
+    one-process run, where a later ``Accelerator`` must not find them and take itself for a
+    distributed run), and ``VLLM_ENABLE_V1_MULTIPROCESSING=0``, which keeps the engine in this
+    process, where the policy's weights are (vLLM sets it too, for good)."""
     wanted = {
         "RANK": str(accelerator.process_index),
         "LOCAL_RANK": str(accelerator.local_process_index),
         "WORLD_SIZE": str(accelerator.num_processes),
         "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": None,  # a free port, unless one is set
     }
-    added = [k for k in wanted if k not in os.environ]
-    for key in added:
-        os.environ[key] = wanted[key]
-    if "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = str(_free_port())
-        added.append("MASTER_PORT")
+    saved = {key: os.environ.get(key) for key in [*wanted, "VLLM_ENABLE_V1_MULTIPROCESSING"]}
+    for key, value in wanted.items():
+        if key not in os.environ:
+            os.environ[key] = value if value is not None else str(_free_port())
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     try:
         yield
     finally:
-        for key in added:
-            os.environ.pop(key, None)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 class VLLMSampler:
@@ -102,8 +107,6 @@ class VLLMSampler:
             from vllm import LLM
         except ImportError:
             raise BackendUnavailableError(INSTALL_HINT) from None
-        # the engine must run in this process to share the policy's weights
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         threads = torch.get_num_threads()
         with launcher_env(accelerator):
             llm = LLM(
