@@ -320,6 +320,9 @@ def main(
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     device = accelerator.device
+    own_sampler = cfg.rollout_engine == "vllm" and sampler is None
+    if own_sampler:  # before the models: vLLM checks that its share of the device is free
+        sampler = VLLMSampler.start(accelerator, path, cfg, tok.eos_token_id)
     model = PolicyWithValue(load_causal_lm(out / CHECKPOINT / "policy" if resumed else path))
     if resumed:
         model.value_head.load_state_dict(torch.load(out / CHECKPOINT / "value_head.pt"))
@@ -341,9 +344,6 @@ def main(
         optimizer.load_state_dict(torch.load(out / CHECKPOINT / "optimizer.pt"))
     model, optimizer = accelerator.prepare(model, optimizer)
     model.eval()  # no dropout, in the rollout and the optimisation: see ppo_rollout
-    own_sampler = cfg.rollout_engine == "vllm" and sampler is None
-    if own_sampler:
-        sampler = VLLMSampler.start(accelerator, path, cfg, tok.eos_token_id)
     if cfg.rollout_engine == "hf":
         sampler = None
     elif sampler is not None and (resumed or not own_sampler):
