@@ -19,3 +19,13 @@ python -c "import trl, datasets" 2>/dev/null || {
 }
 timeout 540 python benchmarks/gpu_check.py --tokenizer .bench/tokenizer --size 0.5b \
     --steps "${STEPS:-4}" --batch "${BATCH:-8}" --out "$OUT"
+
+# PPO rollouts: HF generate vs a colocated vLLM engine (rollout_engine: vllm), tokens/s on the
+# same prompts and random-init 0.5B model, one table; skipped where vllm is not installed.
+if python -c "import vllm" 2>/dev/null; then
+    timeout 300 python benchmarks/ppo_rollout.py --tokenizer .bench/tokenizer --size 0.5b \
+        --prompts "${ROLLOUT_PROMPTS:-64}" --max-new-tokens "${ROLLOUT_TOKENS:-128}" --rounds 2 \
+        --gpu-memory-utilization 0.3 --out "$OUT"
+else
+    echo "ppo rollouts (vllm vs hf generate): skipped, vllm is not installed"
+fi

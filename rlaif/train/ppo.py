@@ -4,7 +4,9 @@ TRL removed its PPO trainer (1.13), so this is ours. It follows the recipe of th
 (Ziegler et al. 2019; Stiennon et al. 2020; Ouyang et al. 2022) that Constitutional AI used:
 
 1. **Rollout.** Sample a completion for each prompt of the batch from the policy (initialised from
-   the SFT checkpoint). Tokens after the first EOS are padding.
+   the SFT checkpoint), with ``generate`` or (``rollout_engine: vllm``) a vLLM engine in the
+   same process that gets the policy's weights after every optimisation phase (``ppo_vllm``).
+   Tokens after the first EOS are padding.
 2. **Score.** The reward model (our soft-label RM, a sequence classifier) scores prompt +
    completion; optional rule-based penalties (no EOS, length) are added. A Python reward function
    can stand in for the RM (tests use a toy reward with a known optimum). The score lands on the
@@ -91,6 +93,7 @@ from rlaif.train.ppo_rollout import (
     rm_reward,
     rollout,
 )
+from rlaif.train.ppo_vllm import VLLMSampler
 
 WARNINGS_FILE = "warnings.jsonl"
 
@@ -136,6 +139,15 @@ class PPORunConfig:
     top_p: float = field(
         default=1.0, metadata={"help": "< 1 samples from a truncated pi: the KL estimate is biased"}
     )
+    rollout_engine: str = field(
+        default="hf", metadata={"help": "hf (generate) or vllm (a colocated vLLM engine)"}
+    )
+    vllm_gpu_memory_utilization: float = field(
+        default=0.3, metadata={"help": "share of the device the vLLM engine takes (weights + KV)"}
+    )
+    vllm_max_model_len: int | None = field(
+        default=None, metadata={"help": "prompt + completion tokens vLLM plans for (null: model's)"}
+    )
     kl_coef: float = field(default=0.05, metadata={"help": "beta of the KL penalty"})
     adaptive_kl: bool = False
     target_kl: float = 6.0
@@ -180,6 +192,8 @@ class PPORunConfig:
             raise ValueError("cliprange must be in (0, 1)")
         if self.kl_coef < 0:
             raise ValueError("kl_coef must be >= 0")
+        if self.rollout_engine not in ("hf", "vllm"):
+            raise ValueError(f"rollout_engine must be hf or vllm, not '{self.rollout_engine}'")
 
 
 CHECKPOINT = "checkpoint"
@@ -266,7 +280,11 @@ def shaped_scores(
     return scores
 
 
-def main(cfg: PPORunConfig, reward_fn: RewardFn | None = None) -> Path:
+def main(
+    cfg: PPORunConfig, reward_fn: RewardFn | None = None, sampler: VLLMSampler | None = None
+) -> Path:
+    """Train; ``sampler``: a started vLLM engine to roll out with (``rollout_engine: vllm``)
+    instead of starting one (an engine is slow to start and keeps its memory)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
@@ -302,6 +320,9 @@ def main(cfg: PPORunConfig, reward_fn: RewardFn | None = None) -> Path:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     device = accelerator.device
+    own_sampler = cfg.rollout_engine == "vllm" and sampler is None
+    if own_sampler:  # before the models: vLLM checks that its share of the device is free
+        sampler = VLLMSampler.start(accelerator, path, cfg, tok.eos_token_id)
     model = PolicyWithValue(load_causal_lm(out / CHECKPOINT / "policy" if resumed else path))
     if resumed:
         model.value_head.load_state_dict(torch.load(out / CHECKPOINT / "value_head.pt"))
@@ -323,6 +344,10 @@ def main(cfg: PPORunConfig, reward_fn: RewardFn | None = None) -> Path:
         optimizer.load_state_dict(torch.load(out / CHECKPOINT / "optimizer.pt"))
     model, optimizer = accelerator.prepare(model, optimizer)
     model.eval()  # no dropout, in the rollout and the optimisation: see ppo_rollout
+    if cfg.rollout_engine == "hf":
+        sampler = None
+    elif sampler is not None and (resumed or not own_sampler):
+        sampler.sync(accelerator.unwrap_model(model).policy)  # it may hold other weights
     prompts = read_prompt_texts(cfg)
     probes = read_probes(cfg) if cfg.probe_every else []
     rng = random.Random(cfg.seed * 1000 + accelerator.process_index)
@@ -341,7 +366,7 @@ def main(cfg: PPORunConfig, reward_fn: RewardFn | None = None) -> Path:
 
     for step in range(start, cfg.steps + 1):
         batch_prompts = [rng.choice(prompts) for _ in range(cfg.batch_size)]
-        roll = rollout(accelerator, model, ref, tok, batch_prompts, cfg, eos)
+        roll = rollout(accelerator, model, ref, tok, batch_prompts, cfg, eos, sampler)
         scores = reward_fn(batch_prompts, roll["texts"], roll["ids"]).to(device).float()
         raw_scores = scores.clone()
         scores = shaped_scores(scores, roll["ended"], roll["mask"].sum(1), roll["texts"], cfg)
@@ -351,6 +376,8 @@ def main(cfg: PPORunConfig, reward_fn: RewardFn | None = None) -> Path:
         advantages = whiten(advantages, roll["mask"], reduce=total)
         stats = optimise(accelerator, model, optimizer, roll, advantages, returns, cfg)
         raise_if_nonfinite(stats, step)  # every process sees the same averaged losses
+        if sampler is not None and (step < cfg.steps or probes):
+            sampler.sync(accelerator.unwrap_model(model).policy)  # the next samples: new pi
         mean_kl = accelerator.gather(kl.sum(1)).mean().item()
         if cfg.adaptive_kl:
             kl_ctl.update(mean_kl, cfg.batch_size * accelerator.num_processes)
@@ -360,7 +387,9 @@ def main(cfg: PPORunConfig, reward_fn: RewardFn | None = None) -> Path:
                 batch_prompts, roll["texts"], raw_scores.tolist()
             )
         if probes and step % cfg.probe_every == 0:
-            answers = generate_greedy(accelerator, model, tok, probes, cfg.max_new_tokens, eos)
+            answers = generate_greedy(
+                accelerator, model, tok, probes, cfg.max_new_tokens, eos, sampler
+            )
             extra["monitor/sycophancy"] = judges.sycophancy(probes, answers)
         lengths = roll["mask"].sum(1).tolist()
         n_warn = len(monitor.warnings)
@@ -404,6 +433,8 @@ def main(cfg: PPORunConfig, reward_fn: RewardFn | None = None) -> Path:
         write_plots(out, "PPO")
         shutil.rmtree(out / CHECKPOINT, ignore_errors=True)  # finished: nothing to resume
     accelerator.wait_for_everyone()
+    if own_sampler and sampler is not None:
+        sampler.close()
     accelerator.end_training()
     return out
 
@@ -420,7 +451,7 @@ def optimise(
     """PPO epochs over shuffled mini-batches; the mean of each statistic over the mini-batches
     and the processes (a NaN stays a NaN: the caller stops the run on it)."""
     n = roll["input_ids"].size(0)
-    span = slice(roll["width"] - 1, roll["input_ids"].size(1) - 1)
+    keep = roll["completion"].size(1) + 1  # the positions that predict the completion, and one
     totals: dict[str, list[float]] = {}
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(n)
@@ -431,14 +462,15 @@ def optimise(
                     input_ids=roll["input_ids"][idx],
                     attention_mask=roll["attention_mask"][idx],
                     position_ids=roll["position_ids"][idx],
+                    keep=keep,
                 )
             mask = roll["mask"][idx]
-            new_logp = token_logprobs(logits[:, span], roll["completion"][idx], cfg.temperature)
+            new_logp = token_logprobs(logits[:, :-1], roll["completion"][idx], cfg.temperature)
             pg_loss, vf_loss, stats = ppo_losses(
                 new_logp,
                 roll["logp"][idx],
                 advantages[idx],
-                values[:, span].float(),
+                values[:, :-1].float(),
                 roll["values"][idx],
                 returns[idx],
                 mask,

@@ -69,9 +69,20 @@ def whiten(
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Log-probabilities of ``tokens`` under ``softmax(logits / temperature)``, in fp32."""
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-    return torch.gather(logp, 2, tokens.unsqueeze(-1)).squeeze(-1)
+    """Log-probabilities of ``tokens`` under ``softmax(logits / temperature)``, in fp32.
+
+    Selective: the chosen token's logit minus the logsumexp of its row, one sequence at a time.
+    A log-softmax of the whole batch would materialise a second ``[batch, time, vocab]`` tensor
+    in fp32 (the largest tensor of a PPO step at a 150K vocabulary); here the only fp32
+    temporary is one sequence's logits, and only the ``[batch, time]`` result is kept."""
+    rows = []
+    for row_logits, row_tokens in zip(logits, tokens, strict=True):
+        row = row_logits.float()
+        if temperature != 1.0:
+            row = row / temperature
+        chosen = row.gather(-1, row_tokens.unsqueeze(-1)).squeeze(-1)
+        rows.append(chosen - torch.logsumexp(row, dim=-1))
+    return torch.stack(rows)
 
 
 def kl_estimates(

@@ -52,11 +52,29 @@ class PolicyWithValue(nn.Module):
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, **inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.policy(**inputs, output_hidden_states=True, use_cache=False)
-        hidden = out.hidden_states[-1]
+    def forward(self, keep: int = 0, **inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and values at the last ``keep`` positions (0: every position).
+
+        The logits come from the model's own forward with ``logits_to_keep``, so the LM head
+        (and any final scaling or soft-capping the model applies) runs on those positions only.
+        The value head reads the body's last hidden state, caught by a forward hook on the body:
+        ``output_hidden_states`` would keep every layer's states for the whole sequence."""
+        body = getattr(self.policy, "base_model", self.policy)
+        if body is self.policy:  # no separate body to hook: fall back to the hidden states
+            out = self.policy(**inputs, output_hidden_states=True, use_cache=False)
+            logits, hidden = out.logits, out.hidden_states[-1]
+            if keep:
+                logits, hidden = logits[:, -keep:], hidden[:, -keep:]
+        else:
+            caught: list[torch.Tensor] = []
+            hook = body.register_forward_hook(lambda _m, _a, out: caught.append(out[0]))
+            try:
+                logits = self.policy(**inputs, logits_to_keep=keep, use_cache=False).logits
+            finally:
+                hook.remove()
+            hidden = caught[-1][:, -keep:] if keep else caught[-1]
         values = self.value_head(hidden.float()).squeeze(-1)
-        return out.logits, values
+        return logits, values
 
 
 def load_causal_lm(path: str | Any) -> nn.Module:
@@ -116,16 +134,26 @@ def chat_batch(tok: Any, prompts: list[str], device: Any) -> Any:
 
 @torch.no_grad()
 def generate_greedy(
-    accelerator: Any, model: Any, tok: Any, prompts: list[str], max_new_tokens: int, eos: int
+    accelerator: Any,
+    model: Any,
+    tok: Any,
+    prompts: list[str],
+    max_new_tokens: int,
+    eos: int,
+    sampler: Any = None,
 ) -> list[str]:
-    """Greedy answers of the policy (the sycophancy probe)."""
+    """Greedy answers of the policy (the sycophancy probe), from the vLLM ``sampler`` when
+    there is one (it holds the policy's current weights)."""
     enc = chat_batch(tok, prompts, accelerator.device)
-    policy = accelerator.unwrap_model(model).policy
-    config = sampling_config(tok, eos, max_new_tokens, sample=False)
-    with own_generation_config(policy), accelerator.autocast():
-        out = policy.generate(**enc, generation_config=config)
-    width = enc["input_ids"].size(1)
-    return [t.strip() for t in tok.batch_decode(out[:, width:], skip_special_tokens=True)]
+    if sampler is not None:
+        answers = sampler.complete(enc, max_new_tokens, temperature=0.0, pad=tok.pad_token_id)
+    else:
+        policy = accelerator.unwrap_model(model).policy
+        config = sampling_config(tok, eos, max_new_tokens, sample=False)
+        with own_generation_config(policy), accelerator.autocast():
+            answers = policy.generate(**enc, generation_config=config)
+        answers = answers[:, enc["input_ids"].size(1) :]
+    return [t.strip() for t in tok.batch_decode(answers, skip_special_tokens=True)]
 
 
 def completion_mask(completion: torch.Tensor, eos: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,26 +173,36 @@ def rollout(
     prompts: list[str],
     cfg: Any,
     eos: int,
+    sampler: Any = None,
 ) -> dict[str, Any]:
-    """Sample one completion per prompt, then the policy's and the reference's log-probs of
-    its tokens and the values, all under the same autocast as the optimisation."""
+    """Sample one completion per prompt -- with ``generate``, or from the vLLM ``sampler``
+    (``ppo_vllm``) into the same tensors -- then the policy's and the reference's log-probs of
+    its tokens and the values, all under the same autocast as the optimisation. The log-probs
+    always come from these forward passes, never from the sampler."""
     enc = chat_batch(tok, prompts, accelerator.device)
-    policy = accelerator.unwrap_model(model).policy
-    config = sampling_config(tok, eos, cfg.max_new_tokens, cfg.temperature, cfg.top_p)
-    with own_generation_config(policy), accelerator.autocast():
-        generated = policy.generate(**enc, generation_config=config)
     width = enc["input_ids"].size(1)
-    completion = generated[:, width:]
+    if sampler is not None:
+        completion = sampler.complete(
+            enc, cfg.max_new_tokens, cfg.temperature, cfg.top_p, pad=tok.pad_token_id
+        )
+    else:
+        policy = accelerator.unwrap_model(model).policy
+        config = sampling_config(tok, eos, cfg.max_new_tokens, cfg.temperature, cfg.top_p)
+        with own_generation_config(policy), accelerator.autocast():
+            generated = policy.generate(**enc, generation_config=config)
+        completion = generated[:, width:]
     mask, ended = completion_mask(completion, eos)
     completion = completion.masked_fill(mask == 0, tok.pad_token_id)
     full = torch.cat([enc["input_ids"], completion], dim=1)
     attention = torch.cat([enc["attention_mask"], mask.long()], dim=1)
     positions = (attention.cumsum(1) - 1).clamp(min=0)
     inputs = {"input_ids": full, "attention_mask": attention, "position_ids": positions}
+    # the logits of the positions that predict the completion tokens only: the last
+    # len(completion) + 1 positions, less the last (it predicts past the end)
+    keep = completion.size(1) + 1
     with accelerator.autocast():
-        logits, values = model(**inputs)
-        ref_logits = ref(**inputs, use_cache=False).logits
-    span = slice(width - 1, full.size(1) - 1)  # positions that predict the completion tokens
+        logits, values = model(**inputs, keep=keep)
+        ref_logits = ref(**inputs, use_cache=False, logits_to_keep=keep).logits
     decoded = tok.batch_decode(completion, skip_special_tokens=True)
     return {
         **inputs,
@@ -172,9 +210,9 @@ def rollout(
         "completion": completion,
         "mask": mask,
         "ended": ended,
-        "logp": token_logprobs(logits[:, span], completion, cfg.temperature),
-        "ref_logp": token_logprobs(ref_logits[:, span], completion, cfg.temperature),
-        "values": values[:, span].float() * mask,
+        "logp": token_logprobs(logits[:, :-1], completion, cfg.temperature),
+        "ref_logp": token_logprobs(ref_logits[:, :-1], completion, cfg.temperature),
+        "values": values[:, :-1].float() * mask,
         "texts": [t.strip() for t in decoded],
         "ids": [row[: int(m.sum())].tolist() for row, m in zip(completion, mask, strict=True)],
     }

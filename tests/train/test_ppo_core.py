@@ -163,3 +163,53 @@ def test_sycophancy_is_the_share_of_probes_agreed_with(monkeypatch):
 
     monkeypatch.setattr(judge, "YesNoJudge", ScriptedYesNo)
     assert LabelerJudges("x").sycophancy(["p"] * 4, ["a"] * 4) == 0.25
+
+
+def full_log_softmax_logprobs(logits, tokens, temperature):
+    """The former token_logprobs: a log-softmax over the whole batch, then a gather."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return torch.gather(logp, 2, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_selective_logprobs_match_the_full_log_softmax(temperature, dtype):
+    gen = torch.Generator().manual_seed(0)
+    logits = (torch.randn(3, 5, 1000, generator=gen) * 6).to(dtype)
+    tokens = torch.randint(0, 1000, (3, 5), generator=gen)
+    a = logits.clone().requires_grad_(True)
+    b = logits.clone().requires_grad_(True)
+    got = ppo.token_logprobs(a, tokens, temperature)
+    want = full_log_softmax_logprobs(b, tokens, temperature)
+    assert got.dtype == torch.float32 and got.shape == (3, 5)
+    assert torch.allclose(got, want, atol=1e-5, rtol=0)
+    assert (got < 0).all()
+    weights = torch.randn(3, 5, generator=gen)
+    (got * weights).sum().backward()
+    (want * weights).sum().backward()
+    assert torch.allclose(a.grad.float(), b.grad.float(), atol=1e-5, rtol=0)
+
+
+def test_policy_forward_on_the_kept_positions_matches_the_full_pass(tiny_llama_dir):
+    """Logits through logits_to_keep and values from the hooked last hidden state equal the
+    last positions of a full pass with every hidden state, and the hook is gone after."""
+    from transformers import AutoModelForCausalLM
+
+    model = ppo.PolicyWithValue(AutoModelForCausalLM.from_pretrained(tiny_llama_dir)).eval()
+    torch.nn.init.normal_(model.value_head.weight, std=1.0)
+    ids = torch.randint(3, 1000, (2, 9), generator=torch.Generator().manual_seed(1))
+    attention = torch.ones_like(ids)
+    attention[0, :3] = 0  # a left-padded row
+    inputs = {"input_ids": ids, "attention_mask": attention,
+              "position_ids": (attention.cumsum(1) - 1).clamp(min=0)}  # fmt: skip
+    with torch.no_grad():
+        out = model.policy(**inputs, output_hidden_states=True, use_cache=False)
+        old_values = model.value_head(out.hidden_states[-1]).squeeze(-1)
+        logits, values = model(**inputs, keep=4)
+        all_logits, all_values = model(**inputs)
+    assert logits.shape == (2, 4, out.logits.size(-1)) and values.shape == (2, 4)
+    assert torch.allclose(logits, out.logits[:, -4:], atol=1e-5)
+    assert torch.allclose(values, old_values[:, -4:], atol=1e-5)
+    assert torch.allclose(all_logits, out.logits, atol=1e-5)
+    assert torch.allclose(all_values, old_values, atol=1e-5)
+    assert not model.policy.base_model._forward_hooks
