@@ -19,3 +19,8 @@ python -c "import trl, datasets" 2>/dev/null || {
 }
 timeout 540 python benchmarks/gpu_check.py --tokenizer .bench/tokenizer --size 0.5b \
     --steps "${STEPS:-4}" --batch "${BATCH:-8}" --out "$OUT"
+# The labelers: the vllm labeler's async engine (and its sync one) vs the transformers labeler,
+# generated tokens/s on one SL-CAI job on the same model (a few minutes more); rows say skipped
+# where vllm is missing.
+timeout 240 python benchmarks/gpu_check.py --tokenizer .bench/tokenizer --size 0.5b \
+    --only labelers --gen "${GEN:-64}" --labeler-prompts "${LABELER_PROMPTS:-64}" --out "$OUT"
