@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -196,6 +197,90 @@ def run_trainer(name: str, fn) -> dict:  # type: ignore[no-untyped-def]
     }
 
 
+# --------------------------------------------------------------------------- labelers
+# vLLM's async engine vs the transformers labeler on one SL-CAI job (``--only labelers`` alone).
+
+
+def labeler_check(model: Path, work: Path, n: int, gen: int, gpu: bool, out: Path) -> list[dict]:
+    """Generated tokens/s of the SL-CAI step (answer, critique, revision per prompt, few-shot,
+    seeded sampling) over ``n`` prompts, through the engine's Scheduler with a fresh in-memory
+    cache, on the benchmark's model: the transformers labeler (batch 32) and the vllm labeler's
+    async engine (its default) and sync one. Each labeler loads and runs two rows untimed first;
+    then the whole job is timed. A random-init model rarely samples EOS, so nearly every answer
+    runs to ``gen`` tokens. vLLM missing on the machine: its rows say skipped."""
+    import importlib.util
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from vllm_async import run_job
+
+    from rlaif.engine.sl_cai import SLCAIConfig, build
+    from rlaif.labelers.base import create_labeler, run_sync
+
+    prompts = work / "labeler_prompts.txt"
+    prompts.write_text("".join(f"{PROMPTS[i % len(PROMPTS)]} ({i})\n" for i in range(n)))
+    cfg = SLCAIConfig(prompts=prompts, labeler=f"transformers:{model}", max_tokens=gen,
+                      out=work / "sl-cai")  # fmt: skip
+    job = build(cfg)
+    vllm_args = {"max_model_len": 2048, "gpu_memory_utilization": 0.35}  # both engines fit
+    plan = {
+        "transformers": (f"transformers:{model}",
+                         {"batch_size": 32, "device": "cuda" if gpu else "cpu"}),
+        "vllm async": (f"vllm:{model}", {"engine": "async", **vllm_args}),
+        "vllm sync": (f"vllm:{model}", {"engine": "sync", "batch_size": 64, **vllm_args}),
+    }  # fmt: skip
+    rows = []
+    for name, (spec, settings) in plan.items():
+        print(f"--- labeler: {name}", flush=True)
+        if spec.startswith("vllm:") and importlib.util.find_spec("vllm") is None:
+            rows.append({"labeler": name, "status": "skipped: vllm is not installed"})
+            continue
+        lab = None
+        try:
+            lab = create_labeler(spec, **settings)
+            t0 = time.perf_counter()
+            lab.load()
+            run_sync(run_job(replace(job, rows=job.rows[:2]), lab))  # warm-up, untimed
+            ready = time.perf_counter() - t0
+            seconds, tokens, calls = run_sync(run_job(job, lab))
+            rows.append({"labeler": name, "status": "ok", "prompts": len(job.rows),
+                         "generated_tokens": tokens, "seconds": round(seconds, 3),
+                         "tokens_per_s": round(tokens / seconds, 1),
+                         "prompts_per_s": round(len(job.rows) / seconds, 2),
+                         "labeler_calls": calls, "load_s": round(ready, 1)})  # fmt: skip
+        except Exception as e:  # report and go on
+            traceback.print_exc()
+            rows.append({"labeler": name, "status": f"failed: {type(e).__name__}: {e}"[:300]})
+        finally:
+            if lab is not None:
+                run_sync(lab.aclose())
+        print(json.dumps(rows[-1]), flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "labelers.json").write_text(json.dumps(rows, indent=2))
+    print(f"\nSL-CAI 1 round, {n} prompts, {gen} max tokens, few-shot; generated tokens/s")
+    print(
+        f"{'labeler':<16}{'status':<10}{'seconds':>9}{'tokens':>9}{'tokens/s':>10}{'prompts/s':>11}"
+    )
+    for r in rows:
+        if r["status"] != "ok":
+            print(f"{r['labeler']:<16}{r['status']}")
+            continue
+        print(f"{r['labeler']:<16}{'ok':<10}{r['seconds']:>9.1f}{r['generated_tokens']:>9}"
+              f"{r['tokens_per_s']:>10.1f}{r['prompts_per_s']:>11.2f}")  # fmt: skip
+    return rows
+
+
+def labelers_only(args: argparse.Namespace) -> int:
+    """``--only labelers``: the labeler table alone (no trainers), written to labelers.json."""
+    gpu = torch.cuda.is_available()
+    device = torch.cuda.get_device_name(0) if gpu else "CPU"
+    print(f"device: {device}; torch {torch.__version__}", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="rlaif-gpu-check-"))
+    model = build_model(args.tokenizer, args.size, work)
+    rows = labeler_check(model, work, args.labeler_prompts, args.gen, gpu, args.out)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0 if all(r["status"] == "ok" or r["status"].startswith("skipped") for r in rows) else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokenizer", type=Path, default=Path(".bench/tokenizer"))
@@ -204,7 +289,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=4, help="per trainer; the first is not timed")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--gen", type=int, default=64, help="tokens generated per completion")
-    ap.add_argument("--only", nargs="*", help="run only these trainers")
+    ap.add_argument("--only", nargs="*", help="run only these trainers ('labelers': see below)")
+    ap.add_argument("--labeler-prompts", type=int, default=64, help="prompts of the labeler job")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "outputs/gpu-check")))
     args = ap.parse_args()
     if args.steps < 2:
@@ -217,6 +303,8 @@ def main() -> int:
         load_embedded_tokenizer("smollm2").save_pretrained(args.save_tokenizer)
         print(f"saved the SmolLM2 tokenizer to {args.save_tokenizer}")
         return 0
+    if args.only == ["labelers"]:
+        return labelers_only(args)
 
     gpu = torch.cuda.is_available()
     device = torch.cuda.get_device_name(0) if gpu else "CPU"

@@ -29,3 +29,9 @@ if python -c "import vllm" 2>/dev/null; then
 else
     echo "ppo rollouts (vllm vs hf generate): skipped, vllm is not installed"
 fi
+
+# The labelers: the vllm labeler's async engine (and its sync one) vs the transformers labeler,
+# generated tokens/s on one SL-CAI job on the same model (a few minutes more); rows say skipped
+# where vllm is missing.
+timeout 240 python benchmarks/gpu_check.py --tokenizer .bench/tokenizer --size 0.5b \
+    --only labelers --gen "${GEN:-64}" --labeler-prompts "${LABELER_PROMPTS:-64}" --out "$OUT"

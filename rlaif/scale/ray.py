@@ -195,10 +195,16 @@ def actor_model(name: str) -> str:
     return str(Path(name).expanduser().resolve())
 
 
+LOCAL_BACKENDS = ("transformers", "vllm")  # computed in actors (vLLM's async engine included)
+
+
 def actor_settings(backend: str, settings: dict[str, Any]) -> dict[str, Any]:
     out = dict(settings)
     if isinstance(out.get("model"), str):
         out["model"] = actor_model(out["model"])
+    if backend == "vllm":
+        # an actor gets one batch at a time from the pool: vLLM's sync engine computes it whole
+        out["engine"] = "sync"
     engine_args = dict(out.get("engine_args") or {})
     if backend == "vllm" and int(engine_args.get("tensor_parallel_size", 1)) > 1:
         # inside an actor, vLLM's workers are processes on the GPUs Ray gave the actor
@@ -496,7 +502,9 @@ class RayLabeler:
 
     @property
     def max_batch_size(self) -> int:
-        return self.inner.max_batch_size
+        # the batch an actor computes (a driver-side async vLLM labeler asks for one at a time)
+        settings = getattr(self.inner, "settings", None)
+        return getattr(settings, "batch_size", None) or self.inner.max_batch_size
 
     @property
     def max_concurrency(self) -> int:
@@ -533,7 +541,11 @@ def distribute(
     """Each role's labeler for the job: a ``RayLabeler`` for a local model (all of them on one
     pool of actors), the driver's own labeler for an API backend."""
     s = check_settings(settings)
-    local = {name: r for name, r in roles.items() if r.labeler.max_concurrency == 1}
+    local = {
+        name: r
+        for name, r in roles.items()
+        if r.backend in LOCAL_BACKENDS or r.labeler.max_concurrency == 1
+    }
     if not local:
         backends = ", ".join(sorted({r.backend for r in roles.values()}))
         raise ConfigError(

@@ -184,6 +184,22 @@ def test_actor_memory_comes_from_the_weights_on_disk_or_the_setting(tiny_llama_d
     assert actor_memory([_role("transformers", model="/no/such/model")], RaySettings()) is None
 
 
+def test_an_async_vllm_labeler_goes_to_the_actors_in_whole_batches():
+    from rlaif.labelers.base import create_labeler
+    from rlaif.scale.ray import RayLabeler
+
+    class Pool:  # the two numbers RayLabeler reads of a pool of two actors
+        size = 2
+
+        def acquire(self) -> None:
+            pass
+
+    inner = create_labeler("vllm:smollm2", batch_size=16)  # the async engine: one per call
+    assert inner.max_batch_size == 1
+    on_ray = RayLabeler(Pool(), "labeler", inner)  # type: ignore[arg-type]
+    assert (on_ray.max_batch_size, on_ray.max_concurrency) == (16, 2)
+
+
 def test_actors_load_what_the_driver_resolved(tmp_path, monkeypatch):
     from rlaif import models
     from rlaif.scale.ray import actor_settings
@@ -196,6 +212,7 @@ def test_actors_load_what_the_driver_resolved(tmp_path, monkeypatch):
     pinned = models.HubModel("org/model", "main", "0123abcd" * 5, tmp_path)
     monkeypatch.setattr(models, "hub_model", lambda name: pinned if name == "org/model" else None)
     assert actor_settings("vllm", {"model": "org/model"})["model"] == f"org/model@{'0123abcd' * 5}"
+    assert actor_settings("vllm", {"model": "org/model"})["engine"] == "sync"  # whole batches
     engine_args = {"tensor_parallel_size": 2}
     tp = actor_settings("vllm", {"model": "tiny-random", "engine_args": engine_args})
     assert tp["engine_args"] == {"tensor_parallel_size": 2, "distributed_executor_backend": "mp"}
