@@ -59,6 +59,15 @@ def _principle_label(sides: dict[str, float]) -> str | None:
     return None if p == 0.5 else ("a" if p > 0.5 else "b")
 
 
+def _count(totals: dict[str, int], by: dict[str, list[int]], principles: Any, agreed: bool) -> None:
+    """One counted answer: in the totals and under each of the row's principles."""
+    totals["n"] += 1
+    totals["k"] += agreed
+    for pid in principles:
+        by[pid][0] += agreed
+        by[pid][1] += 1
+
+
 def human_ai(items: dict[tuple[str, str], Item], labels: list[Label]) -> dict[str, Any]:
     """Agreement of the people's current labels with the AI's, overall and per principle."""
     pair = {"k": 0, "n": 0, "ties": 0, "skips": 0}
@@ -90,20 +99,12 @@ def human_ai(items: dict[tuple[str, str], Item], labels: list[Label]) -> dict[st
             if not changed:
                 rev["unchanged"] += 1
                 continue
-            rev["n"] += 1
-            rev["k"] += lab.answer == "b"
-            for pid in it.principles:
-                rev_by[pid][0] += lab.answer == "b"
-                rev_by[pid][1] += 1
+            _count(rev, rev_by, it.principles, lab.answer == "b")
         elif lab.question == "critique_real" and it.kind == "sl_cai":
             if lab.answer == "skip":
                 crit["skips"] += 1
                 continue
-            crit["n"] += 1
-            crit["k"] += lab.answer == "yes"
-            for pid in it.principles:
-                crit_by[pid][0] += lab.answer == "yes"
-                crit_by[pid][1] += 1
+            _count(crit, crit_by, it.principles, lab.answer == "yes")
 
     def table(by: dict[str, list[int]]) -> list[dict[str, Any]]:
         return [{"principle_id": p, **rate(k, n)} for p, (k, n) in sorted(by.items())]

@@ -65,6 +65,20 @@ def _check_target(path: Path, datasets: list[Path]) -> None:
         raise ReviewError(f"{path}: that is a dataset file; export to another file")
 
 
+def _labelled_pairs(
+    path: str | Path,
+    items: dict[tuple[str, str], Item],
+    labels: list[Label],
+    datasets: list[Path],
+    labeler: str | None,
+) -> tuple[Path, dict[tuple[str, str], list[Label]], dict[tuple[str, str], str]]:
+    """The export's target (never a dataset file), each labelled pair's labels and its id."""
+    path = Path(path)
+    _check_target(path, datasets)
+    by_row = _pair_labels(items, labels, labeler)
+    return path, by_row, _ids(list(by_row))
+
+
 def _write(path: Path, rows: list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -81,10 +95,7 @@ def write_gold(
     datasets: list[Path],
     labeler: str | None = None,
 ) -> Exported:
-    path = Path(path)
-    _check_target(path, datasets)
-    by_row = _pair_labels(items, labels, labeler)
-    ids = _ids(list(by_row))
+    path, by_row, ids = _labelled_pairs(path, items, labels, datasets, labeler)
     rows, left_out = [], Counter[str]()
     for key, labs in by_row.items():
         votes = Counter(lab.answer for lab in labs if lab.answer in ("a", "b"))
@@ -117,10 +128,7 @@ def write_prefs(
     datasets: list[Path],
     labeler: str | None = None,
 ) -> Exported:
-    path = Path(path)
-    _check_target(path, datasets)
-    by_row = _pair_labels(items, labels, labeler)
-    ids = _ids(list(by_row))
+    path, by_row, ids = _labelled_pairs(path, items, labels, datasets, labeler)
     rows, left_out = [], Counter[str]()
     for key, labs in by_row.items():
         row = items[key].row
