@@ -30,7 +30,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +87,9 @@ class Journal:
             raise StateFileError(self.manifest, "the run fingerprint is not a string")
         return fingerprint
 
-    def open(self, expected_ids: Sequence[str]) -> list[str]:
-        """Start or resume; returns the kept lines (a prefix of ``expected_ids``, in order)."""
+    def open(self, expected_ids: Iterable[str]) -> list[str]:
+        """Start or resume; returns the kept lines (a prefix of ``expected_ids``, in order).
+        ``expected_ids`` is read lazily, only as far as the kept prefix goes."""
         self.target.parent.mkdir(parents=True, exist_ok=True)
         same_job = self._previous_fingerprint() == self.fingerprint
         source = None

@@ -34,7 +34,9 @@ async def run_rows(
     ``keep=False`` nothing is returned and no row stays in memory once it is written: the
     journal's file has them all (a large run's rows would otherwise grow the process with N).
     """
-    kept = journal.open([str(r["id"]) for r in rows])
+    # rows are read one at a time, never copied: ``rows`` may be a compact table that builds
+    # each row when asked (``rowtable``), and a list of N ids or rows grew a run with N
+    kept = journal.open(str(r["id"]) for r in rows)
     resumed = len(kept)
     out: list[Row] = []
     for line in kept if keep or on_row else ():
@@ -44,17 +46,17 @@ async def run_rows(
         if on_row:
             on_row(row, True)
     del kept
-    todo = list(rows[resumed:])
+    total = len(rows)
     done: dict[int, Row] = {}
     running: set[asyncio.Task[Row]] = set()
     # finished tasks report here; waiting on a queue costs the same however many rows are in
     # flight (``asyncio.wait`` over the whole set would touch every task on every wake-up)
     finished: asyncio.Queue[tuple[int, asyncio.Task[Row]]] = asyncio.Queue()
-    next_start, next_write = 0, 0
+    next_start, next_write = resumed, resumed  # positions in ``rows``
     try:
-        while next_write < len(todo):
-            while next_start < len(todo) and len(running) + len(done) < window:
-                task = asyncio.create_task(process(todo[next_start]))
+        while next_write < total:
+            while next_start < total and len(running) + len(done) < window:
+                task = asyncio.create_task(process(rows[next_start]))
                 running.add(task)
                 task.add_done_callback(partial(_report, finished, next_start))
                 next_start += 1

@@ -82,7 +82,7 @@ class Prepared:
     lazily, on the first request)."""
 
     step: CritiqueRevise
-    rows: list[dict[str, Any]]
+    rows: Sequence[dict[str, Any]]
     provenance: dict[str, Any]
     schedulers: list[Scheduler]
     cache: Cache
