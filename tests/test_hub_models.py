@@ -171,8 +171,12 @@ def test_vllm_gets_the_snapshot_folder_and_the_sha(hf_home, tiny_llama_dir, monk
     seen = {}
     fake = types.ModuleType("vllm")
     fake.LLM = lambda **kwargs: seen.update(kwargs) or "engine"
+    platforms = types.ModuleType("vllm.platforms")
+    platforms.current_platform = types.SimpleNamespace(is_cpu=lambda: False)
     monkeypatch.setitem(sys.modules, "vllm", fake)
-    lab = create_labeler(f"vllm:{REPO_ID}@main")
+    monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
+    # the synchronous engine: vllm.LLM, which the fake module stands in for
+    lab = create_labeler(f"vllm:{REPO_ID}@main", engine="sync")
     assert lab.model_name == f"{REPO_ID}@{SHA1}"
     assert (lab.describe()["model"], lab.describe()["commit"]) == (f"{REPO_ID}@main", SHA1)
     lab.load()
