@@ -23,7 +23,35 @@ from typing import Any, overload
 Row = dict[str, Any]
 
 
-class PromptTable(Sequence[Row]):
+class _ComputedRows(Sequence[Row]):
+    """A read-only sequence whose rows are built by ``_row(i)`` when asked for."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _row(self, i: int) -> Row:
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, index: int) -> Row: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Row]: ...
+    def __getitem__(self, index: int | slice) -> Row | list[Row]:
+        if isinstance(index, slice):
+            return [self._row(i) for i in range(*index.indices(len(self)))]
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError("row index out of range")
+        return self._row(index)
+
+    def __iter__(self) -> Iterator[Row]:
+        for i in range(len(self)):
+            yield self._row(i)
+
+
+class PromptTable(_ComputedRows):
     """An append-only, read-only-after sequence of ``{"id": str, "prompt": str | messages}``."""
 
     def __init__(self, rows: Iterable[tuple[str, Any]] = ()):
@@ -47,24 +75,6 @@ class PromptTable(Sequence[Row]):
     def __len__(self) -> int:
         return len(self._id_ends)
 
-    @overload
-    def __getitem__(self, index: int) -> Row: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[Row]: ...
-    def __getitem__(self, index: int | slice) -> Row | list[Row]:
-        if isinstance(index, slice):
-            return [self._row(i) for i in range(*index.indices(len(self)))]
-        n = len(self)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError("row index out of range")
-        return self._row(index)
-
-    def __iter__(self) -> Iterator[Row]:
-        for i in range(len(self)):
-            yield self._row(i)
-
     def _row(self, i: int) -> Row:
         id_start = self._id_ends[i - 1] if i else 0
         rid = self._ids[id_start : self._id_ends[i]].decode("utf-8")
@@ -74,7 +84,7 @@ class PromptTable(Sequence[Row]):
         return {"id": rid, "prompt": text if end >= 0 else json.loads(text)}
 
 
-class PairRows(Sequence[Row]):
+class PairRows(_ComputedRows):
     """Every pair ``(i, j)``, ``i < j < k``, of each prompt's ``k`` responses, prompt by prompt:
     ``{"id": "ID/i-j", "prompt_id": ID, "prompt": ..., "pair": (i, j)}``."""
 
@@ -85,18 +95,7 @@ class PairRows(Sequence[Row]):
     def __len__(self) -> int:
         return len(self._prompts) * len(self._pairs)
 
-    @overload
-    def __getitem__(self, index: int) -> Row: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[Row]: ...
-    def __getitem__(self, index: int | slice) -> Row | list[Row]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        n = len(self)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError("pair index out of range")
+    def _row(self, index: int) -> Row:
         prompt, pair = divmod(index, len(self._pairs))
         return _pair_row(self._prompts[prompt], *self._pairs[pair])
 
