@@ -22,7 +22,6 @@ no prices cannot be held to a limit, and says so before it starts.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +31,7 @@ from pydantic import ValidationError
 from rlaif.errors import BudgetExceededError, ConfigError
 from rlaif.labelers.base import backend_class, parse_spec
 from rlaif.labelers.batches import BATCH_PRICE_FACTOR
+from rlaif.labelers.reliability import estimate_tokens
 
 OPTION_TOKENS = 4  # an option score asks for at most this many tokens (labelers/openai.py)
 
@@ -81,10 +81,7 @@ def call_estimate(
 ) -> float:
     """An upper bound of what one call costs: its prompts at the input price (4 characters a
     token, 4 per message), ``out_tokens`` per conversation at the output price."""
-    prompt = 0
-    for messages in conversations:
-        chars = sum(len(str(m.get("content", ""))) for m in messages)
-        prompt += math.ceil(chars / 4) + 4 * len(messages)
+    prompt = sum(estimate_tokens(messages) for messages in conversations)
     spent = prompt * (prices.input or 0.0) + out_tokens * len(conversations) * (
         prices.output or 0.0
     )
