@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -45,7 +46,12 @@ def test_twenty_percent_faults_still_give_every_row(tmp_path, capsys):
     assert [r["id"] for r in got] == [f"line-{i}" for i in range(1, 41)]
     faults = sum(n for kind, n in server.served.items() if kind != "ok")
     out = " ".join(capsys.readouterr().out.split())
-    assert faults > 0 and f"{faults} calls retried" in out
+    retried = re.search(r"(\d+) calls retried", out)
+    assert faults > 0 and retried, out
+    # Every attempt past the 120 distinct calls is a retry. On a loaded machine an answer the
+    # server sent can still arrive after the client's 0.5 s timeout: that call is retried too,
+    # so the count can exceed the faults served, never fall short of them.
+    assert int(retried.group(1)) >= sum(server.served.values()) - 120 >= faults
 
 
 def test_permanent_failures_mark_rows_failed_and_a_rerun_fills_exactly_them(tmp_path, capsys):
