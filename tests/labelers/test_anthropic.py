@@ -60,7 +60,9 @@ def test_faults_are_retried_and_permanent_ones_fail():
         convs = [[{"role": "user", "content": f"q{i}"}] for i in range(20)]
         out = run_sync(lab.generate(convs, GenerateParams(max_tokens=8)))
     assert [o[0].text for o in out] == [f"echo: q{i}" for i in range(20)]
-    assert lab.retries == sum(n for k, n in server.served.items() if k != "ok") > 0
+    faults = sum(n for k, n in server.served.items() if k != "ok")
+    # an answer that reaches a loaded client after its 0.5 s timeout is retried as well
+    assert faults > 0 and lab.retries >= sum(server.served.values()) - 20 >= faults
     with FakeOpenAIServer() as server:
         server.permanent = "500"
         lab = labeler(server, retry={**FAST_RETRY, "max_retries": 1})

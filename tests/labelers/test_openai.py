@@ -42,7 +42,8 @@ def test_transient_faults_are_retried_until_success():
         out = run_sync(lab.generate(convs, GenerateParams(max_tokens=8)))
     assert [o[0].text for o in out] == [f"echo: q{i}" for i in range(30)]
     faults = sum(n for kind, n in server.served.items() if kind != "ok")
-    assert faults > 0 and lab.retries == faults
+    # an answer that reaches a loaded client after its 0.5 s timeout is retried as well
+    assert faults > 0 and lab.retries >= sum(server.served.values()) - 30 >= faults
     assert {"429", "500", "garbage"} <= set(server.served)
 
 
