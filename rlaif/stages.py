@@ -40,9 +40,16 @@ class StageBuilder:
         self.spent = 0.0  # what this run's data stages billed so far (for ``max_cost``)
 
     def _budgeted(self, settings: dict[str, Any]) -> dict[str, Any]:
-        """A data stage's settings with what is left of the run's ``max_cost``."""
+        """A data stage's settings with what is left of the run's ``max_cost``; a stage whose
+        labelers are all local bills nothing and runs without it."""
+        from rlaif.engine.budget import bills_nothing
+
         limit = getattr(self.cfg, "max_cost", None)
-        if limit is None:
+        labeler = settings.get("labeler")
+        roles = [(labeler, settings.get("labeler_settings") or {})]
+        if settings.get("policy"):
+            roles.append((settings["policy"], settings.get("policy_settings") or {}))
+        if limit is None or (labeler and bills_nothing(roles)):
             return settings
         if self.spent >= limit:
             from rlaif.errors import BudgetExceededError

@@ -7,9 +7,16 @@ yet. The rule, applied by the scheduler before every call it sends:
 
     send the call only if  spent + reserved for calls in flight + this call's estimate <= limit
 
-A call's estimate is an upper bound: its prompt tokens (4 characters a token, 4 per message) at
-the input price, and ``max_tokens`` for every sample at the output price (4 tokens for an option
-score), halved in batch mode. Once a call is refused the budget stays closed: no later call goes
+A call's estimate is an upper bound of what the backend bills for it (``call_estimate``): its
+prompt tokens (4 characters a token, 4 per message) at the input price, or at the cache-write
+price where that is higher (a request may write its prefix to the provider's cache), once per
+request the backend sends (Anthropic sends one request per sample, so ``n`` samples pay the
+prompt ``n`` times; OpenAI's ``n`` pays it once); ``max_tokens`` for every sample at the output
+price. An option score is counted as the labeler's ``votes`` sampled answers of
+``vote_max_tokens`` each, since an API labeler without log-probs answers it that way (with
+log-probs it costs less: one request, at most 4 tokens). Batch mode halves the estimate, unless
+items that fail in the batch are re-sent online (``batch_errors: online``), which pay the full
+price. Once a call is refused the budget stays closed: no later call goes
 out, the calls in flight finish (their answers land in the cache), and the run stops with
 ``BudgetExceededError`` (exit 4). The journal holds every row finished before the stop, in order;
 a rerun with a higher limit reads those rows back, finds the answers of the rows that were in
@@ -45,6 +52,10 @@ class Prices:
     cached_input: float | None = None  # a cached prefix read; None: the input price
     cache_write: float | None = None  # a prefix written to the cache; None: the input price
     batch: bool = False  # provider batch mode: half price
+    batch_online: bool = False  # items that fail in a batch are re-sent online, at full price
+    prompt_per_sample: bool = False  # n samples are n requests, each billed the prompt
+    votes: int = 1  # an option score without log-probs: this many sampled answers
+    vote_max_tokens: int = OPTION_TOKENS
 
     @property
     def priced(self) -> bool:
@@ -67,25 +78,38 @@ def prices_of(spec: str, settings: dict[str, Any]) -> Prices | None:
     model = settings_of(spec, settings)
     if "price_input_per_million" not in type(model).model_fields:
         return None
+    backend, _ = parse_spec(spec)
     return Prices(
         input=model.price_input_per_million,
         output=model.price_output_per_million,
         cached_input=getattr(model, "price_cached_input_per_million", None),
         cache_write=getattr(model, "price_cache_write_per_million", None),
         batch=bool(getattr(model, "batch", False)),
+        batch_online=getattr(model, "batch_errors", None) == "online",
+        prompt_per_sample=bool(getattr(backend_class(backend), "prompt_billed_per_sample", False)),
+        votes=getattr(model, "votes", 1),
+        vote_max_tokens=getattr(model, "vote_max_tokens", OPTION_TOKENS),
     )
 
 
 def call_estimate(
-    prices: Prices, conversations: Sequence[Sequence[dict[str, Any]]], out_tokens: int
+    prices: Prices,
+    conversations: Sequence[Sequence[dict[str, Any]]],
+    samples: int | None = None,
+    max_tokens: int = 0,
 ) -> float:
-    """An upper bound of what one call costs: its prompts at the input price (4 characters a
-    token, 4 per message), ``out_tokens`` per conversation at the output price."""
+    """An upper bound of what one call costs (see the module docstring): ``samples`` of up to
+    ``max_tokens`` tokens for each conversation, or an option score where ``samples`` is None."""
+    if samples is None:  # an option score: votes where the model gives no log-probs
+        samples, out = prices.votes, max(prices.votes * prices.vote_max_tokens, OPTION_TOKENS)
+    else:
+        out = samples * max_tokens
+    requests = samples if prices.prompt_per_sample else 1
+    p_in = max(prices.input or 0.0, prices.cache_write or 0.0)
     prompt = sum(estimate_tokens(messages) for messages in conversations)
-    spent = prompt * (prices.input or 0.0) + out_tokens * len(conversations) * (
-        prices.output or 0.0
-    )
-    return spent / 1e6 * (BATCH_PRICE_FACTOR if prices.batch else 1.0)
+    spent = prompt * requests * p_in + out * len(conversations) * (prices.output or 0.0)
+    half = prices.batch and not prices.batch_online
+    return spent / 1e6 * (BATCH_PRICE_FACTOR if half else 1.0)
 
 
 @dataclass
@@ -114,6 +138,11 @@ class Budget:
         """A call ended (answered or failed): its cost, if any, is now in ``spent``."""
         self.reserved = max(self.reserved - estimate, 0.0)
         self.in_flight -= 1
+
+
+def bills_nothing(labelers: Sequence[tuple[str, dict[str, Any]]]) -> bool:
+    """Whether every labeler ``(spec, settings)`` is a local model (nothing to hold to a limit)."""
+    return all(prices_of(spec, settings) is None for spec, settings in labelers)
 
 
 def make_budget(limit: float | None, labelers: Sequence[tuple[str, dict[str, Any], Any]]) -> Any:

@@ -35,7 +35,7 @@ from typing import Any
 
 from rlaif.engine.budget import OPTION_TOKENS, Prices, prices_of, settings_of
 from rlaif.engine.token_counts import TokenCounter, counter_for
-from rlaif.labelers.base import parse_spec
+from rlaif.labelers.base import backend_class, parse_spec
 from rlaif.labelers.batches import BATCH_PRICE_FACTOR
 from rlaif.templates import Message, Templates, as_messages, prompt_variables
 
@@ -60,14 +60,14 @@ class Role:
     model: str
     counter: TokenCounter
     prices: Prices | None  # None: a local model, billed nothing
+    settings: Any = None  # the labeler's validated settings
 
     def cacheable(self, prefix: int) -> int:
-        """Of a static prefix of ``prefix`` tokens, what the provider caches."""
-        if self.backend == "openai":
-            return 0 if prefix < 1024 else 1024 + (prefix - 1024) // 128 * 128
-        if self.backend == "anthropic":
-            return prefix if prefix >= (2048 if "haiku" in self.model else 1024) else 0
-        return prefix  # a local engine's prefix cache (vLLM): no price either way
+        """Of a static prefix of ``prefix`` tokens, what the provider caches, as the backend
+        says (``cached_prefix_tokens``); a local engine's prefix cache (vLLM) takes it whole,
+        at no price either way."""
+        of = getattr(backend_class(self.backend), "cached_prefix_tokens", None)
+        return prefix if of is None else of(self.settings, prefix)
 
 
 @dataclass
@@ -153,11 +153,12 @@ _counts: dict[int, Counts] = {}
 
 def role_of(spec: str, settings: dict[str, Any]) -> Role:
     backend, _ = parse_spec(spec)
-    model = str(getattr(settings_of(spec, settings), "model", "") or spec)
+    validated = settings_of(spec, settings)
+    model = str(getattr(validated, "model", "") or spec)
     key = (backend, model)
     if key not in _counters:
         _counters[key] = counter_for(backend, model)
-    return Role(spec, backend, model, _counters[key], prices_of(spec, settings))
+    return Role(spec, backend, model, _counters[key], prices_of(spec, settings), validated)
 
 
 def counts_for(role: Role) -> Counts:
@@ -333,8 +334,9 @@ def estimate_prefs(cfg: Any, rows: list[dict[str, Any]] | None = None) -> Estima
     sizes = render_first(
         first, templates, "initial_response", (prompt_variables(r["prompt"]) for r in rows)
     )
-    bills_input = 1 if policy.backend != "anthropic" else k  # OpenAI bills n samples' input once
-    first.requests = len(rows) * (1 if bills_input == 1 else k)
+    # OpenAI bills n samples' input once; Anthropic sends (and bills) a request per sample
+    bills_input = k if policy.prices is not None and policy.prices.prompt_per_sample else 1
+    first.requests = len(rows) * bills_input
     first.input_tokens = sum(sizes) * bills_input
     first.output_tokens = len(rows) * k * out
     own = dict(zip((r["id"] for r in rows), prompt_tokens(rows, labeler), strict=True))
@@ -369,13 +371,10 @@ def estimate_prefs(cfg: Any, rows: list[dict[str, Any]] | None = None) -> Estima
             quoted += fb.cot_max_tokens
         s = static_part(templates, template, labeler, v)
         prefixes[principle.id] = s.prefix
-        asks = fb.votes if votes and labeler.backend == "anthropic" else 1
+        asks, answer = judge_requests(labeler, fb, votes, logprobs)
         judge.requests += n * asks
         judge.input_tokens += (n * (s.tokens + quoted) + tokens) * asks
-        if votes:
-            judge.output_tokens += n * fb.votes * fb.vote_max_tokens
-        elif labeler.backend == "openai":
-            judge.output_tokens += n * OPTION_TOKENS
+        judge.output_tokens += n * answer
     add_shared(judge, uses, prefixes)
     lines = [first, *([reason] if reason else []), judge]
     result = Estimate(lines)
@@ -387,6 +386,22 @@ def estimate_prefs(cfg: Any, rows: list[dict[str, Any]] | None = None) -> Estima
         result.notes.append("calibration adds 3 content-free questions per principle (not shown)")
     result.seconds = time.perf_counter() - started
     return result
+
+
+def judge_requests(role: Role, fb: Any, votes: bool, logprobs: bool) -> tuple[int, int]:
+    """Requests and output tokens of one feedback question: in votes mode ``fb.votes`` answers
+    (one request with ``n`` on OpenAI, one per answer on Anthropic); scored by log-probs, one
+    request of at most 4 tokens, unless the labeler has none and votes inside its option scores
+    (its own ``votes`` setting); a local model's output is not billed."""
+    p = role.prices
+    per_sample = p is not None and p.prompt_per_sample
+    if votes:
+        return (fb.votes if per_sample else 1), fb.votes * fb.vote_max_tokens
+    if p is None:
+        return 1, 0
+    if not logprobs:
+        return (p.votes if per_sample else 1), p.votes * p.vote_max_tokens
+    return 1, OPTION_TOKENS
 
 
 def gives_logprobs(role: Role, settings: dict[str, Any]) -> bool:
@@ -438,7 +453,7 @@ def estimate_red_team(cfg: Any) -> Estimate:
             classify.requests += cfg.n
             classify.input_tokens += cfg.n * (s.tokens + out)
             add_shared(classify, {yes_first: (cfg.n, 0)}, {yes_first: s.prefix})
-        if labeler.backend == "openai":
+        if labeler.prices is not None:  # billed output (a local model bills nothing)
             classify.output_tokens = classify.requests * OPTION_TOKENS
         lines.append(classify)
     result = Estimate(lines)

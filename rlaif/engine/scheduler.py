@@ -291,12 +291,13 @@ class Scheduler:
             _fail(batch, e)
 
     def _estimate(self, kind: str, what: Any, conversations: list[Any]) -> float:
-        from rlaif.engine.budget import OPTION_TOKENS, call_estimate
+        from rlaif.engine.budget import call_estimate
 
         if self.prices is None:  # a labeler that bills nothing
             return 0.0
-        out = OPTION_TOKENS if kind == "options" else what.max_tokens * what.n
-        return call_estimate(self.prices, conversations, out)
+        if kind == "options":
+            return call_estimate(self.prices, conversations)
+        return call_estimate(self.prices, conversations, what.n, what.max_tokens)
 
     def _finish(self, kind: str, batch: list[_Pending], results: list[Any], seconds: float) -> None:
         if len(results) != len(batch):

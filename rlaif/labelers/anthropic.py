@@ -198,8 +198,19 @@ def vote_params(settings: AnthropicSettings) -> GenerateParams:
 class AnthropicLabeler(ApiLabelerMixin):
     backend: ClassVar[str] = "anthropic"
     supports_logprobs: ClassVar[bool] = False
+    prompt_billed_per_sample: ClassVar[bool] = True  # a request per sample (no ``n``)
     Settings = AnthropicSettings
     batch_call_size = 100_000
+
+    @staticmethod
+    def cached_prefix_tokens(settings: AnthropicSettings, prefix: int) -> int:
+        """Of a static prefix of ``prefix`` tokens, what a breakpoint caches (for estimates):
+        all of it from the model's minimum on, where prompt caching is on."""
+        if not settings.prompt_caching:
+            return 0
+        return (
+            prefix if prefix >= (settings.cache_min_tokens or cache_minimum(settings.model)) else 0
+        )
 
     def __init__(self, settings: AnthropicSettings):
         self.settings = settings
@@ -324,12 +335,13 @@ class AnthropicLabeler(ApiLabelerMixin):
     async def _samples(
         self, conversation: Conversation, params: GenerateParams
     ) -> list[Completion]:
-        return list(
-            await asyncio.gather(*(self._one(conversation, params) for _ in range(params.n)))
-        )
+        # one body for the n requests: they go out together, so they are one sighting of the
+        # prefix (n - 1 of them marked would each pay a cache write that none of them can read)
+        body = self._body(conversation, params)
+        return list(await asyncio.gather(*(self._one(conversation, body) for _ in range(params.n))))
 
-    async def _one(self, conversation: Conversation, params: GenerateParams) -> Completion:
-        response = await self._create(self._body(conversation, params))
+    async def _one(self, conversation: Conversation, body: dict[str, Any]) -> Completion:
+        response = await self._create(body)
         self._caller.record(*usage_of(response))
         return parse_message(response, conversation)
 

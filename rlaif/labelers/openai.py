@@ -267,6 +267,14 @@ class OpenAILabeler(ApiLabelerMixin):
     Settings = OpenAISettings
     batch_call_size = 50_000
 
+    @staticmethod
+    def cached_prefix_tokens(settings: OpenAISettings, prefix: int) -> int:
+        """Of a static prefix of ``prefix`` tokens, what OpenAI caches (for estimates): from
+        1,024 tokens on, in steps of 128. It caches whether or not a key is sent."""
+        if prefix < CACHE_MINIMUM:
+            return 0
+        return CACHE_MINIMUM + (prefix - CACHE_MINIMUM) // 128 * 128
+
     def __init__(self, settings: OpenAISettings):
         self.settings = settings
         urls = settings.base_url

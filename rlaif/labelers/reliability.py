@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -398,6 +398,8 @@ class ApiLabelerMixin:
     _caller: ApiCaller
     batch_call_size: int = 50_000  # conversations per call in batch mode
     batch_calls: int = 4  # calls in flight in batch mode
+    # whether n samples are n requests, each billed its prompt (engine/budget.py's estimate)
+    prompt_billed_per_sample: ClassVar[bool] = False
 
     @property
     def model_name(self) -> str:

@@ -152,6 +152,11 @@ def test_run_budget_is_shared_by_the_data_stages(tmp_path):
     cfg = RunConfig(name="x", prompts=tmp_path / "p.txt", max_cost=5.0)
     builder = StageBuilder(cfg, tmp_path)
     assert builder._budgeted({"seed": 0}) == {"seed": 0, "max_cost": 5.0}
+    # a stage on local models bills nothing: it runs without the limit (a limit needs prices)
+    local = {"labeler": "transformers:smollm2", "labeler_settings": {}}
+    assert builder._budgeted(local) == local
+    api_policy = {**local, "policy": "openai:gpt-4o-mini", "policy_settings": {}}
+    assert builder._budgeted(api_policy)["max_cost"] == 5.0
 
     class Result:
         class stats:

@@ -57,11 +57,30 @@ def test_a_call_is_admitted_only_while_spent_plus_in_flight_stays_under_the_limi
 
 def test_call_estimate_is_prompt_at_input_price_and_max_tokens_at_output_price():
     conv = [{"role": "user", "content": "x" * 400}]  # 100 tokens + 4 for the message
-    full = call_estimate(Prices(1e6, 2e6), [conv, conv], 10)
+    full = call_estimate(Prices(1e6, 2e6), [conv, conv], 1, 10)
     assert full == pytest.approx(2 * 104 * 1.0 + 2 * 10 * 2.0)
-    assert call_estimate(Prices(1e6, 2e6, batch=True), [conv], 10) == pytest.approx(
+    assert call_estimate(Prices(1e6, 2e6, batch=True), [conv], 1, 10) == pytest.approx(
         (104 + 20) * 0.5
     )
+    # items that fail in a batch may be re-sent online, at the full price
+    online = Prices(1e6, 2e6, batch=True, batch_online=True)
+    assert call_estimate(online, [conv], 1, 10) == pytest.approx(104 + 20)
+
+
+def test_call_estimate_bounds_what_each_backend_bills_for_samples_votes_and_cache_writes():
+    conv = [{"role": "user", "content": "x" * 400}]  # 104 tokens
+    openai_like = Prices(1e6, 2e6, votes=8, vote_max_tokens=8)
+    anthropic_like = Prices(1e6, 2e6, prompt_per_sample=True, votes=8, vote_max_tokens=8)
+    # n = 3 samples: OpenAI bills the prompt once, Anthropic once per sample (a request each)
+    assert call_estimate(openai_like, [conv], 3, 10) == pytest.approx(104 + 3 * 10 * 2)
+    assert call_estimate(anthropic_like, [conv], 3, 10) == pytest.approx(3 * 104 + 3 * 10 * 2)
+    # an option score: as many answers as votes, vote_max_tokens each
+    assert call_estimate(openai_like, [conv]) == pytest.approx(104 + 64 * 2)
+    assert call_estimate(anthropic_like, [conv]) == pytest.approx(8 * 104 + 64 * 2)
+    assert call_estimate(Prices(1e6, 2e6), [conv]) == pytest.approx(104 + 4 * 2)
+    # a cache write costs more than plain input: the bound takes the higher price
+    writes = Prices(1e6, 2e6, cache_write=1.25e6)
+    assert call_estimate(writes, [conv], 1, 10) == pytest.approx(104 * 1.25 + 20)
 
 
 def test_prices_come_from_settings_and_local_labelers_have_none():
@@ -69,6 +88,9 @@ def test_prices_come_from_settings_and_local_labelers_have_none():
     assert (p.input, p.output, p.batch, p.priced) == (1.0, 2.0, True, True)
     assert p.cached_input is None  # read where the settings have it; the input price applies
     assert prices_of("openai:x", {}).priced is False
+    assert (p.prompt_per_sample, p.votes, p.vote_max_tokens) == (False, 8, 8)
+    a = prices_of("anthropic:claude-x", {**PRICED, "votes": 5, "batch_errors": "online"})
+    assert (a.prompt_per_sample, a.votes, a.batch_online) == (True, 5, True)
     assert prices_of("transformers:/some/model", {}) is None
 
 

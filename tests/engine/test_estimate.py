@@ -126,6 +126,21 @@ def test_cacheable_prefixes_follow_the_provider_minimum_and_are_written_once_per
     )
 
 
+def test_anthropic_cacheable_prefix_follows_the_labelers_own_minimum_and_settings():
+    """The estimate asks the backend what it would mark: the same per-model minimum as the
+    labeler (4,096 tokens for Opus 4.5), ``cache_min_tokens``, and nothing with caching off."""
+    assert est.role_of("anthropic:claude-sonnet-4-5", {}).cacheable(3000) == 3000
+    assert est.role_of("anthropic:claude-opus-4-5", {}).cacheable(3000) == 0
+    assert est.role_of("anthropic:claude-opus-4-5", {}).cacheable(5000) == 5000
+    assert (
+        est.role_of("anthropic:claude-opus-4-5", {"cache_min_tokens": 2000}).cacheable(3000) == 3000
+    )
+    assert (
+        est.role_of("anthropic:claude-sonnet-4-5", {"prompt_caching": False}).cacheable(3000) == 0
+    )
+    assert est.role_of("transformers:smollm2", {}).cacheable(300) == 300  # local: no price
+
+
 def test_cost_prices_cached_reads_and_batch_mode(tmp_path):
     role = est.role_of("openai:gpt-4o-mini", {})
     role.prices = Prices(input=1.0, output=4.0)
@@ -152,6 +167,16 @@ def test_prefs_counts_pairs_principles_and_orders(tmp_path):
     votes = est.estimate_prefs(cfg.model_copy(update={"labeler": "anthropic:claude-x"}))
     assert votes.lines[1].step == "feedback (votes)"
     assert votes.lines[1].requests == 36 * 8  # Anthropic: one request a vote
+    # option scores asked of a labeler without log-probs are answered by its own votes
+    forced = cfg.model_copy(
+        update={
+            "labeler": "anthropic:claude-x",
+            "labeler_settings": {"votes": 5, "vote_max_tokens": 3},
+            "feedback": cfg.feedback.model_copy(update={"scoring": "logprobs"}),
+        }
+    )
+    judge = est.estimate_prefs(forced).lines[1]
+    assert (judge.requests, judge.output_tokens) == (36 * 5, 36 * 5 * 3)
 
 
 def test_red_team_renders_every_request_and_classifier_doubles_them(tmp_path):

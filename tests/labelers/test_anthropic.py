@@ -187,6 +187,18 @@ def test_the_static_prefix_is_marked_from_its_second_use_and_read_from_the_cache
     assert lab.cost == pytest.approx(expected)
 
 
+def test_the_samples_of_one_call_are_one_sighting_of_their_prefix():
+    """n samples go out together: marking n - 1 of them would pay n - 1 cache writes that none
+    of them can read. They count as one sighting, so a prefix seen in one call is never marked
+    (a multi-turn prompt's own earlier turns), and the next call's samples all are."""
+    with FakeOpenAIServer(caching=True) as server:
+        lab = labeler(server, model="claude-sonnet-4-5")
+        run_sync(lab.generate([asking("first")], GenerateParams(n=3, max_tokens=4)))
+        assert [marked(r) for r in server.requests] == [[]] * 3
+        run_sync(lab.generate([asking("second")], GenerateParams(n=2, max_tokens=4)))
+    assert [marked(r) for r in server.requests[3:]] == [[1], [1]]
+
+
 def test_a_short_prefix_or_caching_off_sends_no_breakpoint():
     short = [{"role": "user", "content": "example"}, {"role": "assistant", "content": "reply"}]
     with FakeOpenAIServer(caching=True) as server:
