@@ -426,9 +426,8 @@ class OpenAILabeler(ApiLabelerMixin):
 
     async def _one(self, conversation: Conversation, params: GenerateParams) -> list[Completion]:
         response = await self._create(self._chat_body(conversation, params))
-        completions = parse_chat(response, conversation, params.n)
-        self._caller.record(*usage_of(response))
-        return completions
+        self._caller.record(*usage_of(response))  # billed, even if the answer is unusable
+        return parse_chat(response, conversation, params.n)
 
     async def option_logprobs(
         self, conversations: Sequence[Conversation], options: Sequence[str]
