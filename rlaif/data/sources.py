@@ -287,6 +287,11 @@ def jsonl_records(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]
             raise PromptDataError(path, f"invalid JSON: {e.msg}", n) from None
         if not isinstance(record, dict):
             raise PromptDataError(path, "each line must be a JSON object", n)
+        if "\\u" in line:  # an escape may decode to a lone surrogate, which no file can hold
+            try:
+                json.dumps(record, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise PromptDataError(path, f"not valid Unicode text ({e.reason})", n) from None
         yield n, record
 
 

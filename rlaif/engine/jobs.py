@@ -111,7 +111,7 @@ def read_rows(cfg: JobInputs) -> PromptTable:
     )
     table = PromptTable()
     for i, p in enumerate(prompts):
-        table.append(p.id, p.prompt)
+        table.append(p.id, p.prompt, cfg.prompts)
         prompts[i] = None  # type: ignore[call-overload]  # freed as it goes: a lower peak
     return table
 

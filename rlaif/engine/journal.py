@@ -112,13 +112,14 @@ class Journal:
                     break  # a failed row is retried, and everything after it is rebuilt from cache
                 kept.append(line)
         self.resumed = len(kept)
-        tmp = self.manifest.with_name(self.manifest.name + ".tmp")
-        tmp.write_text(json.dumps({"fingerprint": self.fingerprint}), encoding="utf-8")
-        os.replace(tmp, self.manifest)
+        # the partial file first, as exactly the kept prefix, and only then the fingerprint that
+        # claims it: a kill in between leaves the earlier job's fingerprint over the new prefix
+        # (a rerun of either job keeps nothing it should not), never the earlier job's rows
+        # under the new fingerprint
+        _write_lines_atomic(self.partial, kept)
+        _write_lines_atomic(self.manifest, [json.dumps({"fingerprint": self.fingerprint})])
         if self.provenance is not None:  # before any row refers to it
             self.provenance.write(self.target)
-        # rewrite the partial file as exactly the kept prefix, then append from there
-        _write_lines_atomic(self.partial, kept)
         self._file = open(self.partial, "a", encoding="utf-8")  # noqa: SIM115
         return kept
 

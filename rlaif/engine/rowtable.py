@@ -18,7 +18,10 @@ import json
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import combinations
+from pathlib import Path
 from typing import Any, overload
+
+from rlaif.errors import PromptDataError
 
 Row = dict[str, Any]
 
@@ -62,15 +65,26 @@ class PromptTable(_ComputedRows):
         for rid, prompt in rows:
             self.append(rid, prompt)
 
-    def append(self, rid: str, prompt: Any) -> None:
-        self._ids += str(rid).encode("utf-8")
+    def append(
+        self, rid: str, prompt: Any, source: str | Path = "prompts", line: int | None = None
+    ) -> None:
+        """Add a row, or nothing: text that is not valid Unicode (a lone surrogate, which a
+        JSON ``\\ud83d`` escape decodes to) is a ``PromptDataError`` naming ``source`` (and
+        ``line`` where the caller knows it), and the table is left as it was."""
+        text = prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False)
+        try:
+            rid_bytes, prompt_bytes = str(rid).encode("utf-8"), text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            shown = str(rid).encode("utf-8", "backslashreplace").decode("utf-8")
+            raise PromptDataError(
+                source, f"prompt '{shown}' is not valid Unicode text ({e.reason})", line
+            ) from None
+        self._ids += rid_bytes
         self._id_ends.append(len(self._ids))
-        if isinstance(prompt, str):
-            self._prompts += prompt.encode("utf-8")
-            self._prompt_ends.append(len(self._prompts))
-        else:
-            self._prompts += json.dumps(prompt, ensure_ascii=False).encode("utf-8")
-            self._prompt_ends.append(-len(self._prompts))
+        self._prompts += prompt_bytes
+        self._prompt_ends.append(
+            len(self._prompts) if isinstance(prompt, str) else -len(self._prompts)
+        )
 
     def __len__(self) -> int:
         return len(self._id_ends)

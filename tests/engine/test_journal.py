@@ -54,6 +54,34 @@ def test_finished_target_is_the_journal_for_a_rerun(tmp_path):
     assert Journal(target, "fp2").open(IDS) == []  # other inputs: nothing is kept
 
 
+def test_a_kill_while_another_job_takes_over_never_leaves_old_rows_under_its_fingerprint(
+    tmp_path, monkeypatch
+):
+    """A job with other inputs opens the journal of an unfinished one and is killed before the
+    journal is its own: the earlier rows must not become the new job's."""
+    from rlaif.engine import journal
+
+    target = tmp_path / "out.jsonl"
+    old = Journal(target, "fp1")
+    old.open(IDS)
+    old.append({"id": "a", "v": "old"})
+    old.close()
+    real = journal._write_lines_atomic
+
+    def killed_at_the_partial(path, lines):
+        if path == old.partial:
+            raise KeyboardInterrupt  # a kill -9 at this point of open()
+        real(path, lines)
+
+    monkeypatch.setattr(journal, "_write_lines_atomic", killed_at_the_partial)
+    with pytest.raises(KeyboardInterrupt):
+        Journal(target, "fp2").open(IDS)
+    monkeypatch.setattr(journal, "_write_lines_atomic", real)
+    assert Journal(target, "fp2").open(IDS) == []  # the new job keeps none of the old rows
+    assert json.loads(old.manifest.read_text())["fingerprint"] == "fp2"
+    assert old.partial.read_text() == ""
+
+
 def test_rows_that_do_not_match_the_input_are_dropped(tmp_path):
     target = tmp_path / "out.jsonl"
     j = Journal(target, "fp1")

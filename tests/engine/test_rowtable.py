@@ -13,6 +13,7 @@ import pytest
 from rlaif.engine.journal import Journal
 from rlaif.engine.rowtable import PairRows, PromptTable
 from rlaif.engine.runner import run_rows
+from rlaif.errors import PromptDataError
 
 ROWS = [
     {"id": "line-1", "prompt": "How do I bake bread?"},
@@ -50,6 +51,18 @@ def test_rows_read_back_equal_by_index_iteration_and_slice():
 def test_an_empty_table():
     t = PromptTable()
     assert len(t) == 0 and list(t) == [] and t[:] == []
+
+
+def test_a_prompt_that_is_not_valid_unicode_is_refused_and_leaves_the_table_as_it_was():
+    t = table()
+    for rid, prompt in [("r9", "ok \ud83d"), ("r\udfff", "ok"), ("r9", [{"content": "\ud83d"}])]:
+        with pytest.raises(PromptDataError, match=r"prompts\.jsonl: prompt 'r.*not valid Unicode"):
+            t.append(rid, prompt, "prompts.jsonl")
+        assert len(t) == 4 and list(t) == ROWS
+    t.append("r9", "fine")
+    assert len(t) == 5 and t[4] == {"id": "r9", "prompt": "fine"}
+    with pytest.raises(PromptDataError, match=r"in\.jsonl:7: "):
+        t.append("x", "\ud83d", "in.jsonl", line=7)
 
 
 def test_the_table_takes_a_fraction_of_a_list_of_dicts():

