@@ -28,11 +28,12 @@ rows it hands back from an earlier run have the full record again.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from rlaif.data.provenance import RowProvenance, expand, is_reference
 from rlaif.engine.commit import COMMIT_SECONDS, CommitWindow
@@ -87,9 +88,10 @@ class Journal:
             raise StateFileError(self.manifest, "the run fingerprint is not a string")
         return fingerprint
 
-    def open(self, expected_ids: Iterable[str]) -> list[str]:
-        """Start or resume; returns the kept lines (a prefix of ``expected_ids``, in order).
-        ``expected_ids`` is read lazily, only as far as the kept prefix goes."""
+    def open(self, expected_ids: Iterable[str]) -> KeptLines:
+        """Start or resume; returns the kept lines (a prefix of ``expected_ids``, in order), read
+        from the file when iterated. ``expected_ids`` is read lazily, only as far as the kept
+        prefix goes. Nothing is held: a run killed at 90% of 10^5 rows keeps ~10^5 lines."""
         self.target.parent.mkdir(parents=True, exist_ok=True)
         same_job = self._previous_fingerprint() == self.fingerprint
         source = None
@@ -97,31 +99,36 @@ class Journal:
             source = self.partial
         elif same_job and self.target.exists():
             source = self.target
-        kept: list[str] = []
+        count, end = 0, 0  # kept lines, and the bytes they take
         with open(source, "rb") if source else io.BytesIO() as f:
             for raw, expected in zip(f, expected_ids, strict=False):
                 if not raw.endswith(b"\n"):
                     break  # a torn last line from a kill
-                line = raw[:-1].decode("utf-8", errors="replace")
                 try:
-                    record = json.loads(line)
+                    record = json.loads(raw)
                 except ValueError:
                     break
                 failed = isinstance(record.get("failed"), dict)
                 if str(record.get("id")) != str(expected) or failed:
                     break  # a failed row is retried, and everything after it is rebuilt from cache
-                kept.append(line)
-        self.resumed = len(kept)
+                count, end = count + 1, end + len(raw)
+        self.resumed = count
         # the partial file first, as exactly the kept prefix, and only then the fingerprint that
         # claims it: a kill in between leaves the earlier job's fingerprint over the new prefix
         # (a rerun of either job keeps nothing it should not), never the earlier job's rows
         # under the new fingerprint
-        _write_lines_atomic(self.partial, kept)
+        if source == self.partial:  # the same job's partial file: cut it after the kept prefix
+            with open(self.partial, "r+b") as f:
+                f.truncate(end)
+                f.flush()
+                os.fsync(f.fileno())
+        else:  # nothing, or a finished dataset's first ``end`` bytes (a failed row after them)
+            _copy_prefix_atomic(source, end, self.partial)
         _write_lines_atomic(self.manifest, [json.dumps({"fingerprint": self.fingerprint})])
         if self.provenance is not None:  # before any row refers to it
             self.provenance.write(self.target)
         self._file = open(self.partial, "a", encoding="utf-8")  # noqa: SIM115
-        return kept
+        return KeptLines(self.partial, count)
 
     def append(self, row: dict[str, Any]) -> str:
         """Add the next row; it is durable after the next commit (at most a window later)."""
@@ -228,6 +235,50 @@ def _side(line: str) -> str | None:
         if isinstance(record.get(side), dict):
             return side
     return None
+
+
+class KeptLines(Sequence[str]):
+    """The lines a journal kept from an earlier run: the first ``count`` lines of ``path``,
+    read from the file each time they are iterated (indexing reads up to the line)."""
+
+    def __init__(self, path: Path, count: int):
+        self.path = path
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[str]:
+        if not self.count:
+            return
+        with open(self.path, "rb") as f:
+            for raw in itertools.islice(f, self.count):
+                yield raw[:-1].decode("utf-8", errors="replace")
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        return list(self)[index]
+
+
+def _copy_prefix_atomic(source: Path | None, size: int, path: Path) -> None:
+    """``path`` := the first ``size`` bytes of ``source`` (nothing, without one), streamed."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as out:
+        if source is not None and size:
+            with open(source, "rb") as f:
+                left = size
+                while left:
+                    chunk = f.read(min(left, 1 << 20))
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    left -= len(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
 
 
 def _write_lines_atomic(path: Path, lines: Iterable[str]) -> None:

@@ -18,7 +18,7 @@ def line(i):
 
 def test_fresh_run_then_finish(tmp_path):
     j = Journal(tmp_path / "out.jsonl", "fp1")
-    assert j.open(IDS) == []
+    assert list(j.open(IDS)) == []
     for i in IDS:
         j.append({"id": i, "v": i.upper()})
     path, failed = j.finish()
@@ -37,10 +37,33 @@ def test_resume_keeps_prefix_and_cuts_torn_line(tmp_path):
     with open(j.partial, "a") as f:  # a kill -9 in the middle of a write
         f.write('{"id": "c", "v": "tor')
     again = Journal(target, "fp1")
-    assert again.open(IDS) == [line("a"), line("b")]
+    assert list(again.open(IDS)) == [line("a"), line("b")]
     again.append({"id": "c", "v": "C"})
     again.append({"id": "d", "v": "D"})
     assert again.finish()[0].read_text().splitlines() == [line(i) for i in IDS]
+
+
+def test_resume_cuts_the_partial_file_in_place_and_reads_kept_lines_lazily(tmp_path):
+    """The kept prefix stays where it is, byte for byte (the file is cut after it, not
+    rewritten), and the kept lines are read from the file when iterated, not held."""
+    target = tmp_path / "out.jsonl"
+    j = Journal(target, "fp1")
+    j.open(IDS)
+    j.append({"id": "a", "v": "\u00e9t\u00e9"})
+    j.append({"id": "b", "v": "B"})
+    j.close()
+    inode = j.partial.stat().st_ino
+    kept_bytes = j.partial.read_bytes()
+    with open(j.partial, "a") as f:
+        f.write(json.dumps({"id": "x", "v": "not next"}) + "\n")  # not the next id: dropped
+    again = Journal(target, "fp1")
+    kept = again.open(IDS)
+    assert len(kept) == 2 and again.resumed == 2
+    assert j.partial.stat().st_ino == inode and j.partial.read_bytes() == kept_bytes
+    assert [json.loads(x)["id"] for x in kept] == ["a", "b"] and kept[1] == line("b")
+    again.append({"id": "c", "v": "C"})
+    again.append({"id": "d", "v": "D"})
+    assert [json.loads(x)["id"] for x in again.finish()[0].read_text().splitlines()] == IDS
 
 
 def test_finished_target_is_the_journal_for_a_rerun(tmp_path):
@@ -51,7 +74,7 @@ def test_finished_target_is_the_journal_for_a_rerun(tmp_path):
         j.append({"id": i, "v": i.upper()})
     j.finish()
     assert len(Journal(target, "fp1").open(IDS)) == 4
-    assert Journal(target, "fp2").open(IDS) == []  # other inputs: nothing is kept
+    assert list(Journal(target, "fp2").open(IDS)) == []  # other inputs: nothing is kept
 
 
 def test_a_kill_while_another_job_takes_over_never_leaves_old_rows_under_its_fingerprint(
@@ -66,18 +89,19 @@ def test_a_kill_while_another_job_takes_over_never_leaves_old_rows_under_its_fin
     old.open(IDS)
     old.append({"id": "a", "v": "old"})
     old.close()
-    real = journal._write_lines_atomic
+    real = journal._copy_prefix_atomic
 
-    def killed_at_the_partial(path, lines):
+    def killed_at_the_partial(source, size, path):
         if path == old.partial:
             raise KeyboardInterrupt  # a kill -9 at this point of open()
-        real(path, lines)
+        real(source, size, path)
 
-    monkeypatch.setattr(journal, "_write_lines_atomic", killed_at_the_partial)
+    monkeypatch.setattr(journal, "_copy_prefix_atomic", killed_at_the_partial)
     with pytest.raises(KeyboardInterrupt):
         Journal(target, "fp2").open(IDS)
-    monkeypatch.setattr(journal, "_write_lines_atomic", real)
-    assert Journal(target, "fp2").open(IDS) == []  # the new job keeps none of the old rows
+    assert json.loads(old.manifest.read_text())["fingerprint"] == "fp1"  # not yet claimed
+    monkeypatch.setattr(journal, "_copy_prefix_atomic", real)
+    assert list(Journal(target, "fp2").open(IDS)) == []  # the new job keeps none of the old rows
     assert json.loads(old.manifest.read_text())["fingerprint"] == "fp2"
     assert old.partial.read_text() == ""
 
@@ -147,7 +171,7 @@ def test_failed_rows_go_to_their_own_file_and_are_retried(tmp_path):
     assert json.loads(failed.read_text())["failed"]["attempts"] == 7
     # a rerun keeps what comes before the failed row and redoes the rest (from the cache)
     again = Journal(target, "fp1")
-    assert again.open(IDS) == [line("a")]
+    assert list(again.open(IDS)) == [line("a")]
     for i in ["b", "c", "d"]:
         again.append({"id": i, "v": i.upper()})
     dataset, failed = again.finish()
@@ -230,7 +254,7 @@ def test_a_kill_keeps_exactly_the_committed_prefix_and_the_rerun_fills_the_rest(
     proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(target)], check=False)
     assert proc.returncode == -signal.SIGKILL
     again = Journal(target, "fp")
-    assert again.open(IDS) == [line("a"), line("b")]  # c was lost with its window
+    assert list(again.open(IDS)) == [line("a"), line("b")]  # c was lost with its window
     for i in ["c", "d"]:
         again.append({"id": i, "v": i.upper()})
     dataset, _ = again.finish()
