@@ -16,6 +16,16 @@ def line(i):
     return json.dumps({"id": i, "v": i.upper()})
 
 
+def interrupted_after(target, *rows):
+    """A journal that wrote ``rows`` and stopped before finishing."""
+    j = Journal(target, "fp1")
+    j.open(IDS)
+    for row in rows:
+        j.append(row)
+    j.close()
+    return j
+
+
 def test_fresh_run_then_finish(tmp_path):
     j = Journal(tmp_path / "out.jsonl", "fp1")
     assert list(j.open(IDS)) == []
@@ -29,11 +39,7 @@ def test_fresh_run_then_finish(tmp_path):
 
 def test_resume_keeps_prefix_and_cuts_torn_line(tmp_path):
     target = tmp_path / "out.jsonl"
-    j = Journal(target, "fp1")
-    j.open(IDS)
-    j.append({"id": "a", "v": "A"})
-    j.append({"id": "b", "v": "B"})
-    j.close()
+    j = interrupted_after(target, {"id": "a", "v": "A"}, {"id": "b", "v": "B"})
     with open(j.partial, "a") as f:  # a kill -9 in the middle of a write
         f.write('{"id": "c", "v": "tor')
     again = Journal(target, "fp1")
@@ -47,11 +53,7 @@ def test_resume_cuts_the_partial_file_in_place_and_reads_kept_lines_lazily(tmp_p
     """The kept prefix stays where it is, byte for byte (the file is cut after it, not
     rewritten), and the kept lines are read from the file when iterated, not held."""
     target = tmp_path / "out.jsonl"
-    j = Journal(target, "fp1")
-    j.open(IDS)
-    j.append({"id": "a", "v": "\u00e9t\u00e9"})
-    j.append({"id": "b", "v": "B"})
-    j.close()
+    j = interrupted_after(target, {"id": "a", "v": "\u00e9t\u00e9"}, {"id": "b", "v": "B"})
     inode = j.partial.stat().st_ino
     kept_bytes = j.partial.read_bytes()
     with open(j.partial, "a") as f:
