@@ -19,11 +19,12 @@ of that position (the smallest returned log-prob), an upper bound that is record
 The API key comes from an environment variable or a key file, never from a flag or a config
 value that could be logged; ``describe()`` does not include it.
 
-Batch mode (``batch=true``, see ``labelers/batches.py``) sends each stage through the Batch API
-at half the price: the JSONL input file carries, per conversation, exactly the body an online
-request would send (``chat_body``/``score_body``), and each result body is read by the same
-function an online answer is (``parse_chat``/``parse_scores``), so both modes give the same rows
-for the same answers. With several ``base_url`` values, batches go to the first.
+Batch mode (``batch=true``, see ``labelers/batches.py``; the Batch API calls are in
+``openai_batches.py``) sends each stage through the Batch API at half the price: the JSONL input
+file carries, per conversation, exactly the body an online request would send
+(``chat_body``/``score_body``), and each result body is read by the same function an online
+answer is (``parse_chat``/``parse_scores``), so both modes give the same rows for the same
+answers. With several ``base_url`` values, batches go to the first.
 
 Prompt caching: OpenAI caches long identical prefixes by itself (from 1024 tokens, in 128-token
 steps) and bills cached tokens at a discount; what a client can do is route requests with the
@@ -39,7 +40,6 @@ again without the key, and no key for the rest of the run.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -61,18 +61,10 @@ from rlaif.labelers.base import (
     strip_prefill,
     vote_shares,
 )
-from rlaif.labelers.batches import (
-    FIND_WINDOW,
-    JOB_METADATA,
-    BatchRunner,
-    BatchSettings,
-    BatchState,
-    ItemResult,
-    custom_id,
-    upload_timeout,
-)
+from rlaif.labelers.batches import BatchRunner, BatchSettings, custom_id
 from rlaif.labelers.caching import PrefixTracker
 from rlaif.labelers.http import HttpError, JsonClient, classify_http_error
+from rlaif.labelers.openai_batches import OpenAIBatches
 from rlaif.labelers.reliability import (
     ApiCaller,
     ApiLabelerMixin,
@@ -302,7 +294,7 @@ class OpenAILabeler(ApiLabelerMixin):
         self._batches: BatchRunner | None = None
         if settings.batch:
             online = self._online_body if settings.batch_errors == "online" else None
-            self._batches = BatchRunner(_OpenAIBatches(self), settings, self._caller, online)
+            self._batches = BatchRunner(OpenAIBatches(self), settings, self._caller, online)
 
     def describe(self) -> dict[str, Any]:
         described: dict[str, Any] = {
@@ -493,104 +485,6 @@ class OpenAILabeler(ApiLabelerMixin):
             self._sdk = None
         if self._batches is not None:
             self._batches.close()
-
-
-class _OpenAIBatches:
-    """The Batch API: a JSONL input file, a batch over it, output and error files."""
-
-    name = "openai"
-    max_items = 50_000
-    max_bytes = 190 * 1024 * 1024  # the limit is 200 MB per input file; keep a margin
-    url = "/v1/chat/completions"
-
-    def __init__(self, labeler: OpenAILabeler):
-        self.labeler = labeler
-        self.endpoint = f"{labeler._urls[0]} {labeler.settings.model}"
-
-    def _line(self, cid: str, body: dict[str, Any]) -> str:
-        line = {"custom_id": cid, "method": "POST", "url": self.url, "body": body}
-        return json.dumps(line, ensure_ascii=False, separators=(",", ":"))
-
-    def item_size(self, cid: str, body: dict[str, Any]) -> int:
-        return len(self._line(cid, body).encode("utf-8")) + 1
-
-    async def prepare(self, items: list[tuple[str, dict[str, Any]]]) -> str:
-        data = "".join(self._line(cid, body) + "\n" for cid, body in items).encode("utf-8")
-        client = self.labeler._batch_client()
-        uploaded = await client.files.create(
-            file=("rlaif-batch.jsonl", data, "application/jsonl"),
-            purpose="batch",
-            timeout=upload_timeout(len(data), self.labeler.settings.retry.timeout),
-        )
-        return uploaded.id
-
-    async def create(self, file_id: str, key: str) -> tuple[str, str]:
-        client = self.labeler._batch_client()
-        batch = await client.batches.create(
-            input_file_id=file_id,
-            endpoint=self.url,
-            completion_window="24h",
-            metadata={JOB_METADATA: key},
-        )
-        return batch.id, batch.status
-
-    async def find(self, key: str, items: int, since: float) -> list[tuple[str, str]]:
-        """Batches tagged with ``key``, newest first, back to a little before ``since``."""
-        found = []
-        async for batch in self.labeler._batch_client().batches.list(limit=100):
-            if batch.created_at < since - FIND_WINDOW:
-                break
-            if (batch.metadata or {}).get(JOB_METADATA) == key:
-                found.append((batch.id, batch.status))
-        return found
-
-    async def state(self, batch_id: str) -> BatchState:
-        batch = await self.labeler._batch_client().batches.retrieve(batch_id)
-        counts = batch.request_counts
-        found = (
-            {"total": counts.total, "completed": counts.completed, "failed": counts.failed}
-            if counts is not None
-            else {}
-        )
-        errors = getattr(getattr(batch, "errors", None), "data", None) or []
-        said = "; ".join(server_says(e.model_dump(exclude_none=True)) for e in errors)
-        return BatchState(
-            status=batch.status,
-            done=batch.status in ("completed", "expired", "cancelled"),
-            dead=batch.status == "failed",
-            counts=found,
-            error=f"batch failed: {said}" if said else "",
-        )
-
-    async def results(self, batch_id: str) -> dict[str, ItemResult]:
-        client = self.labeler._batch_client()
-        batch = await client.batches.retrieve(batch_id)
-        found: dict[str, ItemResult] = {}
-        for file_id in (batch.output_file_id, batch.error_file_id):
-            if not file_id:
-                continue
-            content = await client.files.content(file_id)
-            for line in content.text.splitlines():
-                if line.strip():
-                    record = json.loads(line)
-                    found[record["custom_id"]] = _item_result(record)
-        return found
-
-
-def _item_result(record: dict[str, Any]) -> ItemResult:
-    """One line of an output or error file."""
-    response = record.get("response") or {}
-    status = response.get("status_code")
-    if status == 200 and isinstance(response.get("body"), dict):
-        return ItemResult(response["body"])
-    error = record.get("error")
-    if error:  # the batch could not run the request (batch_expired, ...)
-        code = error.get("code") or ""
-        return ItemResult(None, server_says(error), code in ("batch_expired", "batch_cancelled"))
-    body = response.get("body")
-    said = server_says(body.get("error", body) if isinstance(body, dict) else body)
-    retryable = status is None or status in (408, 409, 429) or status >= 500
-    return ItemResult(None, f"HTTP {status}: {said}", retryable)
 
 
 def _refuses_cache_key(e: HttpError) -> bool:

@@ -284,7 +284,7 @@ def test_a_call_over_the_providers_limit_goes_out_as_several_batches(provider, m
     import rlaif.labelers.anthropic as anthropic_backend
     import rlaif.labelers.openai as openai_backend
 
-    monkeypatch.setattr(openai_backend._OpenAIBatches, "max_items", 3)
+    monkeypatch.setattr(openai_backend.OpenAIBatches, "max_items", 3)
     monkeypatch.setattr(anthropic_backend._AnthropicBatches, "max_items", 3)
     convs = [[{"role": "user", "content": f"question {i}"}] for i in range(7)]
     params = GenerateParams(max_tokens=8, temperature=0.0)
