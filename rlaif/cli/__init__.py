@@ -28,6 +28,7 @@ from rlaif.cli import (
     train,
 )
 from rlaif.errors import RlaifError
+from rlaif.heap import steady_heap
 
 GROUPS = (demo, init, run, generate, eval, train, compare, review, push, constitution, models)
 
@@ -66,6 +67,8 @@ def _quiet_environment() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # this process is the command: a run's heap stays flat (rlaif/heap.py)
+        steady_heap()
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for the card's reproduce line
