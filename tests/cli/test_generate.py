@@ -118,16 +118,32 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tiny_llama_dir, tmp_path,
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tiny_llama_dir, tmp_path, many_prompts):
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, many_prompts):
+    """Against the fake server, one call at a time and 0.3 s a call, the run needs ~20 s more
+    after its second row: a Ctrl-C sent then always lands mid-run (with a fast local model, a
+    loaded machine could finish the run before the signal was sent, and ``send_signal`` sends
+    nothing to a process that has exited)."""
+    pytest.importorskip("openai")
+    from ..labelers.fake_openai_server import FakeOpenAIServer
+
     out = tmp_path / "out"
-    proc = _start(_command(tiny_llama_dir, many_prompts, out))
-    _wait_for_rows(out / ".sl_cai.jsonl.partial", 2, proc)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
-    assert "Run the same command again to resume" in " ".join(stdout.split())
-    assert "Traceback" not in stderr
-    assert main(_command(tiny_llama_dir, many_prompts, out)) == 0
+    with FakeOpenAIServer(latency=0.3) as server:
+        args = [
+            "generate", "sl-cai", "--prompts", str(many_prompts), "--labeler", "openai:fake",
+            "--labeler-set", f"base_url={server.url}", "--rounds", "1", "--max-tokens", "8",
+            "--out", str(out),
+        ]  # fmt: skip
+        proc = _start([*args, "--labeler-set", "concurrency=1"])
+        _wait_for_rows(out / ".sl_cai.jsonl.partial", 2, proc)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 130, stderr
+        assert "Run the same command again to resume" in " ".join(stdout.split())
+        assert "Traceback" not in stderr
+        written = (out / ".sl_cai.jsonl.partial").read_bytes().count(b"\n")
+        assert 2 <= written < 24
+        server.latency = 0.0
+        assert main(args) == 0
     ids = [json.loads(x)["id"] for x in (out / "sl_cai.jsonl").read_text().splitlines()]
     assert ids == [f"line-{i}" for i in range(1, 25)]
 
