@@ -16,6 +16,12 @@ Both engines start (and warm up) before anything is timed, then the two jobs alt
 Printed per job: prompts/s (prompts / wall time of the job) and tokens/s (generated tokens /
 wall time), and the ratio async / sync.
 
+Then, on the sync engine, what one decode step costs with 1, 4, 16 and 64 sequences in it (each
+batch decodes 65 tokens, ``ignore_eos``, minus a 1-token call of the same prompts, over 64): a
+step's cost ``a + b * n`` says what continuous batching can save. It saves the steps a static
+batch spends with few sequences left, each worth about ``a``; where ``b * n`` dominates, there is
+little to save.
+
     .venv/bin/python benchmarks/vllm_async.py [--prompts 32] [--max-tokens 64] [--repeat 2]
 """
 
@@ -66,6 +72,36 @@ async def run_job(job, labeler) -> tuple[float, int, int]:  # type: ignore[no-un
     return seconds, sched.stats.generated_tokens, sched.stats.labeler_calls
 
 
+def _timed(llm, prompts: list[str], tokens: int) -> float:  # type: ignore[no-untyped-def]
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=tokens, ignore_eos=True, temperature=0.7, seed=1)
+    t = time.perf_counter()
+    llm.generate(prompts, params, use_tqdm=False)
+    return time.perf_counter() - t
+
+
+def step_costs(llm) -> dict[int, float]:  # type: ignore[no-untyped-def]
+    """ms per decode step with n sequences in it, on a ``vllm.LLM``."""
+    text = "Tell me a long story about a lighthouse keeper and the sea. " * 8
+    costs = {}
+    for n in (1, 4, 16, 64):
+        prompts = [f"{i}: {text}" for i in range(n)]
+        first = _timed(llm, prompts, 1)  # prefill (cached from here on) and one token
+        costs[n] = 1000 * (_timed(llm, prompts, 65) - first) / 64
+    return costs
+
+
+def fit(costs: dict[int, float]) -> tuple[float, float]:
+    """Least-squares ``a`` and ``b`` of ``ms = a + b * n``."""
+    ns, ms = list(costs), list(costs.values())
+    mean_n, mean_ms = sum(ns) / len(ns), sum(ms) / len(ms)
+    b = sum((n - mean_n) * (m - mean_ms) for n, m in costs.items()) / sum(
+        (n - mean_n) ** 2 for n in ns
+    )
+    return mean_ms - b * mean_n, b
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2")
@@ -106,6 +142,7 @@ def main() -> int:
                 f"load average {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
+    steps = step_costs(labelers["sync"]._llm)
     for lab in labelers.values():
         run_sync(lab.aclose())
 
@@ -130,6 +167,11 @@ def main() -> int:
     tokens_ratio = rate["async"][1] / rate["sync"][1]
     print(f"  async / sync: {prompts_ratio:.2f}x prompts/s, {tokens_ratio:.2f}x tokens/s")
     print(f"  goal >= 1.5x prompts/s: {'met' if prompts_ratio >= 1.5 else 'not met'}")
+    print("\ndecode step cost on the sync engine (sequences in the step: ms a step, tokens/s)")
+    for n, ms in steps.items():
+        print(f"  {n:>3}: {ms:7.1f} ms {1000 * n / ms:8.1f} tokens/s")
+    a, b = fit(steps)
+    print(f"  least-squares fit a + b*n: a = {a:.1f} ms, b = {b:.1f} ms a sequence")
     return 0
 
 
