@@ -7,7 +7,7 @@ embed these images next to the numbers they show. matplotlib is imported on firs
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +29,20 @@ def _save(plt: Any, fig: Any, path: Path) -> Path:
     return path
 
 
-def histogram(values: Sequence[float], path: Path, title: str, xlabel: str, bins: int = 20) -> Path:
-    """A histogram of values in [0, 1]."""
+def histogram(values: Iterable[float], path: Path, title: str, xlabel: str, bins: int = 20) -> Path:
+    """A histogram of values in [0, 1] (any iterable: a generator over rows on disk is read once).
+
+    The counts are numpy's, and matplotlib draws ``bins`` bars: given the values themselves,
+    ``Axes.hist`` held several Python-object copies of them, the peak memory of a 10^5-row card
+    (~0.2 KB a value); here they are 8 bytes each, once."""
+    import numpy as np
+
+    counts, edges = np.histogram(np.fromiter(values, dtype=np.float64), bins=bins, range=(0.0, 1.0))
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.hist(list(values), bins=bins, range=(0.0, 1.0), color="#4C72B0", edgecolor="white")
+    ax.bar(
+        edges[:-1], counts, width=np.diff(edges), align="edge", color="#4C72B0", edgecolor="white"
+    )
     ax.set_xlim(0, 1)
     ax.set_title(title)
     ax.set_xlabel(xlabel)

@@ -314,7 +314,7 @@ def write_prefs_card(
     if rows:
         plots.append(
             histogram(
-                [r["preference_prob"] for r in rows],
+                (r["preference_prob"] for r in rows),
                 out / "preference_prob.png",
                 "P(chosen better) per pair",
                 "preference_prob",
