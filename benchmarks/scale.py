@@ -9,9 +9,9 @@ model. SL-CAI runs one critique-revision round; prefs compares 2 responses per p
 orders. For each N and each command:
 
 - **fresh**: a new output folder; wall time of the whole command (start-up and imports included)
-  and prompts/s; the peak RSS of that process alone (``os.wait4``'s rusage for its pid, not this
-  benchmark's); the sizes on disk of the dataset (the journal, renamed when complete), the SQLite
-  cache (with its WAL) and the whole folder, per prompt;
+  and prompts/s; the peak RSS of that process alone (see ``LAUNCHER``); the sizes on disk of
+  the dataset (the journal, renamed when complete), the SQLite cache (with its WAL) and the
+  whole folder, per prompt;
 - **cached**: the same command into a new folder with ``--cache`` the first run's cache, so every
   answer comes from rlaif's cache (checked: the server sees no request);
 - **resume**: a new folder; the command is killed with SIGKILL once its journal holds N/2 rows,
@@ -115,23 +115,41 @@ def env() -> dict[str, str]:
     return e
 
 
-def wait(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
-    """Exit code and peak RSS in MB of this child alone (wait4's rusage is per process)."""
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, usage.ru_maxrss / 1024  # Linux: kilobytes
+# Linux starts a process's peak RSS (``ru_maxrss``) from the peak of the address space it was
+# exec'd from: a command spawned by this benchmark, whose own RSS grows with the fake server's
+# work, would report at least this process's RSS, whatever it used itself. So each command is
+# spawned by a small launcher (a bare interpreter, ~10 MB), which writes the command's wait4
+# rusage to a file and exits with its status.
+LAUNCHER = """
+import os, sys
+pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss))
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+def spawn(cmd: list[str], out: object, rss_file: Path) -> subprocess.Popen[bytes]:
+    """Starts ``cmd`` through the launcher, in a session of its own (so a kill reaches both)."""
+    launcher = [sys.executable, "-I", "-S", "-c", LAUNCHER, str(rss_file), *cmd]
+    return subprocess.Popen(
+        launcher, stdout=out, stderr=subprocess.STDOUT, env=env(), cwd=ROOT, start_new_session=True
+    )
 
 
 def run(cmd: list[str], log: Path, server: FakeOpenAIServer) -> Run:
     before = sum(server.served.values())
     started = time.perf_counter()
+    rss_file = log.with_name("peak-rss-kb")
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env(), cwd=ROOT)
-        code, rss = wait(proc)
+        code = spawn(cmd, out, rss_file).wait()
     seconds = time.perf_counter() - started
     if code != 0:
         tail = log.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"exit {code}: {' '.join(cmd)}\n{tail}")
+    rss = int(rss_file.read_text()) / 1024  # Linux: kilobytes
     return Run(seconds, rss, sum(server.served.values()) - before)
 
 
@@ -140,7 +158,7 @@ def run_killed(cmd: list[str], journal: Path, half: int, log: Path) -> tuple[int
     started = time.perf_counter()
     rows, offset = 0, 0
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env(), cwd=ROOT)
+        proc = spawn(cmd, out, log.with_name("peak-rss-kb"))
         try:
             while proc.poll() is None:
                 if journal.exists():
@@ -150,7 +168,7 @@ def run_killed(cmd: list[str], journal: Path, half: int, log: Path) -> tuple[int
                     offset += len(chunk)
                     rows += chunk.count(b"\n")
                     if rows >= half:
-                        proc.send_signal(signal.SIGKILL)
+                        os.killpg(proc.pid, signal.SIGKILL)
                         break
                 time.sleep(0.05)
         finally:
