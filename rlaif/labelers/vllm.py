@@ -218,8 +218,16 @@ class VLLMLabeler:
         return {
             "backend": self.backend,
             **self.settings.model_dump(mode="json"),
+            "engine_dtype": self._engine_dtype(),
             **model_provenance(self.settings.model),
         }
+
+    def _engine_dtype(self) -> str:
+        """What the engine computes in (``cpu_dtype``): the record says so, not only ``auto``."""
+        try:
+            return cpu_dtype(self.settings.dtype)
+        except ImportError:  # no vLLM here: the engine cannot start, and says so when asked to
+            return self.settings.dtype
 
     # ------------------------------------------------------------------ engines
 
@@ -228,7 +236,7 @@ class VLLMLabeler:
 
         return {
             "model": str(resolve_model(self.settings.model)),
-            "dtype": cpu_dtype(self.settings.dtype),
+            "dtype": self._engine_dtype(),
             "enforce_eager": self.settings.enforce_eager,
             "max_model_len": self.settings.max_model_len,
             "gpu_memory_utilization": self.settings.gpu_memory_utilization,

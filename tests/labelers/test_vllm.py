@@ -277,9 +277,12 @@ def test_on_a_cpu_without_bf16_auto_means_float32(monkeypatch):
         pytest.skip("the CPU engine's settings")
     monkeypatch.setattr(backend, "_cpu_has_bf16", lambda: False)
     assert create_labeler("vllm:smollm2")._engine_kwargs()["dtype"] == "float32"
+    described = create_labeler("vllm:smollm2").describe()  # what a run's provenance records
+    assert (described["dtype"], described["engine_dtype"]) == ("auto", "float32")
     assert create_labeler("vllm:smollm2", dtype="bfloat16")._engine_kwargs()["dtype"] == "bfloat16"
     monkeypatch.setattr(backend, "_cpu_has_bf16", lambda: True)
     assert create_labeler("vllm:smollm2")._engine_kwargs()["dtype"] == "auto"
+    assert create_labeler("vllm:smollm2").describe()["engine_dtype"] == "auto"
 
 
 def test_seeded_prompts_beyond_one_step_of_tokens(labeler):
