@@ -246,7 +246,7 @@ def test_a_killed_run_reattaches_to_its_batch_and_pays_nothing_twice(provider, t
 
 
 def test_a_ledger_entry_the_provider_does_not_know_stops_the_run_with_its_message(tmp_path, capsys):
-    from rlaif.labelers.batches import BatchLedger
+    from rlaif.labelers.batch_ledger import BatchLedger
 
     with FakeBatchServer() as server:
         first = sl_cai(server, "openai", tmp_path, "first", batch=True, n=1, rounds=1)

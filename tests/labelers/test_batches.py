@@ -11,8 +11,8 @@ import pytest
 
 from rlaif.errors import ConfigError, LabelerCallError
 from rlaif.labelers.base import GenerateParams, create_labeler
+from rlaif.labelers.batch_ledger import BatchLedger
 from rlaif.labelers.batches import (
-    BatchLedger,
     BatchRunner,
     BatchSettings,
     BatchState,
