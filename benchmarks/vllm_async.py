@@ -20,7 +20,12 @@ Then, on the sync engine, what one decode step costs with 1, 4, 16 and 64 sequen
 batch decodes 65 tokens, ``ignore_eos``, minus a 1-token call of the same prompts, over 64): a
 step's cost ``a + b * n`` says what continuous batching can save. It saves the steps a static
 batch spends with few sequences left, each worth about ``a``; where ``b * n`` dominates, there is
-little to save.
+little to save. The sync engine's timed runs count their decode steps (a call runs as many as its
+longest completion), which gives the sequences it had in a step on average, ``n``: a token costs
+it ``a/n + b`` and can cost no engine less than ``b``, so ``1 + a/(b*n)`` is the most that any
+scheduling can gain over it on this machine (prefill, the same for both, only lowers that). A
+row's answer, critique and revision run one after another, so no engine has more sequences in a
+step than the job has rows, ``R``: ``(a/n + b) / (a/R + b)`` is the tighter ceiling.
 
     .venv/bin/python benchmarks/vllm_async.py [--prompts 32] [--max-tokens 64] [--repeat 2]
 """
@@ -57,6 +62,21 @@ def prompt_file(n: int, folder: Path) -> Path:
     path = folder / "prompts.txt"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def count_steps(labeler) -> list[int]:  # type: ignore[no-untyped-def]
+    """Wraps a sync labeler's ``generate``: the list gets, per call, the decode steps it ran (its
+    longest completion, since a static batch runs until its last sequence ends)."""
+    calls: list[int] = []
+    inner = labeler.generate
+
+    async def generate(conversations, params):  # type: ignore[no-untyped-def]
+        out = await inner(conversations, params)
+        calls.append(max((c.completion_tokens for cs in out for c in cs), default=0))
+        return out
+
+    labeler.generate = generate
+    return calls
 
 
 async def run_job(job, labeler) -> tuple[float, int, int]:  # type: ignore[no-untyped-def]
@@ -133,6 +153,7 @@ def main() -> int:
             f"{name} engine started and warmed up in {time.perf_counter() - t0:.0f} s", flush=True
         )
     results: dict[str, list[tuple[float, int, int]]] = {"sync": [], "async": []}
+    sync_steps = count_steps(labelers["sync"])  # from here on: the timed runs only
     for i in range(args.repeat):
         for name, lab in labelers.items():
             r = run_sync(run_job(job, lab))
@@ -172,6 +193,22 @@ def main() -> int:
         print(f"  {n:>3}: {ms:7.1f} ms {1000 * n / ms:8.1f} tokens/s")
     a, b = fit(steps)
     print(f"  least-squares fit a + b*n: a = {a:.1f} ms, b = {b:.1f} ms a sequence")
+    sync_tokens = sum(r[1] for r in results["sync"])
+    n_sync = sync_tokens / max(1, sum(sync_steps))
+    print(
+        f"the sync engine ran {sum(sync_steps)} decode steps for {sync_tokens} tokens: "
+        f"{n_sync:.1f} sequences a step on average"
+    )
+    if b <= 0:  # a step costs the same however full: nothing bounds the gain but the rows
+        print("  a step's cost does not grow with its sequences here: no ceiling from step costs")
+        return 0
+    ceiling = 1 + a / (b * n_sync)
+    print(f"  the most any engine can gain over it at these step costs, 1+a/(b*n): {ceiling:.2f}x")
+    r = len(job.rows)
+    print(
+        f"  with at most one sequence a row in a step ({r} rows), (a/n+b)/(a/R+b): "
+        f"{(a / n_sync + b) / (a / r + b):.2f}x"
+    )
     return 0
 
 
