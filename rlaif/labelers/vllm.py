@@ -223,7 +223,10 @@ class VLLMLabeler:
         }
 
     def _engine_dtype(self) -> str:
-        """What the engine computes in (``cpu_dtype``): the record says so, not only ``auto``."""
+        """What the engine computes in (``cpu_dtype``, or ``engine_args``' own ``dtype``, which
+        the engine gets last): the record says so, not only ``auto``."""
+        if "dtype" in self.settings.engine_args:
+            return str(self.settings.engine_args["dtype"])
         try:
             return cpu_dtype(self.settings.dtype)
         except ImportError:  # no vLLM here: the engine cannot start, and says so when asked to
@@ -236,7 +239,7 @@ class VLLMLabeler:
 
         return {
             "model": str(resolve_model(self.settings.model)),
-            "dtype": self._engine_dtype(),
+            "dtype": cpu_dtype(self.settings.dtype),
             "enforce_eager": self.settings.enforce_eager,
             "max_model_len": self.settings.max_model_len,
             "gpu_memory_utilization": self.settings.gpu_memory_utilization,

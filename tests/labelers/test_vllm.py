@@ -279,6 +279,8 @@ def test_on_a_cpu_without_bf16_auto_means_float32(monkeypatch):
     assert create_labeler("vllm:smollm2")._engine_kwargs()["dtype"] == "float32"
     described = create_labeler("vllm:smollm2").describe()  # what a run's provenance records
     assert (described["dtype"], described["engine_dtype"]) == ("auto", "float32")
+    overridden = create_labeler("vllm:smollm2", engine_args={"dtype": "bfloat16"})
+    assert overridden.describe()["engine_dtype"] == overridden._engine_kwargs()["dtype"]
     assert create_labeler("vllm:smollm2", dtype="bfloat16")._engine_kwargs()["dtype"] == "bfloat16"
     monkeypatch.setattr(backend, "_cpu_has_bf16", lambda: True)
     assert create_labeler("vllm:smollm2")._engine_kwargs()["dtype"] == "auto"
