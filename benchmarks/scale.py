@@ -131,9 +131,14 @@ sys.exit(code if code >= 0 else 128 - code)
 """
 
 
-def spawn(cmd: list[str], out: object, rss_file: Path) -> subprocess.Popen[bytes]:
+def peak_file(log: Path) -> Path:
+    """Where the launcher writes the peak RSS (kilobytes) of the command it ran last."""
+    return log.with_name("peak-rss-kb")
+
+
+def spawn(cmd: list[str], out: object, log: Path) -> subprocess.Popen[bytes]:
     """Starts ``cmd`` through the launcher, in a session of its own (so a kill reaches both)."""
-    launcher = [sys.executable, "-I", "-S", "-c", LAUNCHER, str(rss_file), *cmd]
+    launcher = [sys.executable, "-I", "-S", "-c", LAUNCHER, str(peak_file(log)), *cmd]
     return subprocess.Popen(
         launcher, stdout=out, stderr=subprocess.STDOUT, env=env(), cwd=ROOT, start_new_session=True
     )
@@ -142,14 +147,13 @@ def spawn(cmd: list[str], out: object, rss_file: Path) -> subprocess.Popen[bytes
 def run(cmd: list[str], log: Path, server: FakeOpenAIServer) -> Run:
     before = sum(server.served.values())
     started = time.perf_counter()
-    rss_file = log.with_name("peak-rss-kb")
     with open(log, "ab") as out:
-        code = spawn(cmd, out, rss_file).wait()
+        code = spawn(cmd, out, log).wait()
     seconds = time.perf_counter() - started
     if code != 0:
         tail = log.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"exit {code}: {' '.join(cmd)}\n{tail}")
-    rss = int(rss_file.read_text()) / 1024  # Linux: kilobytes
+    rss = int(peak_file(log).read_text()) / 1024  # Linux: kilobytes
     return Run(seconds, rss, sum(server.served.values()) - before)
 
 
@@ -158,7 +162,7 @@ def run_killed(cmd: list[str], journal: Path, half: int, log: Path) -> tuple[int
     started = time.perf_counter()
     rows, offset = 0, 0
     with open(log, "ab") as out:
-        proc = spawn(cmd, out, log.with_name("peak-rss-kb"))
+        proc = spawn(cmd, out, log)
         try:
             while proc.poll() is None:
                 if journal.exists():

@@ -239,7 +239,7 @@ class VLLMLabeler:
 
         return {
             "model": str(resolve_model(self.settings.model)),
-            "dtype": cpu_dtype(self.settings.dtype),
+            "dtype": self._engine_dtype(),
             "enforce_eager": self.settings.enforce_eager,
             "max_model_len": self.settings.max_model_len,
             "gpu_memory_utilization": self.settings.gpu_memory_utilization,
